@@ -1,0 +1,70 @@
+"""The `telesurg` command: sessions and tools for remote robotic surgery on ROS 2."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 3600.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [1, 3600] seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="telesurg",
+        description="Remote robotic surgery on ROS 2: a master console drives a simulated "
+                    "patient-side surgical arm.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo = commands.add_parser(
+        "demo", help="run a telesurgery session in simulation and write its figures",
+        description="Start the node graph (virtual surgeon, master console, arm controller, "
+                    "MuJoCo simulator) as processes, run a task, stop cleanly, and write "
+                    "OUT/summary.json with tracking error, tip jumps and limit violations.")
+    demo.add_argument("--task", choices=("suturing", "figure8"), default="suturing",
+                      help="what the virtual surgeon does (default: suturing)")
+    demo.add_argument("--duration", type=_positive_seconds, default=20.0,
+                      help="seconds of task after the graph is up (default: 20)")
+    demo.add_argument("--seed", type=int, default=1,
+                      help="seed of the surgeon's tremor and timing (default: 1)")
+    demo.add_argument("--out", type=Path, default=Path("runs/latest"),
+                      help="output directory for summary.json and logs (default: runs/latest)")
+    demo.add_argument("--config", type=Path, default=None,
+                      help="ROS 2 parameter file (default: the installed config/telesurg.yaml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # A SIGTERM ends a session like Ctrl-C does: nodes stopped, nothing left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.command == "demo":
+        return _demo(args)
+    return 2
+
+
+def _demo(args) -> int:
+    from telesurg.demo import DemoError, DemoOptions, print_summary, run_demo
+
+    options = DemoOptions(task=args.task, duration_s=args.duration, seed=args.seed,
+                          out=args.out, config=args.config)
+    try:
+        summary = run_demo(options)
+    except DemoError as error:
+        print(f"telesurg demo: failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("telesurg demo: interrupted; all nodes stopped", file=sys.stderr)
+        return 130
+    print_summary(summary)
+    print(f"summary written to {options.out / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""`telesurg demo`: a telesurgery session in simulation, as real node processes over DDS.
+
+Brings up the node graph (telesurg.graph), lets the virtual surgeon perform a task for the
+requested time while recording what the arm did, stops every node cleanly, then writes and
+prints the session figures (summary.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from telesurg.graph import SESSION_NODES
+from telesurg.kinematics import JOINT_LIMITS, JOINT_NAMES
+from telesurg.metrics import largest_tick_step, limit_violations, percentiles, tracking_errors
+from telesurg.params import ConfigError, load_parameter_file
+from telesurg.processes import NodeGroup
+from telesurg.resources import default_config, fastdds_profile
+
+#: Contract topics the demo records (raw CDR, deserialised after the session).
+RECORDED_TOPICS = {
+    "/psm/setpoint_cp": "geometry_msgs/msg/PoseStamped",
+    "/psm/measured_cp": "geometry_msgs/msg/PoseStamped",
+    "/psm/servo_cp": "geometry_msgs/msg/PoseStamped",
+    "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
+    "/console/following": "std_msgs/msg/Bool",
+}
+STARTUP_TIMEOUT_S = 60.0
+
+
+class DemoError(RuntimeError):
+    """The session could not run or ended badly; the message says why."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    task: str = "suturing"
+    duration_s: float = 20.0
+    seed: int = 1
+    out: Path = Path("runs/latest")
+    config: Path | None = None
+
+
+def session_environment(domain_id: int) -> dict[str, str]:
+    """Environment for every process of a local session: its own DDS domain, discovery kept
+    on this machine, and the faster-discovery Fast DDS profile."""
+    env = dict(os.environ)
+    env.update({
+        "ROS_DOMAIN_ID": str(domain_id),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(fastdds_profile()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def pick_domain_id() -> int:
+    """ROS_DOMAIN_ID from the environment, else a random one so parallel sessions don't mix."""
+    configured = os.environ.get("ROS_DOMAIN_ID")
+    return int(configured) if configured else random.randint(10, 99)
+
+
+class Recorder:
+    """A node in the demo process that keeps the raw bytes of the recorded topics."""
+
+    def __init__(self, context):
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        from telesurg.ros_support import STATE_QOS, message_class
+
+        self.node = Node("demo_recorder", context=context)
+        self.messages: dict[str, list[tuple[int, bytes]]] = {t: [] for t in RECORDED_TOPICS}
+        self._lock = threading.Lock()
+        deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        best_effort = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
+        for topic, type_name in RECORDED_TOPICS.items():
+            qos = STATE_QOS if topic == "/console/following" else (
+                best_effort if topic == "/psm/servo_cp" else deep)
+            self.node.create_subscription(message_class(type_name), topic,
+                                          self._keeper(topic), qos, raw=True)
+
+    def _keeper(self, topic: str):
+        store = self.messages[topic]
+
+        def keep(data: bytes) -> None:
+            store.append((time.monotonic_ns(), data))
+        return keep
+
+    def count(self, topic: str) -> int:
+        return len(self.messages[topic])
+
+    def publishers(self, topic: str) -> int:
+        return self.node.count_publishers(topic)
+
+
+def run_demo(options: DemoOptions, say=print) -> dict:
+    """Run one session; return the summary (also written to options.out/summary.json)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    config = Path(options.config) if options.config else default_config()
+    try:
+        parameters = load_parameter_file(config)
+    except ConfigError as error:
+        raise DemoError(f"configuration error: {error}") from None
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    domain_id = pick_domain_id()
+    env = session_environment(domain_id)
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
+                                          "RMW_IMPLEMENTATION", "FASTDDS_DEFAULT_PROFILES_FILE")})
+    group = NodeGroup(env, out / "logs")
+    overrides = {"virtual_surgeon": ["-p", f"task:={options.task}", "-p", f"seed:={options.seed}"]}
+    context = rclpy.Context()
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    executor = SingleThreadedExecutor(context=context)
+    recorder = Recorder(context)
+    executor.add_node(recorder.node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    say(f"telesurg demo: task {options.task}, {options.duration_s:g} s, seed {options.seed}, "
+        f"DDS domain {domain_id}, logs in {out / 'logs'}")
+    try:
+        for spec in SESSION_NODES:
+            group.start(spec, ["--params-file", str(config), *overrides.get(spec.name, [])])
+        _wait_until_ready(group, recorder)
+        say(f"graph up: {', '.join(spec.name for spec in SESSION_NODES)}; running the task")
+        started = time.monotonic()
+        while time.monotonic() - started < options.duration_s:
+            dead = group.first_dead()
+            if dead:
+                raise DemoError(f"node {dead.spec.name} exited during the session "
+                                f"(code {dead.process.poll()}):\n{dead.log_tail()}")
+            time.sleep(0.1)
+        recorded_s = time.monotonic() - started
+    finally:
+        codes = group.stop()
+        executor.shutdown()
+        recorder.node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    failed = {name: code for name, code in codes.items() if code not in (0, -signal.SIGINT)}
+    if failed:
+        raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
+    summary = summarize(recorder.messages, options, recorded_s,
+                        parameters.get("arm_controller", {}).get("rate_hz", 1000.0))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not summary["engagements"]:
+        raise DemoError("the arm never followed the surgeon (see master_console.log)")
+    return summary
+
+
+def _wait_until_ready(group: NodeGroup, recorder: Recorder) -> None:
+    """Wait until the arm reports its pose and the console and surgeon are on the graph."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        dead = group.first_dead()
+        if dead:
+            raise DemoError(f"node {dead.spec.name} exited at start-up "
+                            f"(code {dead.process.poll()}):\n{dead.log_tail()}")
+        if (recorder.count("/psm/measured_cp") and recorder.publishers("/console/following")
+                and recorder.publishers("/psm/servo_cp")):
+            return
+        time.sleep(0.05)
+    raise DemoError(f"the node graph did not come up within {STARTUP_TIMEOUT_S:.0f} s "
+                    "(no arm pose, or console not discovered); see the logs")
+
+
+def summarize(messages: dict, options: DemoOptions, recorded_s: float,
+              controller_rate_hz: float) -> dict:
+    from rclpy.serialization import deserialize_message
+
+    from telesurg.ros_support import message_class
+
+    def decoded(topic):
+        cls = message_class(RECORDED_TOPICS[topic])
+        return [(t, deserialize_message(data, cls)) for t, data in messages[topic]]
+
+    def tips(topic):
+        return {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec:
+                np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
+                for _, m in decoded(topic)}
+
+    setpoints, measured = tips("/psm/setpoint_cp"), tips("/psm/measured_cp")
+    stamps = sorted(setpoints)
+    commands = [m.data for _, m in decoded("/forward_position_controller/commands")]
+    lower = [JOINT_LIMITS[name].lower for name in JOINT_NAMES]
+    upper = [JOINT_LIMITS[name].upper for name in JOINT_NAMES]
+    following = decoded("/console/following")
+    engagements = sum(1 for (_, a), (_, b) in zip([(0, None)] + following, following)
+                      if b.data and (a is None or not a.data))
+    servo = messages["/psm/servo_cp"]
+    servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
+    return {
+        "task": options.task,
+        "seed": options.seed,
+        "duration_s": round(recorded_s, 3),
+        "command_rate_hz": round((len(servo) - 1) / servo_span_s, 1) if servo_span_s else 0.0,
+        "commands_sent": len(servo),
+        "tracking_error_mm": percentiles(tracking_errors(setpoints, measured), 1000.0),
+        "jump_max_mm": round(1000.0 * largest_tick_step(
+            stamps, [setpoints[s] for s in stamps], 1.0 / controller_rate_hz), 4),
+        "joint_limit_violations": limit_violations(commands, lower, upper),
+        "engagements": engagements,
+        "controller_ticks": len(stamps),
+    }
+
+
+def print_summary(summary: dict, say=print) -> None:
+    error = summary["tracking_error_mm"]
+    say(f"  commands: {summary['commands_sent']} at {summary['command_rate_hz']} Hz, "
+        f"engagements {summary['engagements']}")
+    say(f"  tracking error (tip measured vs setpoint): p50 {error['p50']} mm, "
+        f"p99 {error['p99']} mm, max {error['max']} mm")
+    say(f"  largest tip step per controller tick: {summary['jump_max_mm']} mm; "
+        f"joint limit violations: {summary['joint_limit_violations']}")

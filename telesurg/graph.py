@@ -1,0 +1,34 @@
+"""The telesurg node graph, written once: `telesurg demo` and the launch files both read it.
+
+Pure Python (no rclpy, no launch), so that a launch file on a full ROS 2 install and the demo
+on a plain Python machine start exactly the same nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str          # ROS node name, also its section in config/telesurg.yaml
+    executable: str    # console script installed in lib/telesurg (what `ros2 run` starts)
+    module: str        # Python module with main(), for starting it without the console script
+    site: str          # "master" (surgeon's side) or "patient" (arm's side)
+    description: str
+
+
+SESSION_NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "patient",
+             "MuJoCo physics of the arm URDF, ros2_control-style interface."),
+    NodeSpec("arm_controller", "arm_controller", "telesurg.nodes.arm_controller", "patient",
+             "Cartesian servo commands to joint commands, limits, hold when stale."),
+    NodeSpec("master_console", "master_console", "telesurg.nodes.master_console", "master",
+             "Teleoperation mapping: clutch, scale, tremor filter, step limit."),
+    NodeSpec("virtual_surgeon", "virtual_surgeon", "telesurg.nodes.virtual_surgeon", "master",
+             "Stands in for a haptic master device and pedals, performing a task."),
+)
+
+
+def nodes_of_site(site: str) -> tuple[NodeSpec, ...]:
+    return tuple(spec for spec in SESSION_NODES if spec.site == site)

@@ -1,0 +1,123 @@
+"""arm_controller: /psm/servo_cp and /psm/jaw/servo_jp in, joint commands to the arm out.
+
+Publishes /forward_position_controller/commands (ros2_control convention, JOINT_NAMES order),
+and the arm's /psm/measured_cp, /psm/setpoint_cp (same stamp per tick) and /psm/measured_js.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from telesurg.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
+from telesurg.kinematics import JOINT_NAMES, forward
+from telesurg.ros_support import (
+    CONTROLLER_COMMAND_QOS,
+    STATE_QOS,
+    STREAM_QOS,
+    declare_parameters,
+    fill_pose,
+    pose_to_matrix,
+    run_node,
+)
+
+BASE_FRAME = "psm_base"
+
+
+class ArmControllerNode(Node):
+    def __init__(self):
+        super().__init__("arm_controller")
+        p = declare_parameters(self, "arm_controller")
+        self.core = ArmController(ArmControllerConfig(
+            rate_hz=p.rate_hz, command_timeout_s=p.command_timeout_ms / 1000.0,
+            joint_states_timeout_s=p.joint_states_timeout_ms / 1000.0,
+            max_goal_jump_m=p.max_goal_jump_m, velocity_scale=p.velocity_scale,
+            interpolation_max_s=p.interpolation_max_s))
+        self._joint_order: tuple[list[str], np.ndarray] | None = None
+        self._velocities = np.zeros(len(JOINT_NAMES))
+        self._last_refusal = ""
+        self._last_hold_reason = None
+        self.create_subscription(PoseStamped, "/psm/servo_cp", self._on_servo_cp, STREAM_QOS)
+        self.create_subscription(JointState, "/psm/jaw/servo_jp", self._on_jaw, STREAM_QOS)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_states, STREAM_QOS)
+        self._command_pub = self.create_publisher(
+            Float64MultiArray, "/forward_position_controller/commands", CONTROLLER_COMMAND_QOS)
+        self._measured_cp_pub = self.create_publisher(PoseStamped, "/psm/measured_cp", STATE_QOS)
+        self._setpoint_cp_pub = self.create_publisher(PoseStamped, "/psm/setpoint_cp", STATE_QOS)
+        self._measured_js_pub = self.create_publisher(JointState, "/psm/measured_js", STATE_QOS)
+        self._command = Float64MultiArray()
+        self._measured_cp = PoseStamped()
+        self._measured_cp.header.frame_id = BASE_FRAME
+        self._setpoint_cp = PoseStamped()
+        self._setpoint_cp.header.frame_id = BASE_FRAME
+        self._measured_js = JointState(name=list(JOINT_NAMES))
+        self.create_timer(1.0 / p.rate_hz, self._tick)
+        self.get_logger().info(
+            f"arm_controller at {p.rate_hz:.0f} Hz, holding until fresh servo commands arrive "
+            f"(timeout {p.command_timeout_ms:.0f} ms)")
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_servo_cp(self, msg: PoseStamped) -> None:
+        if msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0:
+            return  # CRTK: a zero stamp marks an invalid pose
+        refusal = self.core.on_servo_cp(pose_to_matrix(msg.pose), self._now())
+        if refusal and refusal != self._last_refusal:
+            self.get_logger().warning(f"servo_cp refused: {refusal}")
+        self._last_refusal = refusal
+
+    def _on_jaw(self, msg: JointState) -> None:
+        if msg.position:
+            self.core.on_jaw(msg.position[0], self._now())
+
+    def _on_joint_states(self, msg: JointState) -> None:
+        if self._joint_order is None or self._joint_order[0] != list(msg.name):
+            missing = [name for name in JOINT_NAMES if name not in msg.name]
+            if missing:
+                self.get_logger().error(f"/joint_states lacks joints {missing}; ignored",
+                                        throttle_duration_sec=5.0)
+                return
+            self._joint_order = (list(msg.name), np.array([msg.name.index(n) for n in JOINT_NAMES]))
+        index = self._joint_order[1]
+        positions = np.asarray(msg.position)[index]
+        if len(msg.velocity) == len(msg.name):
+            self._velocities = np.asarray(msg.velocity)[index]
+        self.core.on_joint_states(positions, self._now())
+
+    def _tick(self) -> None:
+        now = self.get_clock().now()
+        setpoint = self.core.tick(now.nanoseconds * 1e-9)
+        if self.core.hold_reason != self._last_hold_reason:
+            self._last_hold_reason = self.core.hold_reason
+            if self.core.hold_reason:
+                self.get_logger().info(f"holding: {self.core.hold_reason}")
+            else:
+                self.get_logger().info("following servo commands")
+        if setpoint is None:
+            return
+        self._command.data = setpoint.tolist()
+        self._command_pub.publish(self._command)
+        stamp = now.to_msg()
+        measured = self.core.measured
+        self._measured_cp.header.stamp = stamp
+        fill_pose(self._measured_cp.pose, forward(measured[:ARM_JOINTS]))
+        self._measured_cp_pub.publish(self._measured_cp)
+        self._setpoint_cp.header.stamp = stamp
+        fill_pose(self._setpoint_cp.pose, self.core.setpoint_tip())
+        self._setpoint_cp_pub.publish(self._setpoint_cp)
+        self._measured_js.header.stamp = stamp
+        self._measured_js.position = measured.tolist()
+        self._measured_js.velocity = self._velocities.tolist()
+        self._measured_js_pub.publish(self._measured_js)
+
+
+def main(args=None):
+    run_node("arm_controller", ArmControllerNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""master_console: the surgeon's side of teleoperation.
+
+Reads the master device (/mtm/measured_cp, /mtm/gripper/measured_js) and pedals
+(/console/clutch, /console/operator_present), maps master motion onto the arm incrementally
+(scale, clutch, tremor filter, step limit) and streams /psm/servo_cp and /psm/jaw/servo_jp.
+Works unchanged with a real CRTK device driver publishing /mtm/measured_cp.
+"""
+
+from __future__ import annotations
+
+import math
+
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+
+from telesurg.kinematics import JAW_JOINT_NAME
+from telesurg.ros_support import (
+    STATE_QOS,
+    STREAM_QOS,
+    declare_parameters,
+    fill_pose,
+    pose_to_matrix,
+    run_node,
+)
+from telesurg.teleop import MasterInput, TeleopConfig, TeleopMapping
+
+BASE_FRAME = "psm_base"
+
+
+class MasterConsoleNode(Node):
+    def __init__(self):
+        super().__init__("master_console")
+        p = declare_parameters(self, "master_console")
+        self.mapping = TeleopMapping(TeleopConfig(
+            scale=p.scale, rate_hz=p.rate_hz, step_limit_m=p.step_limit_m,
+            jaw_rate_rad_s=p.jaw_rate_rad_s, jaw_engage_rate_rad_s=p.jaw_engage_rate_rad_s,
+            jaw_engage_ramp_s=p.jaw_engage_ramp_s, gripper_to_jaw=p.gripper_to_jaw,
+            tremor_filter=p.tremor_filter))
+        self._master_timeout = p.master_timeout_ms / 1000.0
+        self._arm_timeout = p.arm_timeout_ms / 1000.0
+        self._master = None       # (4x4 pose, arrival time)
+        self._arm = None          # (4x4 pose, arrival time)
+        self._gripper = 0.0
+        self._arm_jaw = 0.0
+        self._clutch = False
+        self._present = False
+        self.create_subscription(PoseStamped, "/mtm/measured_cp", self._on_master, STREAM_QOS)
+        self.create_subscription(JointState, "/mtm/gripper/measured_js", self._on_gripper,
+                                 STREAM_QOS)
+        self.create_subscription(Bool, "/console/clutch", self._on_clutch, STATE_QOS)
+        self.create_subscription(Bool, "/console/operator_present", self._on_present, STATE_QOS)
+        self.create_subscription(PoseStamped, "/psm/measured_cp", self._on_arm, STREAM_QOS)
+        self.create_subscription(JointState, "/psm/measured_js", self._on_arm_js, STREAM_QOS)
+        self._servo_pub = self.create_publisher(PoseStamped, "/psm/servo_cp", STREAM_QOS)
+        self._jaw_pub = self.create_publisher(JointState, "/psm/jaw/servo_jp", STREAM_QOS)
+        self._following_pub = self.create_publisher(Bool, "/console/following", STATE_QOS)
+        self._servo = PoseStamped()
+        self._servo.header.frame_id = BASE_FRAME
+        self._jaw = JointState(name=[JAW_JOINT_NAME])
+        self._following = None
+        self._publish_following(False)
+        self.create_timer(1.0 / p.rate_hz, self._tick)
+        self.get_logger().info(
+            f"master_console at {p.rate_hz:.0f} Hz, scale {p.scale}, tremor filter "
+            f"{'on' if p.tremor_filter else 'off'}; press operator-present to engage")
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_master(self, msg: PoseStamped) -> None:
+        if msg.header.stamp.sec or msg.header.stamp.nanosec:  # zero stamp: invalid (CRTK)
+            self._master = (pose_to_matrix(msg.pose), self._now())
+
+    def _on_gripper(self, msg: JointState) -> None:
+        if msg.position:
+            self._gripper = msg.position[0]
+
+    def _on_clutch(self, msg: Bool) -> None:
+        self._clutch = msg.data
+
+    def _on_present(self, msg: Bool) -> None:
+        self._present = msg.data
+
+    def _on_arm(self, msg: PoseStamped) -> None:
+        if msg.header.stamp.sec or msg.header.stamp.nanosec:
+            self._arm = (pose_to_matrix(msg.pose), self._now())
+
+    def _on_arm_js(self, msg: JointState) -> None:
+        if JAW_JOINT_NAME in msg.name:
+            self._arm_jaw = msg.position[msg.name.index(JAW_JOINT_NAME)]
+
+    def _tick(self) -> None:
+        now = self._now()
+        silent = self._silent_input(now)
+        if silent:
+            if self.mapping.following:
+                self.mapping.disengage(silent)
+                self.get_logger().warning(f"stopped following: {silent}")
+            self._publish_following(False)
+            return
+        master_pose = self._master[0]
+        command = self.mapping.update(
+            MasterInput(position=master_pose[:3, 3], rotation=master_pose[:3, :3],
+                        gripper=self._gripper, clutch=self._clutch,
+                        operator_present=self._present),
+            self._arm[0], self._arm_jaw)
+        if command.event:
+            self.get_logger().info(f"teleoperation: {command.event}")
+        if command.goal is not None:
+            stamp = self.get_clock().now().to_msg()
+            self._servo.header.stamp = stamp
+            fill_pose(self._servo.pose, command.goal)
+            self._servo_pub.publish(self._servo)
+            if command.jaw is not None and math.isfinite(command.jaw):
+                self._jaw.header.stamp = stamp
+                self._jaw.position = [command.jaw]
+                self._jaw_pub.publish(self._jaw)
+        self._publish_following(command.following)
+
+    def _silent_input(self, now: float) -> str:
+        if self._master is None or now - self._master[1] > self._master_timeout:
+            return "master device silent"
+        if self._arm is None or now - self._arm[1] > self._arm_timeout:
+            return "arm pose not received"
+        return ""
+
+    def _publish_following(self, following: bool) -> None:
+        if following != self._following:
+            self._following = following
+            self._following_pub.publish(Bool(data=following))
+
+
+def main(args=None):
+    run_node("master_console", MasterConsoleNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""simulator: MuJoCo physics of the arm URDF with position servos on every joint.
+
+Subscribes /forward_position_controller/commands and publishes /joint_states: the interface
+Gazebo with ros2_control offers (forward_position_controller + joint_state_broadcaster), so
+the arm controller cannot tell which one it drives. Physics runs in real time.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from telesurg.kinematics import HOME_POSITIONS, JOINT_NAMES
+from telesurg.resources import arm_urdf
+from telesurg.ros_support import CONTROLLER_COMMAND_QOS, STREAM_QOS, declare_parameters, run_node
+from telesurg.simulation import ArmSimulation
+
+#: Most physics steps taken in one timer callback; beyond that the simulation drops time
+#: rather than racing to catch up (a stalled process must not produce a burst of motion).
+MAX_CATCH_UP_STEPS = 20
+
+
+class SimulatorNode(Node):
+    def __init__(self):
+        super().__init__("simulator")
+        p = declare_parameters(self, "simulator")
+        urdf = p.urdf_path or str(arm_urdf())
+        self.sim = ArmSimulation(urdf, 1.0 / p.physics_rate_hz, HOME_POSITIONS)
+        self._timestep = 1.0 / p.physics_rate_hz
+        self._publish_period = 1.0 / p.publish_rate_hz
+        self._next_publish = 0.0
+        self._start = time.monotonic()
+        self._steps_done = 0
+        self._dropped_steps = 0
+        self.create_subscription(Float64MultiArray, "/forward_position_controller/commands",
+                                 self._on_command, CONTROLLER_COMMAND_QOS)
+        self._publisher = self.create_publisher(JointState, "/joint_states", STREAM_QOS)
+        self._joint_state = JointState(name=list(JOINT_NAMES))
+        self.create_timer(self._timestep, self._step)
+        self.get_logger().info(f"MuJoCo simulation of {urdf} at {p.physics_rate_hz:.0f} Hz")
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        if len(msg.data) != len(JOINT_NAMES):
+            self.get_logger().error(
+                f"command has {len(msg.data)} values, expected {len(JOINT_NAMES)} "
+                f"({', '.join(JOINT_NAMES)}); ignored", throttle_duration_sec=5.0)
+            return
+        self.sim.command(msg.data)
+
+    def _step(self) -> None:
+        due = int((time.monotonic() - self._start) / self._timestep) - self._steps_done
+        if due <= 0:
+            return
+        if due > MAX_CATCH_UP_STEPS:
+            self._dropped_steps += due - MAX_CATCH_UP_STEPS
+            self.get_logger().warning(
+                f"simulation fell behind real time; dropped {self._dropped_steps} steps so far",
+                throttle_duration_sec=5.0)
+            self._steps_done += due - MAX_CATCH_UP_STEPS
+            due = MAX_CATCH_UP_STEPS
+        self.sim.step(due)
+        self._steps_done += due
+        if self.sim.time >= self._next_publish:
+            self._next_publish = self.sim.time + self._publish_period - 0.5 * self._timestep
+            msg = self._joint_state
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.position = self.sim.positions().tolist()
+            msg.velocity = self.sim.velocities().tolist()
+            msg.effort = self.sim.efforts().tolist()
+            self._publisher.publish(msg)
+
+
+def main(args=None):
+    run_node("simulator", SimulatorNode, args)
+
+
+if __name__ == "__main__":
+    main()

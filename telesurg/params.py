@@ -1,0 +1,178 @@
+"""Every node parameter, declared once: type, default, description and valid range.
+
+Nodes declare their ROS parameters from this table, and parameter files are checked against it
+before a node starts, so that a typo, a wrong type or an out-of-range value stops the node with a
+message naming the key and the file (ROS itself ignores unknown keys silently).
+Pure Python: no rclpy import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+#: Parameters rclpy declares on every node by itself.
+ROS_BUILTIN_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
+
+
+class ConfigError(ValueError):
+    """A parameter file or value that telesurg refuses, with where and why."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: bool | int | float | str
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def range_text(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.low is not None:
+            return f"in [{self.low}, {self.high}]"
+        return ""
+
+    def check(self, value: object, where: str) -> bool | int | float | str:
+        """Return value if it is valid for this parameter, else raise ConfigError naming where."""
+        expected = self.kind
+        # bool is an int subclass in Python: keep them apart, as ROS does.
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            hint = " (write it with a decimal point)" if expected is float and isinstance(
+                value, int) and not isinstance(value, bool) else ""
+            raise ConfigError(
+                f"{where}: '{self.name}' must be {expected.__name__}, got "
+                f"{type(value).__name__} {value!r}{hint}")
+        if expected is float and not math.isfinite(value):
+            raise ConfigError(f"{where}: '{self.name}' must be finite, got {value!r}")
+        if self.low is not None and not self.low <= value <= self.high:
+            raise ConfigError(
+                f"{where}: '{self.name}' = {value!r} is out of range: must be {self.range_text()}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(
+                f"{where}: '{self.name}' = {value!r} is not valid: must be {self.range_text()}")
+        return value
+
+
+NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
+    "virtual_surgeon": (
+        Param("task", "suturing", "Surgical task the virtual surgeon performs.",
+              choices=("suturing", "figure8")),
+        Param("seed", 1, "Seed of the task's random tremor and timing (same seed, same motion).",
+              0, 2**31 - 1),
+        Param("rate_hz", 1000.0, "Rate of master pose samples, as a haptic device would stream.",
+              50.0, 2000.0),
+        Param("tremor_amplitude_m", 0.0003, "Amplitude of the added 8-12 Hz hand tremor.",
+              0.0, 0.002),
+    ),
+    "master_console": (
+        Param("rate_hz", 1000.0, "Rate of servo commands to the arm (and of the tremor filter).",
+              100.0, 2000.0),
+        Param("scale", 0.2, "Master to arm motion scale (0.2 is 5:1).", 0.05, 1.0),
+        Param("step_limit_m", 0.002,
+              "Largest arm goal step accepted between two commands; a larger one disengages.",
+              0.0001, 0.02),
+        Param("jaw_rate_rad_s", 2.0, "Jaw speed limit while following.", 0.1, 10.0),
+        Param("jaw_engage_rate_rad_s", 0.5, "Jaw speed limit right after an engage.", 0.05, 10.0),
+        Param("jaw_engage_ramp_s", 1.0, "How long the slower jaw lasts after an engage.",
+              0.0, 5.0),
+        Param("gripper_to_jaw", 1.0, "Jaw angle per master gripper angle.", 0.1, 3.0),
+        Param("tremor_filter", True, "Filter 8-12 Hz physiological tremor out of master motion."),
+        Param("master_timeout_ms", 50.0,
+              "Master pose older than this stops following (device or driver silent).",
+              5.0, 1000.0),
+        Param("arm_timeout_ms", 200.0,
+              "Arm pose older than this prevents engaging (arm not reporting).", 10.0, 5000.0),
+    ),
+    "arm_controller": (
+        Param("rate_hz", 1000.0, "Control loop rate: joint commands to the arm.", 100.0, 2000.0),
+        Param("command_timeout_ms", 50.0,
+              "Servo commands older than this make the arm hold where it is.", 5.0, 1000.0),
+        Param("joint_states_timeout_ms", 50.0,
+              "Joint states older than this stop the controller commanding (arm silent).",
+              5.0, 1000.0),
+        Param("max_goal_jump_m", 0.005,
+              "A goal farther than this from the current setpoint is refused (arm holds).",
+              0.0005, 0.05),
+        Param("velocity_scale", 1.0, "Fraction of the URDF joint velocity limits used.",
+              0.05, 1.0),
+        Param("interpolation_max_s", 0.02,
+              "Longest time a goal is interpolated over (when commands arrive slowly).",
+              0.0, 0.1),
+    ),
+    "simulator": (
+        Param("physics_rate_hz", 1000.0, "MuJoCo physics steps per second (timestep 1/rate).",
+              200.0, 5000.0),
+        Param("publish_rate_hz", 1000.0, "Rate of /joint_states.", 50.0, 2000.0),
+        Param("urdf_path", "", "Arm URDF; empty means the installed description/psm.urdf."),
+    ),
+}
+
+
+def defaults(node: str) -> dict[str, bool | int | float | str]:
+    return {param.name: param.default for param in NODE_PARAMETERS[node]}
+
+
+def check_node_values(node: str, values: dict, where: str) -> dict:
+    """Check one node's parameter values against the table; return them."""
+    table = {param.name: param for param in NODE_PARAMETERS[node]}
+    checked = {}
+    for key, value in values.items():
+        if key in ROS_BUILTIN_PARAMETERS:
+            continue
+        if key not in table:
+            raise ConfigError(
+                f"{where}: unknown parameter '{key}' for node '{node}' "
+                f"(known: {', '.join(sorted(table))})")
+        checked[key] = table[key].check(value, where)
+    return checked
+
+
+def load_parameter_file(path: str | Path) -> dict[str, dict]:
+    """Read and check a ROS 2 parameter file; return {node name: {parameter: value}}.
+
+    Accepts the ROS layout (`node: {ros__parameters: {...}}`, node names with or without a
+    namespace, `/**` for every node) and refuses anything that is not telesurg's.
+    """
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read parameter file: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
+    result: dict[str, dict] = {}
+    for section, body in document.items():
+        node = str(section).rstrip("/").rsplit("/", 1)[-1]
+        if node != "**" and node not in NODE_PARAMETERS:
+            raise ConfigError(
+                f"{path}: unknown node '{section}' (known: {', '.join(NODE_PARAMETERS)})")
+        if not isinstance(body, dict) or set(body) != {"ros__parameters"}:
+            raise ConfigError(f"{path}: '{section}' must hold exactly one key, ros__parameters")
+        values = body["ros__parameters"] or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: '{section}.ros__parameters' must be a mapping")
+        targets = NODE_PARAMETERS if node == "**" else (node,)
+        for target in targets:
+            known = {param.name for param in NODE_PARAMETERS[target]} | ROS_BUILTIN_PARAMETERS
+            # A wildcard section sets what each node knows; a key no node knows is an error.
+            own = {k: v for k, v in values.items() if node != "**" or k in known}
+            result.setdefault(target, {}).update(
+                check_node_values(target, own, f"{path}: {section}"))
+        if node == "**":
+            every = set().union(*({p.name for p in ps} for ps in NODE_PARAMETERS.values()))
+            unknown = set(values) - every - ROS_BUILTIN_PARAMETERS
+            if unknown:
+                raise ConfigError(f"{path}: {section}: unknown parameter '{sorted(unknown)[0]}'")
+    return result

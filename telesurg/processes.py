@@ -1,0 +1,86 @@
+"""Start telesurg node processes and stop them cleanly: no orphans, logs kept. Pure Python."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from telesurg.graph import NodeSpec
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the session process dies, even by SIGKILL, the node
+    gets SIGTERM instead of living on as an orphan."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class NodeProcess:
+    spec: NodeSpec
+    process: subprocess.Popen
+    log_path: Path
+    exit_code: int | None = field(default=None)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+class NodeGroup:
+    """Node processes of one session, started as `python -m module --ros-args ...`."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        self.env = env
+        self.log_dir = log_dir
+        self.nodes: list[NodeProcess] = []
+
+    def start(self, spec: NodeSpec, ros_args: list[str]) -> NodeProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{spec.name}.log"
+        command = [sys.executable, "-m", spec.module, "--ros-args",
+                   "-r", f"__node:={spec.name}", *ros_args]
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                command, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        node = NodeProcess(spec, process, log_path)
+        self.nodes.append(node)
+        return node
+
+    def first_dead(self) -> NodeProcess | None:
+        return next((node for node in self.nodes if not node.alive()), None)
+
+    def stop(self, grace_s: float = 5.0) -> dict[str, int]:
+        """Ctrl-C every node (their clean shutdown path), then SIGTERM, then SIGKILL whatever
+        is still running. Returns each node's exit code."""
+        for escalation in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            running = [node for node in self.nodes if node.alive()]
+            if not running:
+                break
+            for node in running:
+                try:
+                    os.killpg(node.process.pid, escalation)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and any(node.alive() for node in running):
+                time.sleep(0.05)
+        codes = {}
+        for node in self.nodes:
+            node.exit_code = node.process.wait()
+            codes[node.spec.name] = node.exit_code
+        return codes

@@ -1,0 +1,95 @@
+"""Arm controller core: no motion without a reason, hold at the measured position, limits."""
+
+import numpy as np
+import pytest
+
+from telesurg.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
+from telesurg.kinematics import HOME_POSITIONS, JOINT_LIMITS, JOINT_NAMES, forward
+
+RATE = 1000.0
+DT = 1.0 / RATE
+
+
+def started(measured=HOME_POSITIONS):
+    controller = ArmController(ArmControllerConfig(rate_hz=RATE))
+    controller.on_joint_states(np.array(measured, dtype=float), 0.0)
+    assert controller.tick(0.0) is not None
+    return controller
+
+
+def shifted_tip(q, offset):
+    pose = forward(np.asarray(q)[:ARM_JOINTS])
+    pose[:3, 3] += offset
+    return pose
+
+
+def test_commands_nothing_until_the_arm_reports():
+    controller = ArmController(ArmControllerConfig(rate_hz=RATE))
+    assert controller.tick(0.0) is None
+    assert controller.on_servo_cp(forward(HOME_POSITIONS[:ARM_JOINTS]), 0.0)
+
+
+def test_starts_holding_where_the_arm_is():
+    measured = HOME_POSITIONS + 0.01
+    controller = started(measured)
+    assert controller.holding and controller.hold_reason == "no command yet"
+    np.testing.assert_allclose(controller.setpoint, measured)
+
+
+def test_follows_a_goal_within_velocity_limits():
+    controller = started()
+    goal = shifted_tip(HOME_POSITIONS, [0.003, 0.0, 0.0])
+    limits = np.array([JOINT_LIMITS[n].velocity for n in JOINT_NAMES])
+    previous = controller.setpoint.copy()
+    now = 0.0
+    for _ in range(400):
+        now += DT
+        assert controller.on_servo_cp(goal, now) == ""
+        controller.on_joint_states(controller.setpoint, now)
+        setpoint = controller.tick(now)
+        assert np.all(np.abs(setpoint - previous) <= limits * DT * 1.0001)
+        previous = setpoint.copy()
+    np.testing.assert_allclose(forward(setpoint[:ARM_JOINTS])[:3, 3], goal[:3, 3], atol=1e-6)
+    assert not controller.holding
+
+
+def test_stale_commands_hold_at_the_measured_position_not_the_setpoint():
+    controller = started()
+    goal = shifted_tip(HOME_POSITIONS, [0.002, 0.0, 0.0])
+    for i in range(1, 50):
+        controller.on_servo_cp(goal, i * DT)
+        controller.tick(i * DT)
+    lagging = controller.setpoint.copy() - 0.0005  # the arm has not caught up yet
+    now = 49 * DT
+    for _ in range(100):  # 100 ms without commands
+        now += DT
+        controller.on_joint_states(lagging, now)
+        controller.tick(now)
+    assert controller.holding and controller.hold_reason == "commands stale"
+    np.testing.assert_allclose(controller.setpoint, lagging)
+
+
+def test_a_goal_that_jumps_is_refused_and_the_arm_holds():
+    controller = started()
+    refusal = controller.on_servo_cp(shifted_tip(HOME_POSITIONS, [0.02, 0, 0]), DT)
+    assert "jump limit" in refusal
+    assert controller.refused_goals == 1
+    np.testing.assert_allclose(controller.tick(DT), HOME_POSITIONS)
+    assert controller.holding
+
+
+def test_an_unreachable_goal_is_counted_and_the_nearest_reachable_followed():
+    q = HOME_POSITIONS.copy()
+    q[2] = JOINT_LIMITS["outer_insertion"].upper - 0.0005
+    controller = started(q)
+    beyond = shifted_tip(q, [0.0, 0.0, -0.002])  # the shaft points down at home
+    assert controller.on_servo_cp(beyond, DT) == ""
+    assert controller.unreachable_goals == 1
+    for i in range(1, 100):
+        setpoint = controller.tick(i * DT)
+    assert setpoint[2] == pytest.approx(JOINT_LIMITS["outer_insertion"].upper)
+
+
+def test_silent_arm_stops_commands():
+    controller = started()
+    assert controller.tick(0.2) is None  # no joint states for 200 ms
