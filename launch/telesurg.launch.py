@@ -8,11 +8,11 @@ The node list comes from telesurg.graph, the same list `telesurg demo` starts.
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from launch import LaunchDescription
 from telesurg.graph import SESSION_NODES
 
 

@@ -20,7 +20,15 @@ import numpy as np
 
 from telesurg.graph import SESSION_NODES
 from telesurg.kinematics import JOINT_LIMITS, JOINT_NAMES
-from telesurg.metrics import largest_tick_step, limit_violations, percentiles, tracking_errors
+from telesurg.metrics import (
+    following_intervals,
+    jump_after_engage,
+    largest_tick_step,
+    limit_violations,
+    motion_while_held,
+    percentiles,
+    tracking_errors,
+)
 from telesurg.params import ConfigError, load_parameter_file
 from telesurg.processes import NodeGroup
 from telesurg.resources import default_config, fastdds_profile
@@ -32,6 +40,7 @@ RECORDED_TOPICS = {
     "/psm/servo_cp": "geometry_msgs/msg/PoseStamped",
     "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
     "/console/following": "std_msgs/msg/Bool",
+    "/console/clutch": "std_msgs/msg/Bool",
 }
 STARTUP_TIMEOUT_S = 60.0
 
@@ -84,7 +93,7 @@ class Recorder:
         deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         best_effort = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
         for topic, type_name in RECORDED_TOPICS.items():
-            qos = STATE_QOS if topic == "/console/following" else (
+            qos = STATE_QOS if topic.startswith("/console/") else (
                 best_effort if topic == "/psm/servo_cp" else deep)
             self.node.create_subscription(message_class(type_name), topic,
                                           self._keeper(topic), qos, raw=True)
@@ -93,7 +102,7 @@ class Recorder:
         store = self.messages[topic]
 
         def keep(data: bytes) -> None:
-            store.append((time.monotonic_ns(), data))
+            store.append((time.time_ns(), data))  # ROS clock, as header stamps
         return keep
 
     def count(self, topic: str) -> int:
@@ -193,12 +202,16 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float,
 
     setpoints, measured = tips("/psm/setpoint_cp"), tips("/psm/measured_cp")
     stamps = sorted(setpoints)
+    setpoint_path = [setpoints[s] for s in stamps]
+    measured_stamps = sorted(measured)
+    measured_path = [measured[s] for s in measured_stamps]
+    period_s = 1.0 / controller_rate_hz
     commands = [m.data for _, m in decoded("/forward_position_controller/commands")]
     lower = [JOINT_LIMITS[name].lower for name in JOINT_NAMES]
     upper = [JOINT_LIMITS[name].upper for name in JOINT_NAMES]
-    following = decoded("/console/following")
-    engagements = sum(1 for (_, a), (_, b) in zip([(0, None)] + following, following)
-                      if b.data and (a is None or not a.data))
+    changes = [(t, m.data) for t, m in decoded("/console/following")]
+    intervals = following_intervals(changes, stamps[-1] if stamps else 0)
+    clutches = sum(1 for _, m in decoded("/console/clutch") if m.data)
     servo = messages["/psm/servo_cp"]
     servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
     return {
@@ -208,10 +221,15 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float,
         "command_rate_hz": round((len(servo) - 1) / servo_span_s, 1) if servo_span_s else 0.0,
         "commands_sent": len(servo),
         "tracking_error_mm": percentiles(tracking_errors(setpoints, measured), 1000.0),
-        "jump_max_mm": round(1000.0 * largest_tick_step(
-            stamps, [setpoints[s] for s in stamps], 1.0 / controller_rate_hz), 4),
+        "jump_max_mm": round(1000.0 * largest_tick_step(stamps, setpoint_path, period_s), 4),
         "joint_limit_violations": limit_violations(commands, lower, upper),
-        "engagements": engagements,
+        "engagements": len(intervals),
+        "clutch_presses": clutches,
+        "following_s": round(sum(end - start for start, end in intervals) * 1e-9, 3),
+        "motion_while_not_following_mm": round(1000.0 * motion_while_held(
+            measured_stamps, measured_path, intervals), 4),
+        "engage_jump_mm": round(1000.0 * jump_after_engage(
+            stamps, setpoint_path, intervals, period_s), 4),
         "controller_ticks": len(stamps),
     }
 
@@ -224,3 +242,6 @@ def print_summary(summary: dict, say=print) -> None:
         f"p99 {error['p99']} mm, max {error['max']} mm")
     say(f"  largest tip step per controller tick: {summary['jump_max_mm']} mm; "
         f"joint limit violations: {summary['joint_limit_violations']}")
+    say(f"  clutch presses {summary['clutch_presses']}; arm motion while not following "
+        f"{summary['motion_while_not_following_mm']} mm; largest step after an engage "
+        f"{summary['engage_jump_mm']} mm")

@@ -46,3 +46,44 @@ def limit_violations(joint_rows, lower, upper, tolerance: float = 0.0) -> int:
         return 0
     outside = (rows < np.asarray(lower) - tolerance) | (rows > np.asarray(upper) + tolerance)
     return int(outside.any(axis=1).sum())
+
+
+def following_intervals(changes: list[tuple[int, bool]], end_ns: int) -> list[tuple[int, int]]:
+    """(start, end) times while following, from (time, following) changes."""
+    intervals, since = [], None
+    for time_ns, following in changes:
+        if following and since is None:
+            since = time_ns
+        elif not following and since is not None:
+            intervals.append((since, time_ns))
+            since = None
+    if since is not None:
+        intervals.append((since, end_ns))
+    return intervals
+
+
+def motion_while_held(stamps_ns, positions, intervals, settle_s: float = 0.1) -> float:
+    """Largest tip displacement inside the gaps between following intervals (clutch, pauses),
+    measured from where the tip is settle_s after following stopped (its stopping distance
+    belongs to the motion before)."""
+    stamps = np.asarray(stamps_ns, dtype=np.int64)
+    positions = np.asarray(positions, dtype=float)
+    largest = 0.0
+    for (_, stop), (restart, _) in zip(intervals, intervals[1:], strict=False):
+        inside = (stamps >= stop + settle_s * 1e9) & (stamps < restart)
+        if inside.sum() >= 2:
+            held = positions[inside]
+            largest = max(largest, float(np.linalg.norm(held - held[0], axis=1).max()))
+    return largest
+
+
+def jump_after_engage(stamps_ns, positions, intervals, period_s: float,
+                      window_s: float = 0.5) -> float:
+    """Largest tick-to-tick tip step in the first window_s of every following interval."""
+    stamps = np.asarray(stamps_ns, dtype=np.int64)
+    positions = np.asarray(positions, dtype=float)
+    largest = 0.0
+    for start, _ in intervals:
+        window = (stamps >= start - period_s * 1e9) & (stamps < start + window_s * 1e9)
+        largest = max(largest, largest_tick_step(stamps[window], positions[window], period_s))
+    return largest

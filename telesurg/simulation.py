@@ -25,7 +25,7 @@ DRIVE_ARMATURE = {"outer_yaw": 0.05, "outer_pitch": 0.05, "outer_insertion": 0.5
 
 class ArmSimulation:
     def __init__(self, urdf_path: str | Path, timestep: float, initial_positions,
-                 servo_bandwidth_hz: float = 40.0):
+                 servo_bandwidth_hz: float = 60.0):
         spec = mujoco.MjSpec.from_file(str(urdf_path))
         spec.option.timestep = timestep
         # Stiff position servos need the implicit treatment of their damping to stay stable.
@@ -54,7 +54,7 @@ class ArmSimulation:
 
     def _tune_servos(self, bandwidth_hz: float) -> None:
         mass_matrix = np.zeros((self.model.nv, self.model.nv))
-        mujoco.mj_fullM(self.model, mass_matrix, self.data.qM)
+        mujoco.mj_fullM(self.model, self.data, mass_matrix)
         omega = 2.0 * math.pi * bandwidth_hz
         for index, dof in enumerate(self._qvel):
             inertia = mass_matrix[dof, dof]

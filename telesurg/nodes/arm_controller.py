@@ -81,7 +81,8 @@ class ArmControllerNode(Node):
                 self.get_logger().error(f"/joint_states lacks joints {missing}; ignored",
                                         throttle_duration_sec=5.0)
                 return
-            self._joint_order = (list(msg.name), np.array([msg.name.index(n) for n in JOINT_NAMES]))
+            index = np.array([msg.name.index(name) for name in JOINT_NAMES])
+            self._joint_order = (list(msg.name), index)
         index = self._joint_order[1]
         positions = np.asarray(msg.position)[index]
         if len(msg.velocity) == len(msg.name):

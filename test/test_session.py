@@ -1,0 +1,65 @@
+"""Multi-process: the demo graph as real node processes over DDS. The arm tracks the surgeon,
+holds during a clutch, does not jump on re-engage, and nothing is left running."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from telesurg.resources import default_config
+
+
+def run_demo(env, *args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "telesurg.cli", "demo", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def processes_in_domain(domain_id: str) -> list[int]:
+    """PIDs of processes (other than this one) running with this ROS_DOMAIN_ID."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"ROS_DOMAIN_ID={domain_id}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("task, duration, seed", [("suturing", "15", "3"),
+                                                  ("figure8", "10", "7")])
+def test_session_tracks_holds_on_clutch_and_never_jumps(ros_env, tmp_path, task, duration,
+                                                        seed):
+    result = run_demo(ros_env, "--task", task, "--duration", duration, "--seed", seed,
+                      "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["task"] == task
+    assert summary["tracking_error_mm"]["p99"] <= 1.0
+    assert summary["joint_limit_violations"] == 0
+    assert summary["jump_max_mm"] <= 0.5
+    # The surgeon clutched at least once and the console re-engaged after it.
+    assert summary["clutch_presses"] >= 1 and summary["engagements"] >= 2
+    assert summary["motion_while_not_following_mm"] <= 0.05
+    assert summary["engage_jump_mm"] <= 0.1
+    assert summary["command_rate_hz"] > 200
+    assert processes_in_domain(ros_env["ROS_DOMAIN_ID"]) == []
+
+
+def test_demo_refuses_a_bad_config_naming_key_and_file(ros_env, tmp_path):
+    config = yaml.safe_load(default_config().read_text())
+    config["master_console"]["ros__parameters"]["scale"] = 5.0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_demo(ros_env, "--config", str(path), "--out", str(tmp_path / "run"),
+                      timeout=60)
+    assert result.returncode == 1
+    assert "'scale' = 5.0 is out of range" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
