@@ -72,7 +72,9 @@ class ArmController:
         since_last = now - self._last_command_time
         if since_last < self.config.interpolation_max_s:
             self._period_estimate += 0.1 * (since_last - self._period_estimate)
-        self._goal_from = self.setpoint[:ARM_JOINTS].copy()
+        # The new segment starts where the interpolated target is now, so the target path is
+        # continuous and trails the goals by about one command period.
+        self._goal_from = self._target(now)
         self._goal_to = result.q
         self._goal_time = now
         self._goal_duration = min(self._period_estimate, self.config.interpolation_max_s)
@@ -87,10 +89,15 @@ class ArmController:
             self._setpoint_tip = forward(self.setpoint[:ARM_JOINTS])
         return self._setpoint_tip
 
+    def arm_silent(self, now: float) -> bool:
+        """True while the arm's joint states are missing or older than the timeout."""
+        return self.measured is None or (
+            now - self._measured_time > self.config.joint_states_timeout_s)
+
     def tick(self, now: float) -> np.ndarray | None:
         """One control period: the joint setpoint to command, or None while the arm is silent
         (with no measurement there is nothing safe to command)."""
-        if self.measured is None or now - self._measured_time > self.config.joint_states_timeout_s:
+        if self.arm_silent(now):
             self._last_tick = None
             return None
         dt = 1.0 / self.config.rate_hz if self._last_tick is None else min(
@@ -102,9 +109,7 @@ class ArmController:
             return self.setpoint
         self.holding = False
         self.hold_reason = ""
-        alpha = 1.0 if self._goal_duration <= 0 else min(
-            1.0, (now - self._goal_time) / self._goal_duration)
-        target = self._goal_from + alpha * (self._goal_to - self._goal_from)
+        target = self._target(now)
         limit = self._max_speed * dt
         setpoint = self.setpoint.copy()
         setpoint[:ARM_JOINTS] += np.clip(target - setpoint[:ARM_JOINTS], -limit[:ARM_JOINTS],
@@ -113,6 +118,14 @@ class ArmController:
             setpoint[-1] += np.clip(self._jaw_goal - setpoint[-1], -limit[-1], limit[-1])
         self._set(np.clip(setpoint, self._lower, self._upper))
         return self.setpoint
+
+    def _target(self, now: float) -> np.ndarray:
+        """Where the interpolation between the last two goals is at time now."""
+        if self._goal_to is None:
+            return self.setpoint[:ARM_JOINTS].copy()
+        alpha = 1.0 if self._goal_duration <= 0 else min(
+            1.0, (now - self._goal_time) / self._goal_duration)
+        return self._goal_from + alpha * (self._goal_to - self._goal_from)
 
     def _hold(self, reason: str) -> None:
         """Hold where the arm is now (its measured position, not the last setpoint)."""

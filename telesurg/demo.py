@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from telesurg.graph import SESSION_NODES
-from telesurg.kinematics import JOINT_LIMITS, JOINT_NAMES
+from telesurg.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
 from telesurg.metrics import (
+    engage_offsets,
     following_intervals,
-    jump_after_engage,
-    largest_tick_step,
+    largest_step,
     limit_violations,
     motion_while_held,
     percentiles,
@@ -108,9 +108,6 @@ class Recorder:
     def count(self, topic: str) -> int:
         return len(self.messages[topic])
 
-    def publishers(self, topic: str) -> int:
-        return self.node.count_publishers(topic)
-
 
 def run_demo(options: DemoOptions, say=print) -> dict:
     """Run one session; return the summary (also written to options.out/summary.json)."""
@@ -120,7 +117,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
 
     config = Path(options.config) if options.config else default_config()
     try:
-        parameters = load_parameter_file(config)
+        load_parameter_file(config)
     except ConfigError as error:
         raise DemoError(f"configuration error: {error}") from None
     out = Path(options.out)
@@ -146,6 +143,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
         _wait_until_ready(group, recorder)
         say(f"graph up: {', '.join(spec.name for spec in SESSION_NODES)}; running the task")
         started = time.monotonic()
+        cpu_at_start = {node.spec.name: node.cpu_seconds() for node in group.nodes}
         while time.monotonic() - started < options.duration_s:
             dead = group.first_dead()
             if dead:
@@ -153,6 +151,10 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                                 f"(code {dead.process.poll()}):\n{dead.log_tail()}")
             time.sleep(0.1)
         recorded_s = time.monotonic() - started
+        cpu_percent = {
+            node.spec.name: round(
+                100.0 * (node.cpu_seconds() - cpu_at_start[node.spec.name]) / recorded_s, 1)
+            for node in group.nodes}
     finally:
         codes = group.stop()
         executor.shutdown()
@@ -161,8 +163,8 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     failed = {name: code for name, code in codes.items() if code not in (0, -signal.SIGINT)}
     if failed:
         raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
-    summary = summarize(recorder.messages, options, recorded_s,
-                        parameters.get("arm_controller", {}).get("rate_hz", 1000.0))
+    summary = summarize(recorder.messages, options, recorded_s)
+    summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
         raise DemoError("the arm never followed the surgeon (see master_console.log)")
@@ -170,23 +172,21 @@ def run_demo(options: DemoOptions, say=print) -> dict:
 
 
 def _wait_until_ready(group: NodeGroup, recorder: Recorder) -> None:
-    """Wait until the arm reports its pose and the console and surgeon are on the graph."""
+    """Wait until the arm reports its pose and the console is ready to engage."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         dead = group.first_dead()
         if dead:
             raise DemoError(f"node {dead.spec.name} exited at start-up "
                             f"(code {dead.process.poll()}):\n{dead.log_tail()}")
-        if (recorder.count("/psm/measured_cp") and recorder.publishers("/console/following")
-                and recorder.publishers("/psm/servo_cp")):
+        if recorder.count("/psm/measured_cp") and recorder.count("/console/following"):
             return
         time.sleep(0.05)
     raise DemoError(f"the node graph did not come up within {STARTUP_TIMEOUT_S:.0f} s "
-                    "(no arm pose, or console not discovered); see the logs")
+                    "(no arm pose, or the console never got master and arm poses); see the logs")
 
 
-def summarize(messages: dict, options: DemoOptions, recorded_s: float,
-              controller_rate_hz: float) -> dict:
+def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
     from rclpy.serialization import deserialize_message
 
     from telesurg.ros_support import message_class
@@ -200,17 +200,20 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float,
                 np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
                 for _, m in decoded(topic)}
 
+    goals = tips("/psm/servo_cp")
+
     setpoints, measured = tips("/psm/setpoint_cp"), tips("/psm/measured_cp")
-    stamps = sorted(setpoints)
-    setpoint_path = [setpoints[s] for s in stamps]
     measured_stamps = sorted(measured)
     measured_path = [measured[s] for s in measured_stamps]
-    period_s = 1.0 / controller_rate_hz
-    commands = [m.data for _, m in decoded("/forward_position_controller/commands")]
+    commands = decoded("/forward_position_controller/commands")
+    command_times = [t for t, _ in commands]
+    command_joints = [m.data for _, m in commands]
+    command_tips = [forward(np.asarray(q[:len(ARM_JOINT_NAMES)]))[:3, 3]
+                    for q in command_joints]
     lower = [JOINT_LIMITS[name].lower for name in JOINT_NAMES]
     upper = [JOINT_LIMITS[name].upper for name in JOINT_NAMES]
     changes = [(t, m.data) for t, m in decoded("/console/following")]
-    intervals = following_intervals(changes, stamps[-1] if stamps else 0)
+    intervals = following_intervals(changes, command_times[-1] if commands else 0)
     clutches = sum(1 for _, m in decoded("/console/clutch") if m.data)
     servo = messages["/psm/servo_cp"]
     servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
@@ -221,16 +224,17 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float,
         "command_rate_hz": round((len(servo) - 1) / servo_span_s, 1) if servo_span_s else 0.0,
         "commands_sent": len(servo),
         "tracking_error_mm": percentiles(tracking_errors(setpoints, measured), 1000.0),
-        "jump_max_mm": round(1000.0 * largest_tick_step(stamps, setpoint_path, period_s), 4),
-        "joint_limit_violations": limit_violations(commands, lower, upper),
+        "jump_max_mm": round(1000.0 * largest_step(command_tips), 4),
+        "joint_limit_violations": limit_violations(command_joints, lower, upper),
         "engagements": len(intervals),
         "clutch_presses": clutches,
         "following_s": round(sum(end - start for start, end in intervals) * 1e-9, 3),
         "motion_while_not_following_mm": round(1000.0 * motion_while_held(
             measured_stamps, measured_path, intervals), 4),
-        "engage_jump_mm": round(1000.0 * jump_after_engage(
-            stamps, setpoint_path, intervals, period_s), 4),
-        "controller_ticks": len(stamps),
+        "engage_offset_mm": round(1000.0 * max(engage_offsets(
+            sorted(goals), [goals[s] for s in sorted(goals)],
+            sorted(setpoints), [setpoints[s] for s in sorted(setpoints)]), default=0.0), 4),
+        "controller_ticks": len(commands),
     }
 
 
@@ -243,5 +247,5 @@ def print_summary(summary: dict, say=print) -> None:
     say(f"  largest tip step per controller tick: {summary['jump_max_mm']} mm; "
         f"joint limit violations: {summary['joint_limit_violations']}")
     say(f"  clutch presses {summary['clutch_presses']}; arm motion while not following "
-        f"{summary['motion_while_not_following_mm']} mm; largest step after an engage "
-        f"{summary['engage_jump_mm']} mm")
+        f"{summary['motion_while_not_following_mm']} mm; first goal after an engage "
+        f"{summary['engage_offset_mm']} mm from the held arm")

@@ -89,7 +89,7 @@ class VirtualSurgeon:
             raise ValueError(f"t must be in [0, {SESSION_LIMIT_S}] s, got {t}")
         last = int(np.searchsorted(self._clutch_starts, t, side="right")) - 1
         into_clutch = t - self._clutch_starts[last] if last >= 0 else math.inf
-        clutch = into_clutch < self._clutch_duration
+        clutch = bool(into_clutch < self._clutch_duration)  # a numpy bool serialises as False
         task_time = t - self._task_time_lost(last, into_clutch)
         position, rotation, gripper = (self._suturing(task_time) if self.task == "suturing"
                                        else self._figure8(task_time))
@@ -149,3 +149,35 @@ class VirtualSurgeon:
         rotation = (_rotation_about(self._up, 0.25 * math.sin(angle))
                     @ _rotation_about(self._along, 0.15 * math.sin(2.0 * angle)))
         return position, rotation, 0.5 + 0.2 * math.sin(angle)
+
+
+class PresenceRetry:
+    """What a surgeon does when the console is not following although nothing asked it to stop
+    (no clutch, pedal held): after patience_s, lift the operator-present pedal for release_s
+    and press it again, the deliberate re-engage the console requires. Never automatic on the
+    console's side: this is the operator acting."""
+
+    def __init__(self, patience_s: float = 1.0, release_s: float = 0.2) -> None:
+        self.patience_s = patience_s
+        self.release_s = release_s
+        self.presses = 0
+        self._waiting_since = 0.0
+        self._release_until: float | None = None
+
+    def operator_present(self, t: float, pedal_down: bool, clutch: bool,
+                         following: bool) -> bool:
+        """The operator-present pedal as the surgeon works it at time t."""
+        if self._release_until is not None:
+            if t < self._release_until:
+                return False
+            self._release_until = None
+            self._waiting_since = t
+            self.presses += 1
+            return pedal_down
+        if not pedal_down or clutch or following:
+            self._waiting_since = t
+            return pedal_down
+        if t - self._waiting_since >= self.patience_s:
+            self._release_until = t + self.release_s
+            return False
+        return True

@@ -59,7 +59,8 @@ def test_stale_commands_hold_at_the_measured_position_not_the_setpoint():
     for i in range(1, 50):
         controller.on_servo_cp(goal, i * DT)
         controller.tick(i * DT)
-    lagging = controller.setpoint.copy() - 0.0005  # the arm has not caught up yet
+    lagging = controller.setpoint.copy()
+    lagging[:ARM_JOINTS] -= 0.0005  # the arm has not caught up yet
     now = 49 * DT
     for _ in range(100):  # 100 ms without commands
         now += DT
@@ -86,6 +87,7 @@ def test_an_unreachable_goal_is_counted_and_the_nearest_reachable_followed():
     assert controller.on_servo_cp(beyond, DT) == ""
     assert controller.unreachable_goals == 1
     for i in range(1, 100):
+        controller.on_joint_states(controller.setpoint, i * DT)
         setpoint = controller.tick(i * DT)
     assert setpoint[2] == pytest.approx(JOINT_LIMITS["outer_insertion"].upper)
 

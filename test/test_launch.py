@@ -66,25 +66,30 @@ def test_launch_description_builds_where_launch_ros_imports():
     assert len(nodes) == len(SESSION_NODES)
 
 
-def test_installed_copy_has_every_share_file_and_node(tmp_path):
-    """pip installs what ament_python/colcon installs: marker, package.xml, launch, config,
-    description under share/telesurg, and the node executables."""
+def test_built_package_installs_every_share_file_and_node(tmp_path):
+    """The wheel pip builds installs what ament_python/colcon installs: the package marker,
+    package.xml, launch, config and description under share/telesurg, and the node
+    executables. (Building a wheel, not installing it, leaves this environment alone.)"""
     import subprocess
     import sys
+    import zipfile
 
-    prefix = tmp_path / "prefix"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--prefix", str(prefix), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(tmp_path), str(ROOT)],
                    check=True, capture_output=True, timeout=300)
-    share = prefix / "share"
-    expected = [share / "ament_index" / "resource_index" / "packages" / "telesurg",
-                share / "telesurg" / "package.xml"]
+    (wheel,) = tmp_path.glob("telesurg-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = next(name.split("/")[0] for name in names if ".data/" in name)
+    expected = ["share/ament_index/resource_index/packages/telesurg",
+                "share/telesurg/package.xml"]
     for folder, pattern in (("launch", "*.launch.py"), ("config", "*.yaml"),
                             ("config", "*.xml"), ("description", "*.urdf")):
         files = sorted((ROOT / folder).glob(pattern))
         assert files, f"no {folder}/{pattern} in the source tree"
-        expected += [share / "telesurg" / folder / f.name for f in files]
-    missing = [str(path.relative_to(prefix)) for path in expected if not path.is_file()]
+        expected += [f"share/telesurg/{folder}/{f.name}" for f in files]
+    missing = [path for path in expected if f"{data}/data/{path}" not in names]
     assert not missing
+    entry_points = zipfile.ZipFile(wheel).read(
+        next(name for name in names if name.endswith("entry_points.txt"))).decode()
     for spec in SESSION_NODES:
-        assert (prefix / "bin" / spec.executable).is_file()
+        assert f"{spec.executable} = {spec.module}:main" in entry_points

@@ -3,9 +3,9 @@
 import numpy as np
 
 from telesurg.metrics import (
+    engage_offsets,
     following_intervals,
-    jump_after_engage,
-    largest_tick_step,
+    largest_step,
     limit_violations,
     motion_while_held,
     percentiles,
@@ -26,10 +26,10 @@ def test_percentiles_scale_and_empty():
     assert percentiles([], 1000.0)["p99"] is None
 
 
-def test_largest_tick_step_skips_missing_ticks():
-    stamps = [0, 1 * MS, 2 * MS, 10 * MS]           # a gap between 2 ms and 10 ms
-    positions = [[0, 0, 0], [0.0001, 0, 0], [0.0003, 0, 0], [0.05, 0, 0]]
-    assert np.isclose(largest_tick_step(stamps, positions, 0.001), 0.0002)
+def test_largest_step_between_consecutive_ticks():
+    positions = [[0, 0, 0], [0.0001, 0, 0], [0.0003, 0, 0], [0.0003, 0.0004, 0]]
+    assert np.isclose(largest_step(positions), 0.0004)
+    assert largest_step([[1, 2, 3]]) == 0.0
 
 
 def test_limit_violations_counts_rows():
@@ -45,9 +45,18 @@ def test_following_intervals_and_hold_motion():
     stamps = np.arange(0, 800) * MS
     positions = np.zeros((800, 3))
     positions[:300, 0] = np.arange(300) * 1e-5       # moving while following
-    positions[300:400, 0] = positions[299, 0]        # stopping distance window
+    positions[300:450, 0] = positions[299, 0]        # stopped
     positions[450:600, 0] = positions[299, 0] + 0.0002  # drifts 0.2 mm while held
     positions[600:, 0] = positions[599, 0]
     held = motion_while_held(stamps, positions, intervals)
     assert np.isclose(held, 0.0002)
-    assert np.isclose(jump_after_engage(stamps, positions, intervals, 0.001), 1e-5)
+
+
+def test_engage_offsets_compare_each_first_goal_with_the_held_arm():
+    held_stamps = [0, 10 * MS, 20 * MS, 500 * MS]
+    held = [[0, 0, 0], [0.001, 0, 0], [0.002, 0, 0], [0.003, 0, 0]]
+    goal_stamps = [25 * MS, 27 * MS, 29 * MS, 600 * MS, 602 * MS]  # two engages
+    goals = [[0.0021, 0, 0], [0.009, 0, 0], [0.009, 0, 0], [0.003, 0.0004, 0], [0.0, 0, 0]]
+    np.testing.assert_allclose(engage_offsets(goal_stamps, goals, held_stamps, held),
+                               [0.0001, 0.0004], atol=1e-12)
+    assert engage_offsets([], [], held_stamps, held).size == 0

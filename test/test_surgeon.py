@@ -116,3 +116,36 @@ def test_rejects_unknown_task_listing_valid_ones():
 def test_rejects_invalid_times(t):
     with pytest.raises(ValueError, match="t must be"):
         VirtualSurgeon("figure8", 0).sample(t)
+
+
+def test_pedal_states_are_plain_bools_that_ros_messages_serialise():
+    """A numpy bool in std_msgs/Bool serialises as False: the pedals must be real bools."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from std_msgs.msg import Bool
+
+    surgeon = VirtualSurgeon("suturing", 1)
+    clutched = [surgeon.sample(t / 100.0) for t in range(0, 2000)]
+    assert any(sample.clutch for sample in clutched)
+    for sample in clutched:
+        for pedal in (sample.clutch, sample.operator_present):
+            assert type(pedal) is bool
+            wire = serialize_message(Bool(data=pedal))
+            assert deserialize_message(wire, Bool).data == pedal
+
+
+def test_presence_retry_presses_again_only_when_the_console_stopped_following():
+    from telesurg.surgeon import PresenceRetry
+
+    retry = PresenceRetry(patience_s=1.0, release_s=0.2)
+    times = np.arange(0.0, 5.0, 0.01)
+    # Following throughout, or clutching, or pedal up: the pedal is passed through untouched.
+    assert all(retry.operator_present(t, True, False, True) for t in times)
+    assert all(retry.operator_present(t, True, True, False) for t in times + 5.0)
+    assert not any(retry.operator_present(t, False, False, False) for t in times + 10.0)
+    assert retry.presses == 0
+    # Not following with the pedal held: lift for 0.2 s after 1 s, press again, and repeat.
+    pedal = [retry.operator_present(t, True, False, False) for t in times + 15.0]
+    lifted = np.flatnonzero(~np.array(pedal))
+    assert lifted.size > 0 and np.isclose(times[lifted[0]], 1.0, atol=0.011)
+    assert 0.18 <= (lifted[lifted < 150].size * 0.01) <= 0.22
+    assert retry.presses >= 2

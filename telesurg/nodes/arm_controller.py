@@ -1,5 +1,8 @@
 """arm_controller: /psm/servo_cp and /psm/jaw/servo_jp in, joint commands to the arm out.
 
+One control tick per /joint_states message, as a ros2_control update loop reads, updates and
+writes: the command rate follows the arm's state rate, with no timer of its own to keep in step.
+
 Publishes /forward_position_controller/commands (ros2_control convention, JOINT_NAMES order),
 and the arm's /psm/measured_cp, /psm/setpoint_cp (same stamp per tick) and /psm/measured_js.
 """
@@ -25,6 +28,8 @@ from telesurg.ros_support import (
 )
 
 BASE_FRAME = "psm_base"
+#: How often the controller checks that the arm still reports its joint states.
+WATCHDOG_PERIOD_S = 0.05
 
 
 class ArmControllerNode(Node):
@@ -54,10 +59,15 @@ class ArmControllerNode(Node):
         self._setpoint_cp = PoseStamped()
         self._setpoint_cp.header.frame_id = BASE_FRAME
         self._measured_js = JointState(name=list(JOINT_NAMES))
-        self.create_timer(1.0 / p.rate_hz, self._tick)
+        # States go out at their own, lower rate: they feed displays and the console's engage
+        # capture, and every message costs the receivers CPU.
+        self._state_period_ns = int(1e9 / p.state_rate_hz)
+        self._next_state_ns = 0
+        self._arm_silent = True  # until the first /joint_states
+        self.create_timer(WATCHDOG_PERIOD_S, self._watch_arm)
         self.get_logger().info(
-            f"arm_controller at {p.rate_hz:.0f} Hz, holding until fresh servo commands arrive "
-            f"(timeout {p.command_timeout_ms:.0f} ms)")
+            f"arm_controller: one tick per /joint_states (about {p.rate_hz:.0f} Hz), holding "
+            f"until fresh servo commands arrive (timeout {p.command_timeout_ms:.0f} ms)")
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -87,10 +97,20 @@ class ArmControllerNode(Node):
         positions = np.asarray(msg.position)[index]
         if len(msg.velocity) == len(msg.name):
             self._velocities = np.asarray(msg.velocity)[index]
-        self.core.on_joint_states(positions, self._now())
-
-    def _tick(self) -> None:
         now = self.get_clock().now()
+        self.core.on_joint_states(positions, now.nanoseconds * 1e-9)
+        self._tick(now)
+
+    def _watch_arm(self) -> None:
+        silent = self.core.arm_silent(self._now())
+        if silent != self._arm_silent:
+            self._arm_silent = silent
+            if silent:
+                self.get_logger().error("arm silent: no /joint_states, not commanding")
+            else:
+                self.get_logger().info("arm reporting /joint_states")
+
+    def _tick(self, now) -> None:
         setpoint = self.core.tick(now.nanoseconds * 1e-9)
         if self.core.hold_reason != self._last_hold_reason:
             self._last_hold_reason = self.core.hold_reason
@@ -102,7 +122,11 @@ class ArmControllerNode(Node):
             return
         self._command.data = setpoint.tolist()
         self._command_pub.publish(self._command)
-        stamp = now.to_msg()
+        if now.nanoseconds >= self._next_state_ns:
+            self._next_state_ns = now.nanoseconds + self._state_period_ns
+            self._publish_states(now.to_msg())
+
+    def _publish_states(self, stamp) -> None:
         measured = self.core.measured
         self._measured_cp.header.stamp = stamp
         fill_pose(self._measured_cp.pose, forward(measured[:ARM_JOINTS]))

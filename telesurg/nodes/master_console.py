@@ -4,6 +4,10 @@ Reads the master device (/mtm/measured_cp, /mtm/gripper/measured_js) and pedals
 (/console/clutch, /console/operator_present), maps master motion onto the arm incrementally
 (scale, clutch, tremor filter, step limit) and streams /psm/servo_cp and /psm/jaw/servo_jp.
 Works unchanged with a real CRTK device driver publishing /mtm/measured_cp.
+
+One mapping update per master sample (the device's own rate paces the commands); a slower
+watchdog stops following when the device or the arm goes silent. /console/following is first
+published once the console has both the master and the arm pose, i.e. is ready to engage.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from telesurg.ros_support import (
 from telesurg.teleop import MasterInput, TeleopConfig, TeleopMapping
 
 BASE_FRAME = "psm_base"
+#: How often the console checks that the master device and the arm still report.
+WATCHDOG_PERIOD_S = 0.02
 
 
 class MasterConsoleNode(Node):
@@ -60,8 +66,7 @@ class MasterConsoleNode(Node):
         self._servo.header.frame_id = BASE_FRAME
         self._jaw = JointState(name=[JAW_JOINT_NAME])
         self._following = None
-        self._publish_following(False)
-        self.create_timer(1.0 / p.rate_hz, self._tick)
+        self.create_timer(WATCHDOG_PERIOD_S, self._watch_inputs)
         self.get_logger().info(
             f"master_console at {p.rate_hz:.0f} Hz, scale {p.scale}, tremor filter "
             f"{'on' if p.tremor_filter else 'off'}; press operator-present to engage")
@@ -72,6 +77,7 @@ class MasterConsoleNode(Node):
     def _on_master(self, msg: PoseStamped) -> None:
         if msg.header.stamp.sec or msg.header.stamp.nanosec:  # zero stamp: invalid (CRTK)
             self._master = (pose_to_matrix(msg.pose), self._now())
+            self._update()
 
     def _on_gripper(self, msg: JointState) -> None:
         if msg.position:
@@ -91,14 +97,16 @@ class MasterConsoleNode(Node):
         if JAW_JOINT_NAME in msg.name:
             self._arm_jaw = msg.position[msg.name.index(JAW_JOINT_NAME)]
 
-    def _tick(self) -> None:
-        now = self._now()
-        silent = self._silent_input(now)
-        if silent:
-            if self.mapping.following:
-                self.mapping.disengage(silent)
-                self.get_logger().warning(f"stopped following: {silent}")
+    def _watch_inputs(self) -> None:
+        silent = self._silent_input(self._now())
+        if silent and self.mapping.following:
+            self.mapping.disengage(silent)
+            self.get_logger().warning(f"stopped following: {silent}")
+        if silent and self._following is not None:
             self._publish_following(False)
+
+    def _update(self) -> None:
+        if self._silent_input(self._now()):
             return
         master_pose = self._master[0]
         command = self.mapping.update(

@@ -7,6 +7,7 @@ the arm controller cannot tell which one it drives. Physics runs in real time.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rclpy.node import Node
@@ -15,12 +16,18 @@ from std_msgs.msg import Float64MultiArray
 
 from telesurg.kinematics import HOME_POSITIONS, JOINT_NAMES
 from telesurg.resources import arm_urdf
-from telesurg.ros_support import CONTROLLER_COMMAND_QOS, STREAM_QOS, declare_parameters, run_node
+from telesurg.ros_support import (
+    CONTROLLER_COMMAND_QOS,
+    STREAM_QOS,
+    PeriodicLoop,
+    declare_parameters,
+    run_node,
+)
 from telesurg.simulation import ArmSimulation
 
 #: Most physics steps taken in one timer callback; beyond that the simulation drops time
 #: rather than racing to catch up (a stalled process must not produce a burst of motion).
-MAX_CATCH_UP_STEPS = 20
+MAX_CATCH_UP_STEPS = 50
 
 
 class SimulatorNode(Node):
@@ -30,8 +37,6 @@ class SimulatorNode(Node):
         urdf = p.urdf_path or str(arm_urdf())
         self.sim = ArmSimulation(urdf, 1.0 / p.physics_rate_hz, HOME_POSITIONS)
         self._timestep = 1.0 / p.physics_rate_hz
-        self._publish_period = 1.0 / p.publish_rate_hz
-        self._next_publish = 0.0
         self._start = time.monotonic()
         self._steps_done = 0
         self._dropped_steps = 0
@@ -39,7 +44,11 @@ class SimulatorNode(Node):
                                  self._on_command, CONTROLLER_COMMAND_QOS)
         self._publisher = self.create_publisher(JointState, "/joint_states", STREAM_QOS)
         self._joint_state = JointState(name=list(JOINT_NAMES))
-        self.create_timer(self._timestep, self._step)
+        # The command callback (executor thread) and the physics loop share the simulation.
+        self._lock = threading.Lock()
+        # One loop tick per /joint_states message, stepping the physics that is due by then.
+        self.loops = [PeriodicLoop(self, p.publish_rate_hz, self._step)]
+        self.loops[0].start()
         self.get_logger().info(f"MuJoCo simulation of {urdf} at {p.physics_rate_hz:.0f} Hz")
 
     def _on_command(self, msg: Float64MultiArray) -> None:
@@ -48,7 +57,8 @@ class SimulatorNode(Node):
                 f"command has {len(msg.data)} values, expected {len(JOINT_NAMES)} "
                 f"({', '.join(JOINT_NAMES)}); ignored", throttle_duration_sec=5.0)
             return
-        self.sim.command(msg.data)
+        with self._lock:
+            self.sim.command(msg.data)
 
     def _step(self) -> None:
         due = int((time.monotonic() - self._start) / self._timestep) - self._steps_done
@@ -61,16 +71,17 @@ class SimulatorNode(Node):
                 throttle_duration_sec=5.0)
             self._steps_done += due - MAX_CATCH_UP_STEPS
             due = MAX_CATCH_UP_STEPS
-        self.sim.step(due)
+        with self._lock:
+            self.sim.step(due)
+            positions, velocities = self.sim.positions(), self.sim.velocities()
+            efforts = self.sim.efforts()
         self._steps_done += due
-        if self.sim.time >= self._next_publish:
-            self._next_publish = self.sim.time + self._publish_period - 0.5 * self._timestep
-            msg = self._joint_state
-            msg.header.stamp = self.get_clock().now().to_msg()
-            msg.position = self.sim.positions().tolist()
-            msg.velocity = self.sim.velocities().tolist()
-            msg.effort = self.sim.efforts().tolist()
-            self._publisher.publish(msg)
+        msg = self._joint_state
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.position = positions.tolist()
+        msg.velocity = velocities.tolist()
+        msg.effort = efforts.tolist()
+        self._publisher.publish(msg)
 
 
 def main(args=None):

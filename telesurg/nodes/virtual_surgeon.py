@@ -2,8 +2,9 @@
 
 Performs a task (suturing, figure8) with physiological tremor and clutch-and-reposition
 events, seeded and repeatable, publishing what a CRTK master driver and pedals publish. The
-task clock starts once the console listens on every topic and the arm reports its pose, as a
-surgeon looks at the arm before pressing the operator-present pedal.
+task clock starts once the console listens on every topic and reports that it is ready to
+engage (it publishes /console/following once it has the master and the arm pose), as a surgeon
+looks at the console before pressing the operator-present pedal.
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
-from telesurg.ros_support import STATE_QOS, STREAM_QOS, declare_parameters, fill_pose, run_node
+from telesurg.ros_support import (
+    STATE_QOS,
+    STREAM_QOS,
+    PeriodicLoop,
+    declare_parameters,
+    fill_pose,
+    run_node,
+)
 from telesurg.rotations import homogeneous
-from telesurg.surgeon import VirtualSurgeon
+from telesurg.surgeon import PresenceRetry, VirtualSurgeon
 
 MASTER_FRAME = "mtm_base"
 
@@ -30,29 +38,34 @@ class VirtualSurgeonNode(Node):
                                                   STREAM_QOS)
         self._clutch_pub = self.create_publisher(Bool, "/console/clutch", STATE_QOS)
         self._present_pub = self.create_publisher(Bool, "/console/operator_present", STATE_QOS)
-        self._arm_seen = False
-        self.create_subscription(PoseStamped, "/psm/measured_cp", self._on_arm, STREAM_QOS)
+        self._console_ready = False
+        self._following = False
+        self._retry = PresenceRetry()
+        self.create_subscription(Bool, "/console/following", self._on_console, STATE_QOS)
         self._start = None
         self._pose = PoseStamped()
         self._pose.header.frame_id = MASTER_FRAME
         self._gripper = JointState(name=["gripper"])
         self._pedals = (None, None)
-        self.create_timer(1.0 / p.rate_hz, self._tick)
+        self.loops = [PeriodicLoop(self, p.rate_hz, self._tick)]
+        self.loops[0].start()
         self.get_logger().info(f"virtual surgeon: task {p.task}, seed {p.seed}; waiting for the "
-                               "console and the arm")
+                               "console to be ready")
 
-    def _on_arm(self, msg: PoseStamped) -> None:
-        self._arm_seen = True
+    def _on_console(self, msg: Bool) -> None:
+        self._console_ready = True
+        self._following = msg.data
 
     def _ready(self) -> bool:
         publishers = (self._pose_pub, self._gripper_pub, self._clutch_pub, self._present_pub)
-        return self._arm_seen and all(pub.get_subscription_count() > 0 for pub in publishers)
+        return self._console_ready and all(pub.get_subscription_count() > 0
+                                           for pub in publishers)
 
     def _tick(self) -> None:
         now = self.get_clock().now()
         if self._start is None and self._ready():
             self._start = now.nanoseconds * 1e-9
-            self.get_logger().info("console and arm ready: task started")
+            self.get_logger().info("console ready: task started")
         elapsed = 0.0 if self._start is None else now.nanoseconds * 1e-9 - self._start
         master = self.surgeon.sample(elapsed)
         stamp = now.to_msg()
@@ -62,13 +75,18 @@ class VirtualSurgeonNode(Node):
         self._gripper.header.stamp = stamp
         self._gripper.position = [float(master.gripper)]
         self._gripper_pub.publish(self._gripper)
-        pedals = (master.clutch, master.operator_present)
-        if pedals != self._pedals:
-            if pedals[0] != self._pedals[0]:
-                self._clutch_pub.publish(Bool(data=master.clutch))
-            if pedals[1] != self._pedals[1]:
-                self._present_pub.publish(Bool(data=master.operator_present))
-            self._pedals = pedals
+        presses = self._retry.presses
+        present = self._retry.operator_present(elapsed, master.operator_present, master.clutch,
+                                               self._following)
+        if self._retry.presses != presses:
+            self.get_logger().warning("console was not following: pressed operator-present "
+                                      "again")
+        pedals = (master.clutch, present)
+        if pedals[0] != self._pedals[0]:
+            self._clutch_pub.publish(Bool(data=master.clutch))
+        if pedals[1] != self._pedals[1]:
+            self._present_pub.publish(Bool(data=present))
+        self._pedals = pedals
 
 
 def main(args=None):
