@@ -18,10 +18,28 @@ def percentiles(values, scale: float = 1.0) -> dict[str, float | None]:
             "max": round(float(values.max()), 4)}
 
 
-def tracking_errors(setpoints: dict[int, np.ndarray], measured: dict[int, np.ndarray]):
-    """Tip distance between measured and setpoint poses published with the same stamp."""
-    common = sorted(setpoints.keys() & measured.keys())
-    return np.array([np.linalg.norm(measured[s] - setpoints[s]) for s in common])
+def tracking_errors(setpoints: dict[int, np.ndarray], measured: dict[int, np.ndarray],
+                    max_gap_s: float = 0.05) -> np.ndarray:
+    """Tip distance between each measured pose and the setpoint in force when it was measured
+    (interpolated between the setpoints around it), so that the age of a measurement when it
+    reached the controller does not count as tracking error. Measurements without setpoints
+    less than max_gap_s apart around them are skipped."""
+    set_stamps = np.array(sorted(setpoints), dtype=np.int64)
+    if set_stamps.size < 2 or not measured:
+        return np.array([])
+    set_positions = np.array([setpoints[s] for s in set_stamps])
+    stamps = np.array(sorted(measured), dtype=np.int64)
+    after = np.searchsorted(set_stamps, stamps)
+    inside = (after > 0) & (after < set_stamps.size)
+    stamps, after = stamps[inside], after[inside]
+    t0, t1 = set_stamps[after - 1], set_stamps[after]
+    close = (t1 - t0) <= max_gap_s * 1e9
+    stamps, after, t0, t1 = stamps[close], after[close], t0[close], t1[close]
+    fraction = ((stamps - t0) / np.maximum(t1 - t0, 1))[:, None]
+    before_positions = set_positions[after - 1]
+    expected = before_positions + fraction * (set_positions[after] - before_positions)
+    actual = np.array([measured[s] for s in stamps])
+    return np.linalg.norm(actual - expected, axis=1)
 
 
 def largest_step(positions) -> float:

@@ -17,10 +17,11 @@ import numpy as np
 from telesurg.kinematics import JOINT_NAMES
 
 #: Reflected drive inertia per joint (kg m^2, or kg for the insertion stage): the motors and
-#: cable capstans behind each joint, which dominate the light instrument links.
-DRIVE_ARMATURE = {"outer_yaw": 0.05, "outer_pitch": 0.05, "outer_insertion": 0.5,
-                  "outer_roll": 0.002, "outer_wrist_pitch": 0.002, "outer_wrist_yaw": 0.002,
-                  "jaw": 0.002}
+#: capstans behind each joint. Kept small enough that the servos stay inside the URDF effort
+#: limits (MuJoCo applies them) during brisk surgical motion.
+DRIVE_ARMATURE = {"outer_yaw": 0.02, "outer_pitch": 0.02, "outer_insertion": 0.2,
+                  "outer_roll": 0.0002, "outer_wrist_pitch": 0.0002, "outer_wrist_yaw": 0.0002,
+                  "jaw": 0.0002}
 
 
 class ArmSimulation:

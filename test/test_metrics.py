@@ -15,10 +15,16 @@ from telesurg.metrics import (
 MS = 1_000_000
 
 
-def test_tracking_error_pairs_poses_by_stamp():
-    setpoints = {1: np.zeros(3), 2: np.zeros(3), 3: np.zeros(3)}
-    measured = {2: np.array([0.003, 0.004, 0.0]), 3: np.zeros(3), 4: np.ones(3)}
-    np.testing.assert_allclose(sorted(tracking_errors(setpoints, measured)), [0.0, 0.005])
+def test_tracking_error_compares_with_the_setpoint_in_force_when_measured():
+    # Setpoint moving along x at 1 m/s, sampled every 10 ms; a gap after 30 ms.
+    setpoints = {t * MS: np.array([t * 1e-3, 0.0, 0.0]) for t in (0, 10, 20, 30, 200)}
+    measured = {5 * MS: np.array([0.005, 0.0, 0.0]),      # on the path: no error
+                15 * MS: np.array([0.014, 0.0, 0.0]),     # 1 mm behind
+                25 * MS: np.array([0.025, 0.0, 0.002]),   # 2 mm off the path
+                100 * MS: np.array([9.0, 9.0, 9.0]),      # setpoints too far apart: skipped
+                300 * MS: np.zeros(3)}                   # after the last setpoint: skipped
+    np.testing.assert_allclose(tracking_errors(setpoints, measured), [0.0, 0.001, 0.002],
+                               atol=1e-12)
 
 
 def test_percentiles_scale_and_empty():

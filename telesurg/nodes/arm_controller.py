@@ -4,7 +4,8 @@ One control tick per /joint_states message, as a ros2_control update loop reads,
 writes: the command rate follows the arm's state rate, with no timer of its own to keep in step.
 
 Publishes /forward_position_controller/commands (ros2_control convention, JOINT_NAMES order),
-and the arm's /psm/measured_cp, /psm/setpoint_cp (same stamp per tick) and /psm/measured_js.
+and the arm's /psm/measured_cp and /psm/measured_js (stamped when the arm measured its joints,
+the /joint_states stamp) and /psm/setpoint_cp (stamped when commanded).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ArmControllerNode(Node):
         self._joint_order: tuple[list[str], np.ndarray] | None = None
         self._velocities = np.zeros(len(JOINT_NAMES))
         self._last_refusal = ""
+        self._measured_stamp = None  # when the arm measured its joints (CRTK: measured_ stamps)
         self._last_hold_reason = None
         self.create_subscription(PoseStamped, "/psm/servo_cp", self._on_servo_cp, STREAM_QOS)
         self.create_subscription(JointState, "/psm/jaw/servo_jp", self._on_jaw, STREAM_QOS)
@@ -98,6 +100,8 @@ class ArmControllerNode(Node):
         if len(msg.velocity) == len(msg.name):
             self._velocities = np.asarray(msg.velocity)[index]
         now = self.get_clock().now()
+        stamped = msg.header.stamp.sec or msg.header.stamp.nanosec
+        self._measured_stamp = msg.header.stamp if stamped else now.to_msg()
         self.core.on_joint_states(positions, now.nanoseconds * 1e-9)
         self._tick(now)
 
@@ -128,13 +132,13 @@ class ArmControllerNode(Node):
 
     def _publish_states(self, stamp) -> None:
         measured = self.core.measured
-        self._measured_cp.header.stamp = stamp
+        self._measured_cp.header.stamp = self._measured_stamp
         fill_pose(self._measured_cp.pose, forward(measured[:ARM_JOINTS]))
         self._measured_cp_pub.publish(self._measured_cp)
         self._setpoint_cp.header.stamp = stamp
         fill_pose(self._setpoint_cp.pose, self.core.setpoint_tip())
         self._setpoint_cp_pub.publish(self._setpoint_cp)
-        self._measured_js.header.stamp = stamp
+        self._measured_js.header.stamp = self._measured_stamp
         self._measured_js.position = measured.tolist()
         self._measured_js.velocity = self._velocities.tolist()
         self._measured_js_pub.publish(self._measured_js)
