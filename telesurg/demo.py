@@ -232,7 +232,7 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
         "motion_while_not_following_mm": round(1000.0 * motion_while_held(
             measured_stamps, measured_path, intervals), 4),
         "engage_offset_mm": round(1000.0 * max(engage_offsets(
-            sorted(goals), [goals[s] for s in sorted(goals)],
+            [start for start, _ in intervals], sorted(goals), [goals[s] for s in sorted(goals)],
             sorted(setpoints), [setpoints[s] for s in sorted(setpoints)]), default=0.0), 4),
         "controller_ticks": len(commands),
     }

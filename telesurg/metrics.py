@@ -90,20 +90,21 @@ def motion_while_held(stamps_ns, positions, intervals, settle_s: float = 0.1) ->
     return largest
 
 
-def engage_offsets(goal_stamps_ns, goal_positions, held_stamps_ns, held_positions,
-                   gap_s: float = 0.1) -> np.ndarray:
-    """For every engage (a goal that starts a stream after a gap of gap_s or more), the
-    distance from that first goal to where the arm was held just before it: what the arm would
-    jump by on engaging. Incremental mapping makes this zero up to the tracking error."""
+def engage_offsets(engage_ns, goal_stamps_ns, goal_positions, held_stamps_ns, held_positions,
+                   lead_s: float = 0.05) -> np.ndarray:
+    """For every engage, the distance from its first goal to where the arm was held just
+    before: what the arm would jump by on engaging. Incremental mapping makes this zero up to
+    the tracking error. The console sends that first goal just before it announces the engage,
+    so goals up to lead_s before the announcement count."""
     goal_stamps = np.asarray(goal_stamps_ns, dtype=np.int64)
     held_stamps = np.asarray(held_stamps_ns, dtype=np.int64)
-    if goal_stamps.size == 0 or held_stamps.size == 0:
-        return np.array([])
-    starts = np.flatnonzero(np.diff(goal_stamps, prepend=goal_stamps[0] - 10**18) >= gap_s * 1e9)
     offsets = []
-    for index in starts:
-        before = int(np.searchsorted(held_stamps, goal_stamps[index], side="right")) - 1
+    for engage in engage_ns:
+        first = int(np.searchsorted(goal_stamps, engage - lead_s * 1e9))
+        if first == goal_stamps.size:
+            continue
+        before = int(np.searchsorted(held_stamps, goal_stamps[first], side="right")) - 1
         if before >= 0:
-            offsets.append(np.linalg.norm(np.asarray(goal_positions[index])
+            offsets.append(np.linalg.norm(np.asarray(goal_positions[first])
                                           - np.asarray(held_positions[before])))
     return np.array(offsets)

@@ -25,9 +25,9 @@ from telesurg.ros_support import (
 )
 from telesurg.simulation import ArmSimulation
 
-#: Most physics steps taken in one timer callback; beyond that the simulation drops time
-#: rather than racing to catch up (a stalled process must not produce a burst of motion).
-MAX_CATCH_UP_STEPS = 50
+#: Most physics steps taken in one loop tick: a stalled process catches up (the real arm would
+#: have moved meanwhile) but beyond a quarter second it drops time rather than race.
+MAX_CATCH_UP_STEPS = 250
 
 
 class SimulatorNode(Node):
@@ -38,6 +38,7 @@ class SimulatorNode(Node):
         self.sim = ArmSimulation(urdf, 1.0 / p.physics_rate_hz, HOME_POSITIONS)
         self._timestep = 1.0 / p.physics_rate_hz
         self._start = time.monotonic()
+        self._start_ns = self.get_clock().now().nanoseconds
         self._steps_done = 0
         self._dropped_steps = 0
         self.create_subscription(Float64MultiArray, "/forward_position_controller/commands",
@@ -77,7 +78,10 @@ class SimulatorNode(Node):
             efforts = self.sim.efforts()
         self._steps_done += due
         msg = self._joint_state
-        msg.header.stamp = self.get_clock().now().to_msg()
+        # Stamp with the instant the physics state stands for, not when this thread got to
+        # publish it: under CPU load the two can differ by milliseconds.
+        stamp_ns = self._start_ns + round(self._steps_done * self._timestep * 1e9)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         msg.position = positions.tolist()
         msg.velocity = velocities.tolist()
         msg.effort = efforts.tolist()
