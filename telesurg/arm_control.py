@@ -24,6 +24,7 @@ class ArmControllerConfig:
     command_timeout_s: float = 0.05
     joint_states_timeout_s: float = 0.05
     max_goal_jump_m: float = 0.005
+    max_tip_speed_m_s: float = 0.1
     velocity_scale: float = 1.0
     interpolation_max_s: float = 0.02
 
@@ -100,8 +101,9 @@ class ArmController:
         if self.arm_silent(now):
             self._last_tick = None
             return None
+        # A late tick (a stalled process) earns at most 1.5 periods of motion, not a burst.
         dt = 1.0 / self.config.rate_hz if self._last_tick is None else min(
-            now - self._last_tick, 3.0 / self.config.rate_hz)
+            now - self._last_tick, 1.5 / self.config.rate_hz)
         self._last_tick = now
         if now - self._last_command_time > self.config.command_timeout_s:
             if not self.holding or self.setpoint is None:
@@ -112,8 +114,15 @@ class ArmController:
         target = self._target(now)
         limit = self._max_speed * dt
         setpoint = self.setpoint.copy()
-        setpoint[:ARM_JOINTS] += np.clip(target - setpoint[:ARM_JOINTS], -limit[:ARM_JOINTS],
-                                         limit[:ARM_JOINTS])
+        step = np.clip(target - setpoint[:ARM_JOINTS], -limit[:ARM_JOINTS], limit[:ARM_JOINTS])
+        # Cap the tool tip's speed too: joint limits alone allow centimetres per second more
+        # at the tip than surgical motion needs. Steps are small, so scaling is near-linear.
+        tip_move = float(np.linalg.norm(
+            forward(setpoint[:ARM_JOINTS] + step)[:3, 3] - self.setpoint_tip()[:3, 3]))
+        tip_limit = self.config.max_tip_speed_m_s * dt
+        if tip_move > tip_limit:
+            step *= tip_limit / tip_move
+        setpoint[:ARM_JOINTS] += step
         if self._jaw_goal is not None:
             setpoint[-1] += np.clip(self._jaw_goal - setpoint[-1], -limit[-1], limit[-1])
         self._set(np.clip(setpoint, self._lower, self._upper))

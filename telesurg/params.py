@@ -106,6 +106,9 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         Param("max_goal_jump_m", 0.005,
               "A goal farther than this from the current setpoint is refused (arm holds).",
               0.0005, 0.05),
+        Param("max_tip_speed_m_s", 0.1,
+              "Tool tip speed limit of the setpoint (surgical motion stays well below).",
+              0.01, 0.5),
         Param("velocity_scale", 1.0, "Fraction of the URDF joint velocity limits used.",
               0.05, 1.0),
         Param("interpolation_max_s", 0.02,
@@ -181,3 +184,25 @@ def load_parameter_file(path: str | Path) -> dict[str, dict]:
             if unknown:
                 raise ConfigError(f"{path}: {section}: unknown parameter '{sorted(unknown)[0]}'")
     return result
+
+
+def default_parameter_file() -> str:
+    """A ROS 2 parameter file with every parameter at its default, each with its description
+    and range: how config/telesurg.yaml was made (`python -m telesurg.params`)."""
+    lines = ["# Parameters of a telesurg session (ROS 2 parameter file).",
+             "# Every parameter, its meaning and valid range are declared once in "
+             "telesurg/params.py;",
+             "# nodes refuse this file if a key is unknown, a type is wrong or a value is out "
+             "of range.",
+             "# Used by `telesurg demo` and by launch/telesurg.launch.py."]
+    for node, params in NODE_PARAMETERS.items():
+        lines += ["", f"{node}:", "  ros__parameters:"]
+        for param in params:
+            limits = f" ({param.range_text()})" if param.range_text() else ""
+            lines.append(f"    # {param.description}{limits}")
+            lines.append(f"    {param.name}: {yaml.safe_dump(param.default).splitlines()[0]}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(default_parameter_file(), end="")

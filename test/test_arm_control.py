@@ -95,3 +95,21 @@ def test_an_unreachable_goal_is_counted_and_the_nearest_reachable_followed():
 def test_silent_arm_stops_commands():
     controller = started()
     assert controller.tick(0.2) is None  # no joint states for 200 ms
+
+
+def test_tip_speed_is_capped_even_when_joints_could_go_faster():
+    controller = ArmController(ArmControllerConfig(rate_hz=RATE, max_tip_speed_m_s=0.05))
+    controller.on_joint_states(HOME_POSITIONS, 0.0)
+    controller.tick(0.0)
+    goal = shifted_tip(HOME_POSITIONS, [0.004, 0.0, -0.002])
+    previous_tip = controller.setpoint_tip()[:3, 3].copy()
+    now = 0.0
+    for _ in range(300):
+        now += 2 * DT  # late ticks: the step allowance is still bounded
+        controller.on_servo_cp(goal, now)
+        controller.on_joint_states(controller.setpoint, now)
+        controller.tick(now)
+        tip = controller.setpoint_tip()[:3, 3]
+        assert np.linalg.norm(tip - previous_tip) <= 0.05 * 1.5 * DT * 1.01
+        previous_tip = tip.copy()
+    np.testing.assert_allclose(previous_tip, goal[:3, 3], atol=1e-6)

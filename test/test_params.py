@@ -89,3 +89,11 @@ def test_node_process_exits_naming_bad_key_and_file(tmp_path):
     assert result.returncode == 2
     assert "command_timeout_ms" in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_generated_default_file_round_trips_to_the_defaults(tmp_path):
+    from telesurg.params import default_parameter_file
+
+    path = write(tmp_path, default_parameter_file())
+    loaded = load_parameter_file(path)
+    assert loaded == {node: defaults(node) for node in NODE_PARAMETERS}

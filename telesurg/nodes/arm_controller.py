@@ -40,7 +40,8 @@ class ArmControllerNode(Node):
         self.core = ArmController(ArmControllerConfig(
             rate_hz=p.rate_hz, command_timeout_s=p.command_timeout_ms / 1000.0,
             joint_states_timeout_s=p.joint_states_timeout_ms / 1000.0,
-            max_goal_jump_m=p.max_goal_jump_m, velocity_scale=p.velocity_scale,
+            max_goal_jump_m=p.max_goal_jump_m, max_tip_speed_m_s=p.max_tip_speed_m_s,
+            velocity_scale=p.velocity_scale,
             interpolation_max_s=p.interpolation_max_s))
         self._joint_order: tuple[list[str], np.ndarray] | None = None
         self._velocities = np.zeros(len(JOINT_NAMES))
