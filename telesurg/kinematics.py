@@ -26,6 +26,8 @@ ARM_JOINT_NAMES: tuple[str, ...] = (
     "outer_wrist_yaw",
 )
 JAW_JOINT_NAME = "jaw"
+#: Frame of every arm pose: the URDF root link, origin at the remote center of motion.
+BASE_FRAME = "psm_base"
 #: Order of /forward_position_controller/commands and of the 7-value joint vectors.
 JOINT_NAMES: tuple[str, ...] = ARM_JOINT_NAMES + (JAW_JOINT_NAME,)
 

@@ -21,23 +21,20 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from telesurg.params import NODE_PARAMETERS, ConfigError, load_parameter_file
 from telesurg.rotations import homogeneous, matrix_to_quaternion, quaternion_to_matrix
 
+
+def _keep_last(depth: int, reliability: ReliabilityPolicy,
+               durability: DurabilityPolicy) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+                      durability=durability)
+
+
 #: Streamed commands and device samples: the latest wins, a late one is worthless.
-STREAM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                        reliability=ReliabilityPolicy.BEST_EFFORT,
-                        durability=DurabilityPolicy.VOLATILE)
-#: States (operating state, pedals, poses): reliable, and a late joiner gets the last value.
-STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                       reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
-#: State commands (enable, pause, ...): each one must arrive.
-STATE_COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                               reliability=ReliabilityPolicy.RELIABLE,
-                               durability=DurabilityPolicy.VOLATILE)
+STREAM_QOS = _keep_last(1, ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE)
+#: States (pedals, following, arm poses): reliable, and a late joiner gets the last value.
+STATE_QOS = _keep_last(1, ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
 #: Joint commands to ros2_control: its forward controllers subscribe reliable, so publish
 #: reliable (a reliable writer also serves best-effort readers); keep only the newest.
-CONTROLLER_COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                                    reliability=ReliabilityPolicy.RELIABLE,
-                                    durability=DurabilityPolicy.VOLATILE)
+CONTROLLER_COMMAND_QOS = _keep_last(1, ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE)
 
 
 def declare_parameters(node: Node, table_name: str) -> SimpleNamespace:
@@ -173,8 +170,9 @@ def fill_pose(pose: Pose, matrix: np.ndarray) -> Pose:
     return pose
 
 
-def stamp_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
+def is_valid_stamp(stamp) -> bool:
+    """CRTK: a message whose header stamp is zero carries no valid data."""
+    return bool(stamp.sec or stamp.nanosec)
 
 
 def message_class(type_name: str):

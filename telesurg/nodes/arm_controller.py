@@ -17,18 +17,18 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from telesurg.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
-from telesurg.kinematics import JOINT_NAMES, forward
+from telesurg.kinematics import BASE_FRAME, JOINT_NAMES, forward
 from telesurg.ros_support import (
     CONTROLLER_COMMAND_QOS,
     STATE_QOS,
     STREAM_QOS,
     declare_parameters,
     fill_pose,
+    is_valid_stamp,
     pose_to_matrix,
     run_node,
 )
 
-BASE_FRAME = "psm_base"
 #: How often the controller checks that the arm still reports its joint states.
 WATCHDOG_PERIOD_S = 0.05
 
@@ -76,8 +76,8 @@ class ArmControllerNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_servo_cp(self, msg: PoseStamped) -> None:
-        if msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0:
-            return  # CRTK: a zero stamp marks an invalid pose
+        if not is_valid_stamp(msg.header.stamp):
+            return
         refusal = self.core.on_servo_cp(pose_to_matrix(msg.pose), self._now())
         if refusal and refusal != self._last_refusal:
             self.get_logger().warning(f"servo_cp refused: {refusal}")
@@ -101,8 +101,8 @@ class ArmControllerNode(Node):
         if len(msg.velocity) == len(msg.name):
             self._velocities = np.asarray(msg.velocity)[index]
         now = self.get_clock().now()
-        stamped = msg.header.stamp.sec or msg.header.stamp.nanosec
-        self._measured_stamp = msg.header.stamp if stamped else now.to_msg()
+        valid = is_valid_stamp(msg.header.stamp)
+        self._measured_stamp = msg.header.stamp if valid else now.to_msg()
         self.core.on_joint_states(positions, now.nanoseconds * 1e-9)
         self._tick(now)
 

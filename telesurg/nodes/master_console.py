@@ -19,18 +19,18 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
-from telesurg.kinematics import JAW_JOINT_NAME
+from telesurg.kinematics import BASE_FRAME, JAW_JOINT_NAME
 from telesurg.ros_support import (
     STATE_QOS,
     STREAM_QOS,
     declare_parameters,
     fill_pose,
+    is_valid_stamp,
     pose_to_matrix,
     run_node,
 )
 from telesurg.teleop import MasterInput, TeleopConfig, TeleopMapping
 
-BASE_FRAME = "psm_base"
 #: How often the console checks that the master device and the arm still report.
 WATCHDOG_PERIOD_S = 0.02
 
@@ -75,7 +75,7 @@ class MasterConsoleNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_master(self, msg: PoseStamped) -> None:
-        if msg.header.stamp.sec or msg.header.stamp.nanosec:  # zero stamp: invalid (CRTK)
+        if is_valid_stamp(msg.header.stamp):
             self._master = (pose_to_matrix(msg.pose), self._now())
             self._update()
 
@@ -90,7 +90,7 @@ class MasterConsoleNode(Node):
         self._present = msg.data
 
     def _on_arm(self, msg: PoseStamped) -> None:
-        if msg.header.stamp.sec or msg.header.stamp.nanosec:
+        if is_valid_stamp(msg.header.stamp):
             self._arm = (pose_to_matrix(msg.pose), self._now())
 
     def _on_arm_js(self, msg: JointState) -> None:
