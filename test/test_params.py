@@ -78,16 +78,21 @@ def test_defaults_match_table():
     assert defaults("master_console")["scale"] == 0.2
 
 
-def test_node_process_exits_naming_bad_key_and_file(tmp_path):
+@pytest.mark.parametrize("node, key, value, expected", [
+    ("arm_controller", "command_timeout_ms", 5000.0, "out of range"),
+    ("master_console", "scael", 0.2, "unknown parameter 'scael'"),
+    ("simulator", "physics_rate_hz", "fast", "must be float"),
+])
+def test_node_process_exits_naming_bad_key_and_file(tmp_path, node, key, value, expected):
     config = yaml.safe_load(default_config().read_text())
-    config["arm_controller"]["ros__parameters"]["command_timeout_ms"] = 5000.0
+    config[node]["ros__parameters"][key] = value
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [sys.executable, "-m", "telesurg.nodes.arm_controller", "--ros-args",
+        [sys.executable, "-m", f"telesurg.nodes.{node}", "--ros-args",
          "--params-file", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "command_timeout_ms" in result.stderr and str(path) in result.stderr
+    assert expected in result.stderr and key in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr
 
 
