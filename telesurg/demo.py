@@ -89,7 +89,6 @@ class Recorder:
 
         self.node = Node("demo_recorder", context=context)
         self.messages: dict[str, list[tuple[int, bytes]]] = {t: [] for t in RECORDED_TOPICS}
-        self._lock = threading.Lock()
         deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         best_effort = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
         for topic, type_name in RECORDED_TOPICS.items():

@@ -75,8 +75,9 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               0.0, 0.002),
     ),
     "master_console": (
-        Param("rate_hz", 500.0, "Rate of servo commands to the arm (and of the tremor filter).",
-              100.0, 2000.0),
+        Param("rate_hz", 500.0,
+              "Master device sample rate: one servo command per sample; the tremor filter is "
+              "designed for it.", 200.0, 2000.0),
         Param("scale", 0.2, "Master to arm motion scale (0.2 is 5:1).", 0.05, 1.0),
         Param("step_limit_m", 0.002,
               "Largest arm goal step accepted between two commands; a larger one disengages.",

@@ -19,7 +19,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
-from telesurg.kinematics import BASE_FRAME, JAW_JOINT_NAME
+from telesurg.kinematics import BASE_FRAME, JAW_JOINT_NAME, JOINT_LIMITS
 from telesurg.ros_support import (
     STATE_QOS,
     STREAM_QOS,
@@ -43,6 +43,7 @@ class MasterConsoleNode(Node):
             scale=p.scale, rate_hz=p.rate_hz, step_limit_m=p.step_limit_m,
             jaw_rate_rad_s=p.jaw_rate_rad_s, jaw_engage_rate_rad_s=p.jaw_engage_rate_rad_s,
             jaw_engage_ramp_s=p.jaw_engage_ramp_s, gripper_to_jaw=p.gripper_to_jaw,
+            jaw_min=JOINT_LIMITS[JAW_JOINT_NAME].lower, jaw_max=JOINT_LIMITS[JAW_JOINT_NAME].upper,
             tremor_filter=p.tremor_filter))
         self._master_timeout = p.master_timeout_ms / 1000.0
         self._arm_timeout = p.arm_timeout_ms / 1000.0
@@ -68,7 +69,7 @@ class MasterConsoleNode(Node):
         self._following = None
         self.create_timer(WATCHDOG_PERIOD_S, self._watch_inputs)
         self.get_logger().info(
-            f"master_console at {p.rate_hz:.0f} Hz, scale {p.scale}, tremor filter "
+            f"master_console for a {p.rate_hz:.0f} Hz master, scale {p.scale}, tremor filter "
             f"{'on' if p.tremor_filter else 'off'}; press operator-present to engage")
 
     def _now(self) -> float:
