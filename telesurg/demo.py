@@ -85,7 +85,8 @@ class Recorder:
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from telesurg.ros_support import STATE_QOS, message_class
+        from telesurg.bridge_config import message_class
+        from telesurg.ros_support import STATE_QOS
 
         self.node = Node("demo_recorder", context=context)
         self.messages: dict[str, list[tuple[int, bytes]]] = {t: [] for t in RECORDED_TOPICS}
@@ -188,7 +189,7 @@ def _wait_until_ready(group: NodeGroup, recorder: Recorder) -> None:
 def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
     from rclpy.serialization import deserialize_message
 
-    from telesurg.ros_support import message_class
+    from telesurg.bridge_config import message_class
 
     def decoded(topic):
         cls = message_class(RECORDED_TOPICS[topic])

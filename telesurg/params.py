@@ -146,6 +146,16 @@ def check_node_values(node: str, values: dict, where: str) -> dict:
     return checked
 
 
+def read_yaml(path: Path, what: str):
+    """The YAML document in path; ConfigError naming the file if unreadable or not YAML."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read {what}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+
+
 def load_parameter_file(path: str | Path) -> dict[str, dict]:
     """Read and check a ROS 2 parameter file; return {node name: {parameter: value}}.
 
@@ -153,12 +163,7 @@ def load_parameter_file(path: str | Path) -> dict[str, dict]:
     namespace, `/**` for every node) and refuses anything that is not telesurg's.
     """
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read parameter file: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    document = read_yaml(path, "parameter file")
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
     result: dict[str, dict] = {}

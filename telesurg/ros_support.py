@@ -3,7 +3,6 @@ message conversions, and a main loop that exits cleanly on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 import threading
 import time
@@ -173,9 +172,3 @@ def fill_pose(pose: Pose, matrix: np.ndarray) -> Pose:
 def is_valid_stamp(stamp) -> bool:
     """CRTK: a message whose header stamp is zero carries no valid data."""
     return bool(stamp.sec or stamp.nanosec)
-
-
-def message_class(type_name: str):
-    """The Python class of a ROS message type named like 'geometry_msgs/msg/PoseStamped'."""
-    package, kind, name = type_name.split("/")
-    return getattr(importlib.import_module(f"{package}.{kind}"), name)
