@@ -30,6 +30,7 @@ setup(
             "master_console = telesurg.nodes.master_console:main",
             "arm_controller = telesurg.nodes.arm_controller:main",
             "simulator = telesurg.nodes.simulator:main",
+            "bridge = telesurg.nodes.bridge:main",
         ],
     },
 )

@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output directory for summary.json and logs (default: runs/latest)")
     demo.add_argument("--config", type=Path, default=None,
                       help="ROS 2 parameter file (default: the installed config/telesurg.yaml)")
+    keygen = commands.add_parser(
+        "keygen", help="write a new pre-shared key file for the bridges (mode 0600)",
+        description="Write 32 random bytes, hex-encoded, to PATH with mode 0600. Copy the same "
+                    "file to both sites (by a secure channel) and name it in key_file of the "
+                    "bridge configuration.")
+    keygen.add_argument("path", type=Path, metavar="PATH", help="key file to write")
+    keygen.add_argument("--force", action="store_true",
+                        help="replace an existing key file (the other site then needs the new "
+                             "one too)")
     return parser
 
 
@@ -45,7 +54,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "keygen":
+        return _keygen(args)
     return 2
+
+
+def _keygen(args) -> int:
+    from telesurg.wire import write_key
+
+    if args.path.exists() and not args.force:
+        print(f"telesurg keygen: {args.path} exists; not replacing a key the other site may "
+              "share (use --force to replace it)", file=sys.stderr)
+        return 2
+    try:
+        args.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_key(args.path)
+    except OSError as error:
+        print(f"telesurg keygen: cannot write {args.path}: {error.strerror}", file=sys.stderr)
+        return 2
+    print(f"wrote a new key to {args.path} (mode 0600); copy it to the other site")
+    return 0
 
 
 def _demo(args) -> int:

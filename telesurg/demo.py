@@ -90,6 +90,7 @@ class Recorder:
 
         self.node = Node("demo_recorder", context=context)
         self.messages: dict[str, list[tuple[int, bytes]]] = {t: [] for t in RECORDED_TOPICS}
+        self.frozen = False  # set when the task ends: shutting nodes down is not the session
         deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         best_effort = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
         for topic, type_name in RECORDED_TOPICS.items():
@@ -102,7 +103,8 @@ class Recorder:
         store = self.messages[topic]
 
         def keep(data: bytes) -> None:
-            store.append((time.time_ns(), data))  # ROS clock, as header stamps
+            if not self.frozen:
+                store.append((time.time_ns(), data))  # ROS clock, as header stamps
         return keep
 
     def count(self, topic: str) -> int:
@@ -150,6 +152,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 raise DemoError(f"node {dead.spec.name} exited during the session "
                                 f"(code {dead.process.poll()}):\n{dead.log_tail()}")
             time.sleep(0.1)
+        recorder.frozen = True
         recorded_s = time.monotonic() - started
         cpu_percent = {
             node.spec.name: round(

@@ -38,7 +38,7 @@ def tracking_errors(setpoints: dict[int, np.ndarray], measured: dict[int, np.nda
     fraction = ((stamps - t0) / np.maximum(t1 - t0, 1))[:, None]
     before_positions = set_positions[after - 1]
     expected = before_positions + fraction * (set_positions[after] - before_positions)
-    actual = np.array([measured[s] for s in stamps])
+    actual = np.array([measured[s] for s in stamps]).reshape(-1, 3)
     return np.linalg.norm(actual - expected, axis=1)
 
 

@@ -116,6 +116,17 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               "Longest time a goal is interpolated over (when commands arrive slowly).",
               0.0, 0.1),
     ),
+    "bridge": (
+        Param("role", "master", "Which site this bridge serves.", choices=("master", "patient")),
+        Param("config_file", "",
+              "Bridge configuration (links, key file, topics); empty means the installed "
+              "config/bridge.yaml."),
+        Param("insecure", False,
+              "Run without a key file: no authentication, no secrecy. Only for local "
+              "experiments; both bridges must say so."),
+        Param("link_state_rate_hz", 10.0, "Rate of /bridge/link_state (also sent on change).",
+              1.0, 100.0),
+    ),
     "simulator": (
         Param("physics_rate_hz", 1000.0, "MuJoCo physics steps per second (timestep 1/rate).",
               200.0, 5000.0),

@@ -1,4 +1,4 @@
-"""Shared test set-up: every multi-process test gets its own DDS domain, kept on localhost."""
+"""Shared test set-up: every multi-process test gets its own DDS domains, kept on localhost."""
 
 import itertools
 import os
@@ -7,7 +7,8 @@ import pytest
 
 from telesurg.demo import session_environment
 
-_domains = itertools.count(100 + os.getpid() % 50 * 2)
+# Fast DDS refuses domain ids above 232 (UDP port arithmetic): stay within [100, 232].
+_domains = itertools.cycle(range(100 + os.getpid() % 40 * 3, 233))
 
 
 @pytest.fixture
@@ -18,3 +19,9 @@ def ros_env(monkeypatch):
                 "FASTDDS_DEFAULT_PROFILES_FILE"):
         monkeypatch.setenv(key, env[key])
     return env
+
+
+@pytest.fixture
+def second_domain_id() -> int:
+    """Another fresh DDS domain, for a second site."""
+    return next(_domains)

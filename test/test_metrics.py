@@ -25,6 +25,7 @@ def test_tracking_error_compares_with_the_setpoint_in_force_when_measured():
                 300 * MS: np.zeros(3)}                   # after the last setpoint: skipped
     np.testing.assert_allclose(tracking_errors(setpoints, measured), [0.0, 0.001, 0.002],
                                atol=1e-12)
+    assert tracking_errors(setpoints, {300 * MS: np.zeros(3)}).size == 0
 
 
 def test_percentiles_scale_and_empty():

@@ -17,7 +17,6 @@ from std_msgs.msg import Float64MultiArray
 from telesurg.kinematics import HOME_POSITIONS, JOINT_NAMES
 from telesurg.resources import arm_urdf
 from telesurg.ros_support import (
-    CONTROLLER_COMMAND_QOS,
     STREAM_QOS,
     PeriodicLoop,
     declare_parameters,
@@ -41,8 +40,10 @@ class SimulatorNode(Node):
         self._start_ns = self.get_clock().now().nanoseconds
         self._steps_done = 0
         self._dropped_steps = 0
+        # Best effort: a reliable reader stalls behind a lost sample until the writer's next
+        # heartbeat (seen here: the arm frozen on an old command for over 100 ms).
         self.create_subscription(Float64MultiArray, "/forward_position_controller/commands",
-                                 self._on_command, CONTROLLER_COMMAND_QOS)
+                                 self._on_command, STREAM_QOS)
         self._publisher = self.create_publisher(JointState, "/joint_states", STREAM_QOS)
         self._joint_state = JointState(name=list(JOINT_NAMES))
         # The command callback (executor thread) and the physics loop share the simulation.

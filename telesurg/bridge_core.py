@@ -1,0 +1,216 @@
+"""The bridge between two sites, without ROS: every datagram out on every link, the first copy
+in wins (IEC 62439-3 PRP), heartbeats on every link, and the links' health.
+
+No rclpy: the node hands outgoing payloads (CDR bytes) to send(), and gets incoming ones back
+through a callback from the receive thread. Sockets are plain UDP, one per link, optionally
+bound to a network interface so that each link leaves on its own technology.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from telesurg.bridge_config import BridgeConfig, LinkConfig
+from telesurg.link_health import HealthSnapshot, LinkHealth, LinkHealthConfig, StateChange
+from telesurg.wire import (
+    MAX_DATAGRAM_BYTES,
+    DatagramTooLarge,
+    DropCounters,
+    MessageKind,
+    ReplayWindow,
+    WireCodec,
+    WireError,
+)
+
+#: Heartbeat payload: per link, the link id, the newest peer heartbeat timestamp heard on it and
+#: how long it was held before this heartbeat left (RTCP's LSR/DLSR), so that each side measures
+#: every link's round trip from heartbeats alone, with every datagram still sent on every link.
+_ECHO = struct.Struct("!BQQ")
+#: Longest the receive thread sleeps when no link deadline is due.
+_IDLE_WAIT_S = 0.1
+#: Senders remembered (a restarted peer is a new sender); beyond it the oldest is forgotten.
+_MAX_SENDERS = 8
+
+
+@dataclass
+class _Link:
+    index: int  # link id on the wire: position in the configuration, the same at both sites
+    config: LinkConfig
+    sock: socket.socket
+    peer: tuple[str, int]
+    # Newest peer heartbeat heard here: its sender timestamp and our monotonic arrival, in ns.
+    echo: tuple[int, int] = (0, 0)
+    send_errors: int = 0
+
+
+def open_link_socket(link: LinkConfig) -> socket.socket:
+    """A non-blocking UDP socket bound as the link configuration says."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if link.interface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                            link.interface.encode() + b"\0")
+        sock.bind(link.bind)
+    except OSError as error:
+        sock.close()
+        raise OSError(f"link {link.name}: cannot bind {link.bind[0]}:{link.bind[1]}"
+                      f"{' on ' + link.interface if link.interface else ''}: "
+                      f"{error.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class BridgeCore:
+    def __init__(self, config: BridgeConfig, key: bytes,
+                 deliver: Callable[[int, bytes], None],
+                 health_changed: Callable[[list[StateChange]], None]):
+        self.config = config
+        self.codec = WireCodec(key)
+        self._deliver = deliver
+        self._health_changed = health_changed
+        self.health = LinkHealth([link.name for link in config.links],
+                                 LinkHealthConfig(link_timeout_ms=config.link_timeout_ms))
+        self.links: list[_Link] = []
+        try:
+            for index, link in enumerate(config.links):
+                peer = (socket.gethostbyname(link.peer[0]), link.peer[1])  # resolve once
+                self.links.append(_Link(index, link, open_link_socket(link), peer))
+        except OSError:
+            self.close()
+            raise
+        self._by_fileno = {link.sock.fileno(): link for link in self.links}
+        self._windows: dict[int, ReplayWindow] = {}
+        self.drops = DropCounters()
+        self.sent = 0
+        self.delivered = 0
+        self.duplicates_discarded = 0
+        self.oversized = 0
+        self._sequence = 0
+        self._send_lock = threading.Lock()  # sequences must leave in order on every link
+        self._lock = threading.Lock()  # health, shared by the receive and heartbeat threads
+        self._stop = threading.Event()
+        self._receiver = threading.Thread(target=self._receive_loop, name="bridge_receive",
+                                          daemon=True)
+
+    def start(self) -> None:
+        self._receiver.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._receiver.is_alive():
+            self._receiver.join(timeout=2.0)
+        for link in self.links:
+            link.sock.close()
+
+    # Sending -----------------------------------------------------------------------------
+
+    def send(self, topic_index: int, payload: bytes) -> bool:
+        """Send one message's CDR bytes on every link; False if it was too large to send."""
+        try:
+            self._send_everywhere(MessageKind.DATA, topic_index, payload)
+        except DatagramTooLarge:
+            self.oversized += 1
+            return False
+        self.sent += 1
+        return True
+
+    def send_heartbeat(self) -> None:
+        now_ns = time.monotonic_ns()
+        echoes = b"".join(
+            _ECHO.pack(link.index, link.echo[0], now_ns - link.echo[1] if link.echo[0] else 0)
+            for link in self.links)
+        self._send_everywhere(MessageKind.HEARTBEAT, 0, echoes)
+
+    def _send_everywhere(self, kind: MessageKind, topic_index: int, payload: bytes) -> None:
+        with self._send_lock:
+            self._sequence += 1
+            timestamp_ns = time.monotonic_ns()
+            for link in self.links:
+                datagram = self.codec.encode(kind, link.index, self._sequence, timestamp_ns,
+                                             topic_index, payload)
+                try:
+                    link.sock.sendto(datagram, link.peer)
+                except OSError:
+                    # A link whose interface is down: the other links carry the datagram.
+                    link.send_errors += 1
+
+    # Receiving ---------------------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        sockets = [link.sock for link in self.links]
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                deadline = self.health.next_deadline(now)
+            wait = _IDLE_WAIT_S if deadline is None else min(_IDLE_WAIT_S, deadline - now)
+            try:
+                ready, _, _ = select.select(sockets, [], [], max(0.0, wait))
+            except (OSError, ValueError):
+                return  # sockets closed: shutting down
+            for sock in ready:
+                self._drain(self._by_fileno[sock.fileno()])
+            with self._lock:
+                changes = self.health.update(time.monotonic())
+            if changes:
+                self._health_changed(changes)
+
+    def _drain(self, link: _Link) -> None:
+        while True:
+            try:
+                datagram = link.sock.recv(MAX_DATAGRAM_BYTES + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self._receive(link, datagram, time.monotonic_ns())
+
+    def _receive(self, link: _Link, raw: bytes, arrival_ns: int) -> None:
+        try:
+            datagram = self.codec.decode(raw)
+        except WireError as error:
+            self.drops.record(error.reason)
+            return
+        if datagram.link_id != link.index:
+            self.drops.record("wrong link")  # authentic, but relabelled or misrouted
+            return
+        window = self._window(datagram.sender_id)
+        fresh = window.accept(datagram.sequence)
+        now = arrival_ns * 1e-9
+        with self._lock:
+            monitor = self.health.links[link.config.name]
+            monitor.on_datagram(now, datagram.sequence, datagram.timestamp_ns, len(raw))
+            if datagram.kind == MessageKind.HEARTBEAT:
+                link.echo = (datagram.timestamp_ns, arrival_ns)
+                self._take_echo(link, datagram.payload, now)
+        if datagram.kind == MessageKind.DATA:
+            if fresh:
+                self.delivered += 1
+                self._deliver(datagram.topic_index, datagram.payload)
+            else:
+                self.duplicates_discarded += 1
+
+    def _take_echo(self, link: _Link, payload: bytes, now: float) -> None:
+        """Round trip of this link from the echo of our own heartbeat the peer sent on it."""
+        for offset in range(0, len(payload) - _ECHO.size + 1, _ECHO.size):
+            link_index, echoed_ns, held_ns = _ECHO.unpack_from(payload, offset)
+            if link_index == link.index and echoed_ns:
+                self.health.links[link.config.name].on_heartbeat_reply(
+                    now, (echoed_ns + held_ns) * 1e-9)
+
+    def _window(self, sender_id: int) -> ReplayWindow:
+        window = self._windows.get(sender_id)
+        if window is None:
+            if len(self._windows) >= _MAX_SENDERS:
+                self._windows.pop(next(iter(self._windows)))
+            window = self._windows[sender_id] = ReplayWindow()
+        return window
+
+    def snapshot(self) -> HealthSnapshot:
+        with self._lock:
+            return self.health.snapshot(time.monotonic())

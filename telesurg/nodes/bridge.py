@@ -1,0 +1,174 @@
+"""bridge: the only path between the master site and the patient site.
+
+Subscribes the configured outgoing topics (raw CDR, no decoding), sends every message over every
+link, publishes what arrives from the other site, and reports its own view of the links on
+/bridge/link_state and /diagnostics (10 Hz and at once on any change).
+"""
+
+from __future__ import annotations
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+
+from telesurg.bridge_config import (
+    DIAGNOSTICS_TOPIC,
+    LINK_STATE_TOPIC,
+    QosKind,
+    default_bridge_config_path,
+    load_bridge_config,
+    message_class,
+)
+from telesurg.bridge_core import BridgeCore
+from telesurg.link_health import HealthSnapshot, LinkState, OverallState
+from telesurg.params import ConfigError
+from telesurg.ros_support import (
+    STATE_QOS,
+    STREAM_QOS,
+    PeriodicLoop,
+    declare_parameters,
+    run_node,
+)
+from telesurg.wire import KeyFileError, load_key
+
+#: An all-zero key: what both bridges use when run insecure, so they still understand each
+#: other. Anyone can read and forge such traffic.
+INSECURE_KEY = bytes(32)
+
+QOS_BY_KIND = {
+    QosKind.COMMAND: STREAM_QOS,
+    QosKind.STATE: STATE_QOS,
+    QosKind.EVENT: QoSProfile(depth=10),  # reliable, volatile: every state command arrives
+}
+LEVELS = {LinkState.UP: DiagnosticStatus.OK, LinkState.DEGRADED: DiagnosticStatus.WARN,
+          LinkState.DOWN: DiagnosticStatus.ERROR, OverallState.REDUNDANT: DiagnosticStatus.OK,
+          OverallState.SINGLE: DiagnosticStatus.WARN, OverallState.LOST: DiagnosticStatus.ERROR}
+
+
+class BridgeNode(Node):
+    def __init__(self):
+        super().__init__("bridge")
+        self.core = None  # until the links are open
+        p = declare_parameters(self, "bridge")
+        path = p.config_file or str(default_bridge_config_path())
+        config = load_bridge_config(path, p.role)
+        key = self._key(config.key_file, p.insecure)
+        self._incoming_publishers = {
+            topic.index: self.create_publisher(message_class(topic.type_name), topic.name,
+                                               QOS_BY_KIND[topic.qos])
+            for topic in config.incoming}
+        try:
+            self.core = BridgeCore(config, key, self._deliver, self._on_health_change)
+        except OSError as error:
+            raise ConfigError(f"{path}: {error}") from None
+        for topic in config.outgoing:
+            self.create_subscription(message_class(topic.type_name), topic.name,
+                                     self._sender(topic.index), QOS_BY_KIND[topic.qos],
+                                     raw=True)
+        self._link_state_pub = self.create_publisher(DiagnosticArray, LINK_STATE_TOPIC,
+                                                     STATE_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._name = f"bridge ({p.role})"
+        self.core.start()
+        self.loops = [PeriodicLoop(self, config.heartbeat_rate_hz, self.core.send_heartbeat),
+                      PeriodicLoop(self, p.link_state_rate_hz, self._publish_link_state)]
+        for loop in self.loops:
+            loop.start()
+        links = ", ".join(f"{link.name} {link.bind[0]}:{link.bind[1]} -> "
+                          f"{link.peer[0]}:{link.peer[1]}" for link in config.links)
+        self.get_logger().info(
+            f"{self._name}: links {links}; sending {[t.name for t in config.outgoing]}, "
+            f"receiving {[t.name for t in config.incoming]}")
+
+    def destroy_node(self):
+        if self.core is not None:
+            self.core.close()
+        super().destroy_node()
+
+    def _key(self, key_file, insecure: bool) -> bytes:
+        if insecure:
+            self.get_logger().warning(
+                "INSECURE: no key, traffic is neither authenticated nor secret; never use this "
+                "beyond a local experiment")
+            return INSECURE_KEY
+        if not key_file.exists():
+            raise ConfigError(
+                f"no key file at {key_file}: the bridge authenticates and encrypts every "
+                f"datagram with a pre-shared key. Create one with `telesurg keygen {key_file}` "
+                "and copy it to the other site, or set insecure:=true for a local experiment")
+        try:
+            return load_key(key_file)
+        except KeyFileError as error:
+            raise ConfigError(str(error)) from None
+
+    def _sender(self, topic_index: int):
+        def send(payload: bytes) -> None:
+            if not self.core.send(topic_index, payload):
+                self.get_logger().error(
+                    "a message too large for one datagram was not sent",
+                    throttle_duration_sec=5.0)
+        return send
+
+    def _deliver(self, topic_index: int, payload: bytes) -> None:
+        publisher = self._incoming_publishers.get(topic_index)
+        if publisher is not None:  # an index this site does not receive: misconfigured peer
+            self._publish(publisher, payload)
+
+    def _on_health_change(self, changes) -> None:
+        for change in changes:
+            what = "overall" if change.link is None else f"link {change.link}"
+            self.get_logger().info(f"{what}: {change.previous} -> {change.current}")
+        self._publish_link_state()
+
+    def _publish_link_state(self) -> None:
+        message = link_state_message(self._name, self.core.snapshot(), self.core)
+        message.header.stamp = self.get_clock().now().to_msg()
+        self._publish(self._link_state_pub, message)
+        self._publish(self._diagnostics_pub, message)
+
+    def _publish(self, publisher, message) -> None:
+        """Publish from the bridge's own threads, which may outlive the ROS context by a few
+        milliseconds at shutdown (Ctrl-C/SIGTERM shut the context down first)."""
+        try:
+            publisher.publish(message)
+        except Exception:
+            if self.context.ok():
+                raise
+
+
+def _value(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore) -> DiagnosticArray:
+    """One status per link and one overall, with the figures as key/values."""
+    statuses = []
+    for link_name, figures in snapshot.links.items():
+        values = [KeyValue(key=key, value=_value(getattr(figures, key)))
+                  for key in ("last_heard_age_ms", "rtt_ms", "rtt_p50_ms", "rtt_p99_ms",
+                              "one_way_delay_ms", "relative_delay_ms", "loss_percent",
+                              "jitter_ms", "received", "duplicates", "reordered",
+                              "reorder_percent", "down_events")]
+        statuses.append(DiagnosticStatus(
+            level=LEVELS[figures.state], name=f"{name}: link {link_name}",
+            hardware_id=link_name, message=str(figures.state), values=values))
+    counters = {"sent": core.sent, "delivered": core.delivered,
+                "duplicates_discarded": core.duplicates_discarded,
+                "rejected_datagrams": core.drops.total, "oversized": core.oversized}
+    counters.update({f"rejected_{reason}": count
+                     for reason, count in core.drops.snapshot().items()})
+    statuses.append(DiagnosticStatus(
+        level=LEVELS[snapshot.state], name=f"{name}: overall", hardware_id="overall",
+        message=str(snapshot.state),
+        values=[KeyValue(key=key, value=str(value)) for key, value in counters.items()]))
+    return DiagnosticArray(status=statuses)
+
+
+def main(args=None):
+    run_node("bridge", BridgeNode, args)
+
+
+if __name__ == "__main__":
+    main()

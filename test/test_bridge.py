@@ -1,0 +1,209 @@
+"""Multi-process: two real bridge processes, each on its own DDS domain, joined only by UDP on
+loopback. Messages cross both ways, link state is reported at each site, garbage is counted
+and never published, and a bridge without a key refuses to start."""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import rclpy
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+
+from telesurg.demo import session_environment
+from telesurg.graph import NodeSpec
+from telesurg.processes import NodeGroup
+from telesurg.resources import share_dir
+from telesurg.ros_support import STATE_QOS, STREAM_QOS
+from telesurg.wire import write_key
+
+DISCOVERY_TIMEOUT_S = 20.0
+
+
+def free_udp_ports(count: int) -> list[int]:
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def write_bridge_config(folder, ports, key_file="bridge.key"):
+    document = yaml.safe_load((share_dir() / "config" / "bridge.yaml").read_text())
+    document["key_file"] = key_file
+    for link, (master_port, patient_port) in zip(document["links"], (ports[:2], ports[2:]),
+                                                 strict=True):
+        link["master"] = {"bind": f"127.0.0.1:{master_port}", "peer": f"127.0.0.1:{patient_port}"}
+        link["patient"] = {"bind": f"127.0.0.1:{patient_port}", "peer": f"127.0.0.1:{master_port}"}
+    path = folder / "bridge.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+class Site:
+    """This test process's window on one site's DDS domain."""
+
+    def __init__(self, domain_id: int):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(f"probe_{domain_id}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.link_state = None
+        self.node.create_subscription(DiagnosticArray, "/bridge/link_state",
+                                      self._on_link_state, STATE_QOS)
+
+    def _on_link_state(self, message):
+        self.link_state = {status.hardware_id: status for status in message.status}
+
+    def spin_until(self, condition, timeout_s: float, what: str):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.01)
+            if condition():
+                return
+        overall = (self.link_state or {}).get("overall")
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; "
+                             f"bridge overall status: {overall}")
+
+    def spin_for(self, seconds: float):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def overall(self, key=None):
+        status = (self.link_state or {}).get("overall")
+        if status is None:
+            return None
+        if key is None:
+            return status.message
+        return int(next(v.value for v in status.values if v.key == key))
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture
+def two_sites(tmp_path, ros_env, second_domain_id):
+    master_domain = int(ros_env["ROS_DOMAIN_ID"])
+    patient_domain = second_domain_id
+    write_key(tmp_path / "bridge.key")
+    ports = free_udp_ports(4)
+    config = write_bridge_config(tmp_path, ports)
+    groups = []
+    for role, domain in (("master", master_domain), ("patient", patient_domain)):
+        group = NodeGroup(session_environment(domain), tmp_path / f"logs_{role}")
+        group.start(NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", role, "bridge"),
+                    ["-p", f"role:={role}", "-p", f"config_file:={config}"])
+        groups.append(group)
+    master, patient = Site(master_domain), Site(patient_domain)
+    try:
+        yield master, patient, [group.nodes[0].process for group in groups], ports
+    finally:
+        for group in groups:
+            assert set(group.stop().values()) <= {0, -signal.SIGINT}  # clean shutdown
+        master.close()
+        patient.close()
+
+
+def pose(i: int) -> PoseStamped:
+    message = PoseStamped()
+    message.header.stamp.sec = 1000 + i // 1000
+    message.header.stamp.nanosec = (i % 1000) * 1_000_000
+    message.pose.position.x = i * 1e-6
+    message.pose.orientation.w = 1.0
+    return message
+
+
+def test_messages_cross_both_ways_and_each_site_sees_its_links(two_sites):
+    master, patient, processes, _ = two_sites
+    servo_pub = master.node.create_publisher(PoseStamped, "/psm/servo_cp", STREAM_QOS)
+    received = []
+    patient.node.create_subscription(  # best effort, as the bridge publishes commands
+        PoseStamped, "/psm/servo_cp", lambda m: received.append(m.pose.position.x),
+        QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT))
+    state_pub = patient.node.create_publisher(String, "/psm/operating_state", STATE_QOS)
+    states = []
+    master.node.create_subscription(String, "/psm/operating_state",
+                                    lambda m: states.append(m.data), STATE_QOS)
+    master.spin_until(lambda: servo_pub.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S,
+                      "the master bridge to subscribe /psm/servo_cp")
+    patient.spin_until(lambda: patient.node.count_publishers("/psm/servo_cp") > 0
+                       and patient.overall() == "REDUNDANT", DISCOVERY_TIMEOUT_S,
+                       "the patient bridge to publish and report both links up")
+    master.spin_until(lambda: master.overall() == "REDUNDANT", DISCOVERY_TIMEOUT_S,
+                      "the master bridge to report both links up")
+
+    for i in range(200):  # 200 Hz: slow enough that no DDS hop has to drop a sample
+        servo_pub.publish(pose(i))
+        master.executor.spin_once(timeout_sec=0.0)
+        patient.spin_for(0.005)
+    patient.spin_until(lambda: len(received) >= 190, 5.0, "the stream at the patient site")
+    assert received == sorted(received)  # latest-wins stream arrives in order, no duplicates
+    state_pub.publish(String(data="ENABLED"))
+    master.spin_until(lambda: states == ["ENABLED"], 10.0, "the state at the master site")
+
+    patient.spin_until(lambda: patient.overall("delivered") >= len(received), 5.0,
+                       "the patient bridge's counters")
+    assert patient.overall("duplicates_discarded") >= len(received)  # the copy from link b
+    assert patient.overall("rejected_datagrams") == 0
+    assert all(process.poll() is None for process in processes)
+
+
+def test_garbage_is_counted_and_never_published(two_sites):
+    master, patient, processes, ports = two_sites
+    published = []
+    patient.node.create_subscription(PoseStamped, "/psm/servo_cp",
+                                     lambda m: published.append(m), STREAM_QOS)
+    patient.spin_until(lambda: patient.overall() == "REDUNDANT", DISCOVERY_TIMEOUT_S,
+                       "the patient bridge to report both links up")
+    rng = random.Random(1)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    garbage = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 1300)))
+               for _ in range(2000)]
+    garbage += [bytes([1, 1]) + g[2:] for g in garbage[:500]]  # right version and kind
+    for start in range(0, len(garbage), 100):  # paced, so the socket buffer never overflows
+        for datagram in garbage[start:start + 100]:
+            sender.sendto(datagram, ("127.0.0.1", ports[1]))  # the patient bridge, link a
+        patient.spin_for(0.02)
+    sender.close()
+    patient.spin_until(lambda: patient.overall("rejected_datagrams") == len(garbage), 10.0,
+                       f"every rejection to be counted, of {len(garbage)}")
+    patient.spin_for(0.5)  # anything wrongly published would have arrived by now
+    assert published == []
+    assert all(process.poll() is None for process in processes)
+
+
+def test_bridge_without_a_key_refuses_to_start_and_says_why(tmp_path, ros_env):
+    config = write_bridge_config(tmp_path, free_udp_ports(4), key_file="missing.key")
+    result = subprocess.run(
+        [sys.executable, "-m", "telesurg.nodes.bridge", "--ros-args", "-p", "role:=master",
+         "-p", f"config_file:={config}"], env=ros_env, capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 2
+    assert "missing.key" in result.stderr and "telesurg keygen" in result.stderr
+    assert "insecure" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_world_readable_key_is_refused(tmp_path, ros_env):
+    write_key(tmp_path / "bridge.key")
+    os.chmod(tmp_path / "bridge.key", 0o644)
+    config = write_bridge_config(tmp_path, free_udp_ports(4))
+    result = subprocess.run(
+        [sys.executable, "-m", "telesurg.nodes.bridge", "--ros-args", "-p", "role:=patient",
+         "-p", f"config_file:={config}"], env=ros_env, capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 2 and "0644" in result.stderr

@@ -1,0 +1,28 @@
+"""The telesurg command line: help lists the commands, keygen writes a private key once."""
+
+import stat
+
+from telesurg.cli import main
+from telesurg.wire import load_key
+
+
+def test_help_lists_every_command(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "keygen" in out
+
+
+def test_keygen_writes_a_private_key_and_never_silently_replaces_it(tmp_path, capsys):
+    path = tmp_path / "site" / "bridge.key"
+    assert main(["keygen", str(path)]) == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = load_key(path)
+    assert len(key) == 32
+    assert main(["keygen", str(path)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert load_key(path) == key
+    assert main(["keygen", "--force", str(path)]) == 0
+    assert load_key(path) != key
