@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output directory for summary.json and logs (default: runs/latest)")
     demo.add_argument("--config", type=Path, default=None,
                       help="ROS 2 parameter file (default: the installed config/telesurg.yaml)")
+    commands.add_parser(
+        "linkem", add_help=False,
+        help="emulate a long-distance link between two UDP endpoints (delay, jitter, loss, "
+             "outages); `telesurg linkem --help` for its options")
     keygen = commands.add_parser(
         "keygen", help="write a new pre-shared key file for the bridges (mode 0600)",
         description="Write 32 random bytes, hex-encoded, to PATH with mode 0600. Copy the same "
@@ -49,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["linkem"]:  # the relay has its own options and help
+        from telesurg.relay import main as relay_main
+
+        return relay_main(argv[1:])
     args = build_parser().parse_args(argv)
     # A SIGTERM ends a session like Ctrl-C does: nodes stopped, nothing left running.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -56,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "keygen":
         return _keygen(args)
+
     return 2
 
 

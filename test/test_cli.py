@@ -26,3 +26,14 @@ def test_keygen_writes_a_private_key_and_never_silently_replaces_it(tmp_path, ca
     assert load_key(path) == key
     assert main(["keygen", "--force", str(path)]) == 0
     assert load_key(path) != key
+
+
+def test_linkem_is_listed_and_hands_its_arguments_to_the_relay(capsys):
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass
+    assert "linkem" in capsys.readouterr().out
+    assert main(["linkem", "--profile", "nope", "--a", "127.0.0.1:0", "--b",
+                 "127.0.0.1:0"]) == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err
