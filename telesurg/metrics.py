@@ -91,18 +91,24 @@ def motion_while_held(stamps_ns, positions, intervals, settle_s: float = 0.1) ->
 
 
 def engage_offsets(engage_ns, goal_stamps_ns, goal_positions, held_stamps_ns, held_positions,
-                   lead_s: float = 0.05) -> np.ndarray:
+                   gap_s: float = 0.1, near_s: float = 0.3) -> np.ndarray:
     """For every engage, the distance from its first goal to where the arm was held just
     before: what the arm would jump by on engaging. Incremental mapping makes this zero up to
-    the tracking error. The console sends that first goal just before it announces the engage,
-    so goals up to lead_s before the announcement count."""
+    the tracking error. An engage's first goal is the one that ends a pause of at least gap_s
+    in the goal stream, nearest to the engage's announcement (within near_s: the announcement
+    and the goal travel separately)."""
     goal_stamps = np.asarray(goal_stamps_ns, dtype=np.int64)
     held_stamps = np.asarray(held_stamps_ns, dtype=np.int64)
+    if goal_stamps.size == 0:
+        return np.array([])
+    pauses = np.diff(goal_stamps, prepend=np.iinfo(np.int64).min // 2) >= gap_s * 1e9
+    firsts = np.flatnonzero(pauses)
     offsets = []
     for engage in engage_ns:
-        first = int(np.searchsorted(goal_stamps, engage - lead_s * 1e9))
-        if first == goal_stamps.size:
+        distance = np.abs(goal_stamps[firsts] - engage)
+        if distance.size == 0 or distance.min() > near_s * 1e9:
             continue
+        first = firsts[int(np.argmin(distance))]
         before = int(np.searchsorted(held_stamps, goal_stamps[first], side="right")) - 1
         if before >= 0:
             offsets.append(np.linalg.norm(np.asarray(goal_positions[first])

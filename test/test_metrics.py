@@ -62,12 +62,13 @@ def test_following_intervals_and_hold_motion():
 def test_engage_offsets_compare_each_first_goal_with_the_held_arm():
     held_stamps = [0, 10 * MS, 20 * MS, 500 * MS]
     held = [[0, 0, 0], [0.001, 0, 0], [0.002, 0, 0], [0.003, 0, 0]]
-    goal_stamps = [25 * MS, 27 * MS, 29 * MS, 600 * MS, 602 * MS, 900 * MS]
+    goal_stamps = [25 * MS, 27 * MS, 29 * MS, 600 * MS, 602 * MS, 1500 * MS]
     goals = [[0.0021, 0, 0], [0.009, 0, 0], [0.009, 0, 0], [0.003, 0.0004, 0], [0.0, 0, 0],
-             [0.05, 0, 0]]  # the last one follows a stall, not an engage: not an offset
-    engages = [26 * MS, 601 * MS]  # announced just after the first goal
+             [0.05, 0, 0]]  # the last one ends a stall, not an engage: not an offset
+    engages = [26 * MS, 680 * MS]  # announced after the first goal, once 80 ms late
     np.testing.assert_allclose(
         engage_offsets(engages, goal_stamps, goals, held_stamps, held), [0.0001, 0.0004],
         atol=1e-12)
     assert engage_offsets([], goal_stamps, goals, held_stamps, held).size == 0
     assert engage_offsets([10**12], goal_stamps, goals, held_stamps, held).size == 0
+    assert engage_offsets([0], [], [], held_stamps, held).size == 0
