@@ -115,6 +115,8 @@ class BridgeNode(Node):
             self._publish(publisher, payload)
 
     def _on_health_change(self, changes) -> None:
+        if not self.context.ok():
+            return  # shutting down: the peer going quiet is not news
         for change in changes:
             what = "overall" if change.link is None else f"link {change.link}"
             self.get_logger().info(f"{what}: {change.previous} -> {change.current}")
