@@ -14,7 +14,7 @@ class NodeSpec:
     name: str          # ROS node name, also its section in config/telesurg.yaml
     executable: str    # console script installed in lib/telesurg (what `ros2 run` starts)
     module: str        # Python module with main(), for starting it without the console script
-    site: str          # "master" (surgeon's side) or "patient" (arm's side)
+    site: str          # "master" (surgeon's side), "patient" (arm's side) or "both"
     description: str
 
 
@@ -30,5 +30,15 @@ SESSION_NODES: tuple[NodeSpec, ...] = (
 )
 
 
+#: The only path between the sites: one per site, with parameter role set to the site.
+BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
+                  "Carries the configured topics to the other site over every link.")
+
+SITES = ("master", "patient")
+
+
 def nodes_of_site(site: str) -> tuple[NodeSpec, ...]:
+    """The session nodes that run at one site (the bridge comes on top)."""
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}: one of {', '.join(SITES)}")
     return tuple(spec for spec in SESSION_NODES if spec.site == site)

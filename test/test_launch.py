@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from telesurg.graph import SESSION_NODES
+from telesurg.graph import BRIDGE, SESSION_NODES, SITES, nodes_of_site
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = ROOT / "launch" / "telesurg.launch.py"
@@ -23,7 +23,7 @@ def console_scripts() -> dict[str, str]:
 
 def test_every_graph_node_is_a_console_script_with_a_main():
     scripts = console_scripts()
-    for spec in SESSION_NODES:
+    for spec in (*SESSION_NODES, BRIDGE):
         assert scripts.get(spec.executable) == f"{spec.module}:main", spec.name
         module = importlib.import_module(spec.module)
         assert callable(module.main)
@@ -42,6 +42,30 @@ def test_launch_file_takes_its_nodes_from_the_graph_and_names_installed_files():
     assert 'glob("config/*.yaml")' in setup_text and 'glob("launch/*.launch.py")' in setup_text
 
 
+@pytest.mark.parametrize("launch_file", sorted((ROOT / "launch").glob("*.launch.py")),
+                         ids=lambda path: path.name)
+def test_every_launch_file_compiles_and_defines_a_description(launch_file):
+    tree = ast.parse(launch_file.read_text(), filename=str(launch_file))
+    compile(tree, str(launch_file), "exec")
+    functions = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+
+
+def test_site_launch_files_start_their_site_and_a_bridge_with_installed_configs():
+    for site in SITES:
+        text = (ROOT / "launch" / f"{site}_site.launch.py").read_text()
+        assert f'site_launch_description("{site}")' in text
+        assert nodes_of_site(site)  # each site runs nodes of its own
+    shared = ast.parse((ROOT / "telesurg" / "site_launch.py").read_text())
+    names = {node.id for node in ast.walk(shared) if isinstance(node, ast.Name)}
+    assert {"nodes_of_site", "BRIDGE"} <= names
+    strings = {node.value for node in ast.walk(shared) if isinstance(node, ast.Constant)}
+    assert {"telesurg.yaml", "bridge.yaml"} <= strings
+    assert (ROOT / "config" / "telesurg.yaml").is_file()
+    assert (ROOT / "config" / "bridge.yaml").is_file()
+    assert {spec.site for spec in SESSION_NODES} == set(SITES)
+
+
 def test_colcon_installs_scripts_where_ros2_run_looks():
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
@@ -57,13 +81,16 @@ def test_launch_description_builds_where_launch_ros_imports():
 
     from launch import LaunchDescription
 
-    spec = importlib.util.spec_from_file_location("telesurg_launch", LAUNCH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
-    assert isinstance(description, LaunchDescription)
-    nodes = [entity for entity in description.entities if isinstance(entity, Node)]
-    assert len(nodes) == len(SESSION_NODES)
+    expected = {"telesurg.launch.py": len(SESSION_NODES),
+                **{f"{site}_site.launch.py": len(nodes_of_site(site)) + 1 for site in SITES}}
+    for name, count in expected.items():
+        spec = importlib.util.spec_from_file_location(name, ROOT / "launch" / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        description = module.generate_launch_description()
+        assert isinstance(description, LaunchDescription)
+        nodes = [entity for entity in description.entities if isinstance(entity, Node)]
+        assert len(nodes) == count, name
 
 
 def test_built_package_installs_every_share_file_and_node(tmp_path):
@@ -91,5 +118,5 @@ def test_built_package_installs_every_share_file_and_node(tmp_path):
     assert not missing
     entry_points = zipfile.ZipFile(wheel).read(
         next(name for name in names if name.endswith("entry_points.txt"))).decode()
-    for spec in SESSION_NODES:
+    for spec in (*SESSION_NODES, BRIDGE):
         assert f"{spec.executable} = {spec.module}:main" in entry_points

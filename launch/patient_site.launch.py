@@ -1,0 +1,13 @@
+"""Launch the patient site of a two-machine telesurg session (full ROS 2 install).
+
+    ros2 launch telesurg patient_site.launch.py [config:=...] [bridge_config:=...]
+
+Its nodes come from telesurg.graph (the same list `telesurg demo` uses) plus the bridge, the
+only path to the other site. Give each site its own ROS_DOMAIN_ID.
+"""
+
+from telesurg.site_launch import site_launch_description
+
+
+def generate_launch_description():
+    return site_launch_description("patient")
