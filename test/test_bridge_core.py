@@ -1,0 +1,103 @@
+"""The bridge logic without ROS: two BridgeCores on loopback, in this process."""
+
+import socket
+import threading
+import time
+
+import pytest
+import yaml
+
+from telesurg.bridge_config import load_bridge_config
+from telesurg.bridge_core import BridgeCore
+from telesurg.resources import share_dir
+from telesurg.wire import MessageKind, WireCodec, max_payload_bytes, write_key
+
+
+def free_ports(count):
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def wait_for(condition, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.fixture
+def cores(tmp_path):
+    key = write_key(tmp_path / "bridge.key")
+    document = yaml.safe_load((share_dir() / "config" / "bridge.yaml").read_text())
+    document["key_file"] = "bridge.key"
+    ports = free_ports(4)
+    for link, (master, patient) in zip(document["links"], (ports[:2], ports[2:]), strict=True):
+        link["master"] = {"bind": f"127.0.0.1:{master}", "peer": f"127.0.0.1:{patient}"}
+        link["patient"] = {"bind": f"127.0.0.1:{patient}", "peer": f"127.0.0.1:{master}"}
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump(document))
+    delivered = []
+    master = BridgeCore(load_bridge_config(path, "master"), key, lambda *_: None,
+                        lambda _: None)
+    patient = BridgeCore(load_bridge_config(path, "patient"), key,
+                         lambda index, payload: delivered.append((index, payload)),
+                         lambda _: None)
+    master.start()
+    patient.start()
+    stop = threading.Event()
+
+    def heartbeats():
+        while not stop.is_set():
+            master.send_heartbeat()
+            patient.send_heartbeat()
+            stop.wait(0.01)
+
+    beating = threading.Thread(target=heartbeats, daemon=True)
+    beating.start()
+    yield master, patient, delivered, key, ports
+    stop.set()
+    beating.join()
+    master.close()
+    patient.close()
+
+
+def test_every_message_is_delivered_once_though_sent_on_both_links(cores):
+    master, patient, delivered, _, _ = cores
+    payloads = [bytes([i % 256]) * (20 + i % 100) for i in range(300)]
+    for payload in payloads:
+        assert master.send(0, payload)
+    assert wait_for(lambda: len(delivered) == len(payloads)
+                    and patient.duplicates_discarded == len(payloads))
+    assert delivered == [(0, payload) for payload in payloads]
+    assert patient.drops.total == 0
+
+
+def test_heartbeats_bring_both_links_up_with_a_round_trip_time(cores):
+    master, patient, _, _, _ = cores
+    assert wait_for(lambda: str(patient.snapshot().state) == "REDUNDANT"
+                    and all(f.rtt_ms is not None for f in master.snapshot().links.values()))
+    for figures in master.snapshot().links.values():
+        assert 0.0 < figures.rtt_ms < 100.0  # loopback: well under a millisecond when idle
+
+
+def test_a_message_too_large_for_one_datagram_is_refused_and_counted(cores):
+    master, _, _, _, _ = cores
+    assert not master.send(0, bytes(max_payload_bytes() + 1))
+    assert master.oversized == 1 and master.sent == 0
+
+
+def test_an_authentic_datagram_on_the_wrong_link_is_dropped(cores):
+    _, patient, delivered, key, ports = cores
+    forger = WireCodec(key)  # holds the key, claims link b, arrives on link a's socket
+    datagram = forger.encode(MessageKind.DATA, 1, 1, time.monotonic_ns(), 0, b"payload")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(datagram, ("127.0.0.1", ports[1]))
+    assert wait_for(lambda: patient.drops.snapshot().get("wrong link") == 1)
+    assert delivered == []
