@@ -13,7 +13,6 @@ import time
 
 import pytest
 import rclpy
-import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import SingleThreadedExecutor
@@ -25,41 +24,10 @@ from telesurg.graph import NodeSpec
 from telesurg.linkem import PROFILES
 from telesurg.processes import NodeGroup
 from telesurg.relay import LinkRelay
-from telesurg.resources import share_dir
 from telesurg.ros_support import STATE_QOS, STREAM_QOS
 from telesurg.wire import write_key
 
 DISCOVERY_TIMEOUT_S = 20.0
-
-
-def free_udp_ports(count: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def write_bridge_config(folder, links, key_file="bridge.key"):
-    """links: per configured link, ((master bind, master peer), (patient bind, patient peer))
-    as ports on 127.0.0.1."""
-    document = yaml.safe_load((share_dir() / "config" / "bridge.yaml").read_text())
-    document["key_file"] = key_file
-    for link, ends in zip(document["links"], links, strict=True):
-        for role, (bind, peer) in zip(("master", "patient"), ends, strict=True):
-            link[role] = {"bind": f"127.0.0.1:{bind}", "peer": f"127.0.0.1:{peer}"}
-    path = folder / "bridge.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-def direct_links(ports):
-    """Two links straight from bridge to bridge: ports are (master a, patient a, master b,
-    patient b)."""
-    return [((ports[0], ports[1]), (ports[1], ports[0])),
-            ((ports[2], ports[3]), (ports[3], ports[2]))]
 
 
 class Site:
@@ -108,10 +76,9 @@ class Site:
 
 
 @contextlib.contextmanager
-def bridged_sites(folder, master_domain, patient_domain, links):
-    """Two bridge processes with the given links, and a probe on each site's domain."""
+def bridged_sites(folder, master_domain, patient_domain, config):
+    """Two bridge processes with the given configuration, and a probe on each site's domain."""
     write_key(folder / "bridge.key")
-    config = write_bridge_config(folder, links)
     groups = []
     for role, domain in (("master", master_domain), ("patient", patient_domain)):
         group = NodeGroup(session_environment(domain), folder / f"logs_{role}")
@@ -129,10 +96,10 @@ def bridged_sites(folder, master_domain, patient_domain, links):
 
 
 @pytest.fixture
-def two_sites(tmp_path, ros_env, second_domain_id):
-    ports = free_udp_ports(4)
+def two_sites(tmp_path, ros_env, second_domain_id, direct_bridge_config):
+    config, ports = direct_bridge_config
     with bridged_sites(tmp_path, int(ros_env["ROS_DOMAIN_ID"]), second_domain_id,
-                       direct_links(ports)) as (master, patient, processes):
+                       config) as (master, patient, processes):
         yield master, patient, processes, ports
 
 
@@ -204,9 +171,10 @@ def test_garbage_is_counted_and_never_published(two_sites):
     assert all(process.poll() is None for process in processes)
 
 
-def test_bridge_without_a_key_refuses_to_start_and_says_why(tmp_path, ros_env):
-    config = write_bridge_config(tmp_path, direct_links(free_udp_ports(4)),
-                                 key_file="missing.key")
+def test_bridge_without_a_key_refuses_to_start_and_says_why(ros_env, direct_bridge_config):
+    config, _ = direct_bridge_config
+    config.write_text(config.read_text().replace("key_file: bridge.key",
+                                                 "key_file: missing.key"))
     result = subprocess.run(
         [sys.executable, "-m", "telesurg.nodes.bridge", "--ros-args", "-p", "role:=master",
          "-p", f"config_file:={config}"], env=ros_env, capture_output=True, text=True,
@@ -216,10 +184,10 @@ def test_bridge_without_a_key_refuses_to_start_and_says_why(tmp_path, ros_env):
     assert "insecure" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_world_readable_key_is_refused(tmp_path, ros_env):
+def test_world_readable_key_is_refused(tmp_path, ros_env, direct_bridge_config):
+    config, _ = direct_bridge_config
     write_key(tmp_path / "bridge.key")
     os.chmod(tmp_path / "bridge.key", 0o644)
-    config = write_bridge_config(tmp_path, direct_links(free_udp_ports(4)))
     result = subprocess.run(
         [sys.executable, "-m", "telesurg.nodes.bridge", "--ros-args", "-p", "role:=patient",
          "-p", f"config_file:={config}"], env=ros_env, capture_output=True, text=True,
@@ -228,7 +196,7 @@ def test_world_readable_key_is_refused(tmp_path, ros_env):
 
 
 @pytest.fixture
-def relayed_sites(tmp_path, ros_env, second_domain_id):
+def relayed_sites(tmp_path, ros_env, second_domain_id, free_udp_ports, write_bridge_config):
     """Two bridges whose links a and b each pass through a relay the test can cut."""
     bridge_ports = free_udp_ports(4)  # master a, patient a, master b, patient b
     relays, links = [], []
@@ -240,7 +208,7 @@ def relayed_sites(tmp_path, ros_env, second_domain_id):
         links.append(((master_port, relay.a_address[1]), (patient_port, relay.b_address[1])))
     try:
         with bridged_sites(tmp_path, int(ros_env["ROS_DOMAIN_ID"]), second_domain_id,
-                           links) as (master, patient, processes):
+                           write_bridge_config(tmp_path, links)) as (master, patient, processes):
             yield master, patient, processes, relays
     finally:
         for relay in relays:

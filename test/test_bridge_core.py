@@ -5,22 +5,10 @@ import threading
 import time
 
 import pytest
-import yaml
 
 from telesurg.bridge_config import load_bridge_config
 from telesurg.bridge_core import BridgeCore
-from telesurg.resources import share_dir
 from telesurg.wire import MessageKind, WireCodec, max_payload_bytes, write_key
-
-
-def free_ports(count):
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def wait_for(condition, timeout_s=5.0):
@@ -33,16 +21,9 @@ def wait_for(condition, timeout_s=5.0):
 
 
 @pytest.fixture
-def cores(tmp_path):
+def cores(tmp_path, direct_bridge_config):
     key = write_key(tmp_path / "bridge.key")
-    document = yaml.safe_load((share_dir() / "config" / "bridge.yaml").read_text())
-    document["key_file"] = "bridge.key"
-    ports = free_ports(4)
-    for link, (master, patient) in zip(document["links"], (ports[:2], ports[2:]), strict=True):
-        link["master"] = {"bind": f"127.0.0.1:{master}", "peer": f"127.0.0.1:{patient}"}
-        link["patient"] = {"bind": f"127.0.0.1:{patient}", "peer": f"127.0.0.1:{master}"}
-    path = tmp_path / "bridge.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path, ports = direct_bridge_config
     delivered = []
     master = BridgeCore(load_bridge_config(path, "master"), key, lambda *_: None,
                         lambda _: None)
