@@ -82,3 +82,36 @@ def test_an_authentic_datagram_on_the_wrong_link_is_dropped(cores):
         sock.sendto(datagram, ("127.0.0.1", ports[1]))
     assert wait_for(lambda: patient.drops.snapshot().get("wrong link") == 1)
     assert delivered == []
+
+
+def test_lost_is_declared_on_time_after_the_last_datagram(tmp_path, direct_bridge_config):
+    key = write_key(tmp_path / "bridge.key")
+    path, _ = direct_bridge_config
+    config = load_bridge_config(path, "patient")
+    lost_at = []
+
+    def on_change(changes):
+        if any(change.link is None and str(change.current) == "LOST" for change in changes):
+            lost_at.append(time.monotonic())
+
+    master = BridgeCore(load_bridge_config(path, "master"), key, lambda *_: None,
+                        lambda _: None)
+    patient = BridgeCore(config, key, lambda *_: None, on_change)
+    master.start()
+    patient.start()
+    try:
+        for _ in range(30):
+            master.send_heartbeat()
+            time.sleep(0.01)
+        assert str(patient.snapshot().state) == "REDUNDANT"
+        master.send_heartbeat()  # the last datagram: then both links fall silent
+        last_sent = time.monotonic()
+        assert wait_for(lambda: lost_at, 2.0)
+    finally:
+        master.close()
+        patient.close()
+    reaction_ms = (lost_at[0] - last_sent) * 1000.0
+    print(f"LOST {reaction_ms:.1f} ms after the last datagram "
+          f"(link timeout {config.link_timeout_ms:.0f} ms)")
+    # Design: LOST within link_timeout_ms + 5 ms. Asserted with room for a loaded machine.
+    assert config.link_timeout_ms - 1.0 <= reaction_ms <= config.link_timeout_ms + 50.0
