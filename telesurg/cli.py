@@ -7,6 +7,10 @@ import signal
 import sys
 from pathlib import Path
 
+from telesurg.linkem import PROFILES
+
+LINK_PROFILES = tuple(PROFILES)
+
 
 def _positive_seconds(text: str) -> float:
     value = float(text)
@@ -36,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output directory for summary.json and logs (default: runs/latest)")
     demo.add_argument("--config", type=Path, default=None,
                       help="ROS 2 parameter file (default: the installed config/telesurg.yaml)")
+    demo.add_argument("--two-sites", action="store_true",
+                      help="run the master and the patient site on two DDS domains joined only "
+                           "by two bridges over two emulated links (in progress)")
+    demo.add_argument("--profile", choices=LINK_PROFILES, default="lan",
+                      help="emulated network of both links with --two-sites (default: lan)")
     commands.add_parser(
         "linkem", add_help=False,
         help="emulate a long-distance link between two UDP endpoints (delay, jitter, loss, "
@@ -90,7 +99,8 @@ def _demo(args) -> int:
     from telesurg.demo import DemoError, DemoOptions, print_summary, run_demo
 
     options = DemoOptions(task=args.task, duration_s=args.duration, seed=args.seed,
-                          out=args.out, config=args.config)
+                          out=args.out, config=args.config, two_sites=args.two_sites,
+                          link_profile=args.profile)
     try:
         summary = run_demo(options)
     except DemoError as error:

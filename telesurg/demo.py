@@ -7,6 +7,7 @@ prints the session figures (summary.json).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from telesurg.graph import SESSION_NODES
+from telesurg.graph import BRIDGE, SESSION_NODES, NodeSpec, nodes_of_site
 from telesurg.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
 from telesurg.metrics import (
     engage_offsets,
@@ -31,18 +33,22 @@ from telesurg.metrics import (
 )
 from telesurg.params import ConfigError, load_parameter_file
 from telesurg.processes import NodeGroup
-from telesurg.resources import default_config, fastdds_profile
+from telesurg.resources import default_config, fastdds_profile, share_dir
 
-#: Contract topics the demo records (raw CDR, deserialised after the session).
-RECORDED_TOPICS = {
-    "/psm/setpoint_cp": "geometry_msgs/msg/PoseStamped",
-    "/psm/measured_cp": "geometry_msgs/msg/PoseStamped",
+#: Contract topics the demo records at each site (raw CDR, deserialised after the session).
+MASTER_TOPICS = {
     "/psm/servo_cp": "geometry_msgs/msg/PoseStamped",
-    "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
     "/console/following": "std_msgs/msg/Bool",
     "/console/clutch": "std_msgs/msg/Bool",
 }
+PATIENT_TOPICS = {
+    "/psm/setpoint_cp": "geometry_msgs/msg/PoseStamped",
+    "/psm/measured_cp": "geometry_msgs/msg/PoseStamped",
+    "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
+}
+RECORDED_TOPICS = {**MASTER_TOPICS, **PATIENT_TOPICS}
 STARTUP_TIMEOUT_S = 60.0
+MAX_DOMAIN_ID = 232
 
 
 class DemoError(RuntimeError):
@@ -56,6 +62,8 @@ class DemoOptions:
     seed: int = 1
     out: Path = Path("runs/latest")
     config: Path | None = None
+    two_sites: bool = False        # each site on its own DDS domain, joined only by bridges
+    link_profile: str = "lan"      # emulated network profile of both links (two sites)
 
 
 def session_environment(domain_id: int) -> dict[str, str]:
@@ -81,7 +89,7 @@ def pick_domain_id() -> int:
 class Recorder:
     """A node in the demo process that keeps the raw bytes of the recorded topics."""
 
-    def __init__(self, context):
+    def __init__(self, context, topics: dict[str, str]):
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -89,11 +97,11 @@ class Recorder:
         from telesurg.ros_support import STATE_QOS
 
         self.node = Node("demo_recorder", context=context)
-        self.messages: dict[str, list[tuple[int, bytes]]] = {t: [] for t in RECORDED_TOPICS}
+        self.messages: dict[str, list[tuple[int, bytes]]] = {t: [] for t in topics}
         self.frozen = False  # set when the task ends: shutting nodes down is not the session
         deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         best_effort = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
-        for topic, type_name in RECORDED_TOPICS.items():
+        for topic, type_name in topics.items():
             qos = STATE_QOS if topic.startswith("/console/") else (
                 best_effort if topic == "/psm/servo_cp" else deep)
             self.node.create_subscription(message_class(type_name), topic,
@@ -111,6 +119,75 @@ class Recorder:
         return len(self.messages[topic])
 
 
+@dataclass
+class Site:
+    """One DDS domain of the session: its node processes and what the demo records there."""
+
+    name: str
+    domain_id: int
+    nodes: list[tuple[NodeSpec, list[str]]]
+    topics: dict[str, str]
+    group: NodeGroup | None = None
+    recorder: Recorder | None = None
+    executor: object = None
+
+
+def plan_sites(options: DemoOptions, config: Path, domain_id: int, out: Path,
+               stack: contextlib.ExitStack) -> list[Site]:
+    """The session's sites: one domain with every node, or (two_sites) the master and the
+    patient site on two domains joined only by two bridges over two emulated links."""
+    params = ["--params-file", str(config)]
+    surgeon = ["-p", f"task:={options.task}", "-p", f"seed:={options.seed}"]
+
+    def args(spec: NodeSpec) -> list[str]:
+        return params + (surgeon if spec.name == "virtual_surgeon" else [])
+
+    if not options.two_sites:
+        return [Site("local", domain_id, [(spec, args(spec)) for spec in SESSION_NODES],
+                     RECORDED_TOPICS)]
+    bridge_config = write_session_bridge_config(options, out, stack)
+    # Fast DDS accepts domain ids up to 232.
+    patient_domain = domain_id + 1 if domain_id < MAX_DOMAIN_ID else domain_id - 1
+    sites = []
+    for name, domain, topics in (("master", domain_id, MASTER_TOPICS),
+                                 ("patient", patient_domain, PATIENT_TOPICS)):
+        nodes = [(spec, args(spec)) for spec in nodes_of_site(name)]
+        nodes.append((BRIDGE, ["-p", f"role:={name}", "-p", f"config_file:={bridge_config}"]))
+        sites.append(Site(name, domain, nodes, topics))
+    return sites
+
+
+def write_session_bridge_config(options: DemoOptions, out: Path,
+                                stack: contextlib.ExitStack) -> Path:
+    """A fresh key, and two links from bridge to bridge each through an in-process relay
+    emulating options.link_profile."""
+    import socket
+
+    from telesurg.linkem import PROFILES
+    from telesurg.relay import LinkRelay
+    from telesurg.wire import write_key
+
+    write_key(out / "bridge.key")
+    document = yaml.safe_load((share_dir() / "config" / "bridge.yaml").read_text())
+    document["key_file"] = "bridge.key"
+    for seed, link in enumerate(document["links"]):
+        ports = []
+        for _ in range(2):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                ports.append(probe.getsockname()[1])
+        relay = stack.enter_context(LinkRelay(
+            PROFILES[options.link_profile], ("127.0.0.1", 0), ("127.0.0.1", 0),
+            a_peer=("127.0.0.1", ports[0]), b_peer=("127.0.0.1", ports[1]), seed=seed))
+        link["master"] = {"bind": f"127.0.0.1:{ports[0]}",
+                          "peer": f"127.0.0.1:{relay.a_address[1]}"}
+        link["patient"] = {"bind": f"127.0.0.1:{ports[1]}",
+                           "peer": f"127.0.0.1:{relay.b_address[1]}"}
+    path = out / "bridge.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 def run_demo(options: DemoOptions, say=print) -> dict:
     """Run one session; return the summary (also written to options.out/summary.json)."""
     import rclpy
@@ -125,48 +202,58 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     domain_id = pick_domain_id()
-    env = session_environment(domain_id)
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-                                          "RMW_IMPLEMENTATION", "FASTDDS_DEFAULT_PROFILES_FILE")})
-    group = NodeGroup(env, out / "logs")
-    overrides = {"virtual_surgeon": ["-p", f"task:={options.task}", "-p", f"seed:={options.seed}"]}
-    context = rclpy.Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
-    executor = SingleThreadedExecutor(context=context)
-    recorder = Recorder(context)
-    executor.add_node(recorder.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    say(f"telesurg demo: task {options.task}, {options.duration_s:g} s, seed {options.seed}, "
-        f"DDS domain {domain_id}, logs in {out / 'logs'}")
-    try:
-        for spec in SESSION_NODES:
-            group.start(spec, ["--params-file", str(config), *overrides.get(spec.name, [])])
-        _wait_until_ready(group, recorder)
-        say(f"graph up: {', '.join(spec.name for spec in SESSION_NODES)}; running the task")
-        started = time.monotonic()
-        cpu_at_start = {node.spec.name: node.cpu_seconds() for node in group.nodes}
-        while time.monotonic() - started < options.duration_s:
-            dead = group.first_dead()
-            if dead:
-                raise DemoError(f"node {dead.spec.name} exited during the session "
-                                f"(code {dead.process.poll()}):\n{dead.log_tail()}")
-            time.sleep(0.1)
-        recorder.frozen = True
-        recorded_s = time.monotonic() - started
-        cpu_percent = {
-            node.spec.name: round(
-                100.0 * (node.cpu_seconds() - cpu_at_start[node.spec.name]) / recorded_s, 1)
-            for node in group.nodes}
-    finally:
-        codes = group.stop()
-        executor.shutdown()
-        recorder.node.destroy_node()
-        rclpy.try_shutdown(context=context)
+    os.environ.update({k: v for k, v in session_environment(domain_id).items()
+                       if k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION",
+                                "FASTDDS_DEFAULT_PROFILES_FILE")})
+    with contextlib.ExitStack() as stack:
+        sites = plan_sites(options, config, domain_id, out, stack)
+        contexts = []
+        for site in sites:
+            logs = out / "logs" if len(sites) == 1 else out / "logs" / site.name
+            site.group = NodeGroup(session_environment(site.domain_id), logs)
+            context = rclpy.Context()
+            rclpy.init(context=context, domain_id=site.domain_id,
+                       signal_handler_options=SignalHandlerOptions.NO)
+            contexts.append(context)
+            site.executor = SingleThreadedExecutor(context=context)
+            site.recorder = Recorder(context, site.topics)
+            site.executor.add_node(site.recorder.node)
+            threading.Thread(target=site.executor.spin, daemon=True).start()
+        domains = ", ".join(f"{site.name} {site.domain_id}" for site in sites)
+        say(f"telesurg demo: task {options.task}, {options.duration_s:g} s, seed "
+            f"{options.seed}, DDS domains {domains}, logs in {out / 'logs'}")
+        groups = [site.group for site in sites]
+        try:
+            for site in sites:
+                for spec, arguments in site.nodes:
+                    site.group.start(spec, arguments)
+            _wait_until_ready(groups, _recorded(sites))
+            say(f"graph up: {', '.join(n.spec.name for g in groups for n in g.nodes)}; "
+                "running the task")
+            started = time.monotonic()
+            cpu_at_start = {id(n): n.cpu_seconds() for g in groups for n in g.nodes}
+            while time.monotonic() - started < options.duration_s:
+                _raise_if_dead(groups, "during the session")
+                time.sleep(0.1)
+            for site in sites:
+                site.recorder.frozen = True
+            recorded_s = time.monotonic() - started
+            cpu_percent = {
+                _node_label(site, n): round(
+                    100.0 * (n.cpu_seconds() - cpu_at_start[id(n)]) / recorded_s, 1)
+                for site in sites for n in site.group.nodes}
+        finally:
+            codes = {_node_label(site, n): code for site in sites
+                     for n, code in zip(site.group.nodes, site.group.stop().values(),
+                                        strict=True)}
+            for site, context in zip(sites, contexts, strict=True):
+                site.executor.shutdown()
+                site.recorder.node.destroy_node()
+                rclpy.try_shutdown(context=context)
     failed = {name: code for name, code in codes.items() if code not in (0, -signal.SIGINT)}
     if failed:
         raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
-    summary = summarize(recorder.messages, options, recorded_s)
+    summary = summarize(_recorded(sites), options, recorded_s)
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
@@ -174,15 +261,29 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     return summary
 
 
-def _wait_until_ready(group: NodeGroup, recorder: Recorder) -> None:
+def _recorded(sites: list[Site]) -> dict:
+    return {topic: records for site in sites
+            for topic, records in site.recorder.messages.items()}
+
+
+def _node_label(site: Site, node) -> str:
+    return node.spec.name if site.name == "local" else f"{site.name}/{node.spec.name}"
+
+
+def _raise_if_dead(groups: list[NodeGroup], when: str) -> None:
+    for group in groups:
+        dead = group.first_dead()
+        if dead:
+            raise DemoError(f"node {dead.spec.name} exited {when} "
+                            f"(code {dead.process.poll()}):\n{dead.log_tail()}")
+
+
+def _wait_until_ready(groups: list[NodeGroup], recorded: dict) -> None:
     """Wait until the arm reports its pose and the console is ready to engage."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        dead = group.first_dead()
-        if dead:
-            raise DemoError(f"node {dead.spec.name} exited at start-up "
-                            f"(code {dead.process.poll()}):\n{dead.log_tail()}")
-        if recorder.count("/psm/measured_cp") and recorder.count("/console/following"):
+        _raise_if_dead(groups, "at start-up")
+        if recorded["/psm/measured_cp"] and recorded["/console/following"]:
             return
         time.sleep(0.05)
     raise DemoError(f"the node graph did not come up within {STARTUP_TIMEOUT_S:.0f} s "

@@ -136,8 +136,9 @@ def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None 
         _exit_config_error(node_name, error)
     except RuntimeError:
         # A take interrupted by the shutdown that Ctrl-C/SIGTERM started is part of a clean
-        # stop; any other runtime error is a real failure.
-        if rclpy.ok():
+        # stop (the context may be marked shut down a moment after the take fails); any other
+        # runtime error is a real failure.
+        if not _context_shuts_down(within_s=0.5):
             raise
     finally:
         loops = getattr(node, "loops", ())
@@ -149,6 +150,15 @@ def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None 
     for loop in loops:
         if loop.error is not None:
             raise loop.error
+
+
+def _context_shuts_down(within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while rclpy.ok():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _exit_config_error(node_name: str, error: ConfigError) -> None:

@@ -55,6 +55,22 @@ def test_session_tracks_holds_on_clutch_and_never_jumps(ros_env, tmp_path, task,
     assert processes_in_domain(ros_env["ROS_DOMAIN_ID"]) == []
 
 
+def test_two_site_session_runs_through_bridges_only(ros_env, tmp_path):
+    """Master and patient sites on two DDS domains, joined only by two bridges over two
+    emulated links: the arm still follows the surgeon within the tracking bound."""
+    result = run_demo(ros_env, "--two-sites", "--duration", "10", "--seed", "5",
+                      "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["engagements"] >= 1 and summary["commands_sent"] > 1000
+    assert summary["tracking_error_mm"]["p99"] <= 1.0
+    assert summary["joint_limit_violations"] == 0
+    assert {"master/bridge", "patient/bridge"} <= set(summary["cpu_percent"])
+    domain = ros_env["ROS_DOMAIN_ID"]
+    assert processes_in_domain(domain) == []
+    assert processes_in_domain(str(int(domain) + 1)) == []
+
+
 def test_demo_refuses_a_bad_config_naming_key_and_file(ros_env, tmp_path):
     config = yaml.safe_load(default_config().read_text())
     config["master_console"]["ros__parameters"]["scale"] = 5.0
