@@ -23,10 +23,12 @@ import importlib
 import ipaddress
 import re
 import reprlib
+import socket
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import yaml
 from rclpy.exceptions import InvalidTopicNameException
 from rclpy.serialization import serialize_message
 from rclpy.validate_full_topic_name import validate_full_topic_name
@@ -404,3 +406,29 @@ def _topic(value: object, file: Path, key: str, index: int) -> TopicConfig:
         raise _error(file, f"{key}.qos", f"must be one of {', '.join(QosKind)}, got "
                                          f"{_describe(qos)}")
     return TopicConfig(name, type_name, QosKind(qos), index)
+
+
+def free_udp_ports(count: int) -> list[int]:
+    """count UDP ports on 127.0.0.1 that were free a moment ago (for one-machine sessions)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def write_loopback_bridge_config(folder: Path, links, key_file: str = "bridge.key") -> Path:
+    """The default bridge configuration with every link on 127.0.0.1, written to
+    folder/bridge.yaml. links: per configured link, ((master bind, master peer), (patient
+    bind, patient peer)) ports."""
+    document = yaml.safe_load(default_bridge_config_path().read_text())
+    document["key_file"] = key_file
+    for link, ends in zip(document["links"], links, strict=True):
+        for role, (bind, peer) in zip(ROLES, ends, strict=True):
+            link[role] = {"bind": f"127.0.0.1:{bind}", "peer": f"127.0.0.1:{peer}"}
+    path = Path(folder) / "bridge.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path

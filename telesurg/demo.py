@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from telesurg.graph import BRIDGE, SESSION_NODES, NodeSpec, nodes_of_site
 from telesurg.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
@@ -33,7 +32,7 @@ from telesurg.metrics import (
 )
 from telesurg.params import ConfigError, load_parameter_file
 from telesurg.processes import NodeGroup
-from telesurg.resources import default_config, fastdds_profile, share_dir
+from telesurg.resources import default_config, fastdds_profile
 
 #: Contract topics the demo records at each site (raw CDR, deserialised after the session).
 MASTER_TOPICS = {
@@ -161,30 +160,20 @@ def write_session_bridge_config(options: DemoOptions, out: Path,
                                 stack: contextlib.ExitStack) -> Path:
     """A fresh key, and two links from bridge to bridge each through an in-process relay
     emulating options.link_profile."""
-    import socket
-
+    from telesurg.bridge_config import free_udp_ports, write_loopback_bridge_config
     from telesurg.linkem import PROFILES
     from telesurg.relay import LinkRelay
     from telesurg.wire import write_key
 
     write_key(out / "bridge.key")
-    document = yaml.safe_load((share_dir() / "config" / "bridge.yaml").read_text())
-    document["key_file"] = "bridge.key"
-    for seed, link in enumerate(document["links"]):
-        ports = []
-        for _ in range(2):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                probe.bind(("127.0.0.1", 0))
-                ports.append(probe.getsockname()[1])
+    links = []
+    for seed in range(2):  # links a and b of the default configuration
+        master_port, patient_port = free_udp_ports(2)
         relay = stack.enter_context(LinkRelay(
             PROFILES[options.link_profile], ("127.0.0.1", 0), ("127.0.0.1", 0),
-            a_peer=("127.0.0.1", ports[0]), b_peer=("127.0.0.1", ports[1]), seed=seed))
-        link["master"] = {"bind": f"127.0.0.1:{ports[0]}",
-                          "peer": f"127.0.0.1:{relay.a_address[1]}"}
-        link["patient"] = {"bind": f"127.0.0.1:{ports[1]}",
-                           "peer": f"127.0.0.1:{relay.b_address[1]}"}
-    path = out / "bridge.yaml"
-    path.write_text(yaml.safe_dump(document))
+            a_peer=("127.0.0.1", master_port), b_peer=("127.0.0.1", patient_port), seed=seed))
+        links.append(((master_port, relay.a_address[1]), (patient_port, relay.b_address[1])))
+    path = write_loopback_bridge_config(out, links)
     return path
 
 

@@ -2,13 +2,11 @@
 
 import itertools
 import os
-import socket
 
 import pytest
-import yaml
 
+from telesurg import bridge_config
 from telesurg.demo import session_environment
-from telesurg.resources import share_dir
 
 # Fast DDS refuses domain ids above 232 (UDP port arithmetic): stay within [100, 232].
 _domains = itertools.cycle(range(100 + os.getpid() % 40 * 3, 233))
@@ -30,38 +28,16 @@ def second_domain_id() -> int:
     return next(_domains)
 
 
-def _free_udp_ports(count: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 @pytest.fixture
 def free_udp_ports():
     """free_udp_ports(n): n UDP ports on 127.0.0.1 that were free a moment ago."""
-    return _free_udp_ports
-
-
-def _write_bridge_config(folder, links, key_file="bridge.key"):
-    """A bridge configuration in folder; links: per configured link, ((master bind, master
-    peer), (patient bind, patient peer)) as ports on 127.0.0.1."""
-    document = yaml.safe_load((share_dir() / "config" / "bridge.yaml").read_text())
-    document["key_file"] = key_file
-    for link, ends in zip(document["links"], links, strict=True):
-        for role, (bind, peer) in zip(("master", "patient"), ends, strict=True):
-            link[role] = {"bind": f"127.0.0.1:{bind}", "peer": f"127.0.0.1:{peer}"}
-    path = folder / "bridge.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return bridge_config.free_udp_ports
 
 
 @pytest.fixture
 def write_bridge_config():
-    return _write_bridge_config
+    """write_bridge_config(folder, links, key_file): see write_loopback_bridge_config."""
+    return bridge_config.write_loopback_bridge_config
 
 
 def direct_links(ports):
@@ -75,4 +51,4 @@ def direct_links(ports):
 def direct_bridge_config(tmp_path, free_udp_ports):
     """(config path, ports) for two bridges joined directly on loopback by links a and b."""
     ports = free_udp_ports(4)
-    return _write_bridge_config(tmp_path, direct_links(ports)), ports
+    return bridge_config.write_loopback_bridge_config(tmp_path, direct_links(ports)), ports

@@ -394,10 +394,9 @@ def test_loss_is_a_percentage_and_counts_add_up(events, window):
 histories = st.lists(st.tuples(st.floats(0.0, 0.08), st.integers(0, 3)), max_size=60)
 
 
-@settings(max_examples=200, deadline=None)
-@given(histories, st.floats(0.0, 0.1))
-def test_lost_iff_no_link_heard_within_the_timeout(history, check_after):
-    health = LinkHealth(["a", "b"])
+def replay(health, history):
+    """Feed a generated history (time step, bitmask of links heard) into health; return the
+    final time and when each link was last heard."""
     last_heard = {"a": -math.inf, "b": -math.inf}
     now = T0
     for sequence, (step, links) in enumerate(history):
@@ -407,6 +406,14 @@ def test_lost_iff_no_link_heard_within_the_timeout(history, check_after):
                 arrive(health.links[name], now, sequence)
                 last_heard[name] = now
         health.update(now)
+    return now, last_heard
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories, st.floats(0.0, 0.1))
+def test_lost_iff_no_link_heard_within_the_timeout(history, check_after):
+    health = LinkHealth(["a", "b"])
+    now, last_heard = replay(health, history)
     now += check_after
     health.update(now)
     alive = [now < heard + TIMEOUT_S for heard in last_heard.values()]
@@ -418,13 +425,7 @@ def test_lost_iff_no_link_heard_within_the_timeout(history, check_after):
 @given(histories)
 def test_next_deadline_is_exactly_when_the_next_link_goes_down(history):
     health = LinkHealth(["a", "b"])
-    now = T0
-    for sequence, (step, links) in enumerate(history):
-        now += step
-        for bit, name in enumerate(("a", "b")):
-            if links >> bit & 1:
-                arrive(health.links[name], now, sequence)
-        health.update(now)
+    now, _ = replay(health, history)
     while (deadline := health.next_deadline(now)) is not None:
         assert deadline > now
         assert health.update(before(deadline)) == []

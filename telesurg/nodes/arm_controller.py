@@ -88,7 +88,8 @@ class ArmControllerNode(Node):
             self.core.on_jaw(msg.position[0], self._now())
 
     def _on_joint_states(self, msg: JointState) -> None:
-        if self._joint_order is None or self._joint_order[0] != list(msg.name):
+        # msg.name is already a list: compare it as is, no copy per message.
+        if self._joint_order is None or self._joint_order[0] != msg.name:
             missing = [name for name in JOINT_NAMES if name not in msg.name]
             if missing:
                 self.get_logger().error(f"/joint_states lacks joints {missing}; ignored",
