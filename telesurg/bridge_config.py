@@ -108,6 +108,7 @@ class TopicConfig:
     type_name: str  # e.g. geometry_msgs/msg/PoseStamped
     qos: QosKind
     index: int  # the datagram's topic index: the same at both sites
+    stamped: bool = False  # starts with a std_msgs/Header, whose stamp gives the message's age
 
 
 @dataclass(frozen=True)
@@ -405,7 +406,9 @@ def _topic(value: object, file: Path, key: str, index: int) -> TopicConfig:
     if qos not in tuple(QosKind):
         raise _error(file, f"{key}.qos", f"must be one of {', '.join(QosKind)}, got "
                                          f"{_describe(qos)}")
-    return TopicConfig(name, type_name, QosKind(qos), index)
+    stamped = next(iter(message_type.get_fields_and_field_types().values()), None) == (
+        "std_msgs/Header")
+    return TopicConfig(name, type_name, QosKind(qos), index, stamped)
 
 
 def free_udp_ports(count: int) -> list[int]:

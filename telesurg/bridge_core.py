@@ -1,6 +1,14 @@
 """The bridge between two sites, without ROS: every datagram out on every link, the first copy
 in wins (IEC 62439-3 PRP), heartbeats on every link, and the links' health.
 
+Freshness. Every bridge start draws a new random sender id, and each heartbeat names the peer
+sender it answers. A receiver trusts a sender only once that sender's heartbeat names the
+receiver's own current id: proof that it is alive now, which a recording of an earlier session
+(or of an earlier peer of this one) cannot give. Until then, and for any sender it has since
+replaced, its datagrams are discarded (counted apart from rejected ones, since a restarting
+peer sends them too) and count for nothing: neither delivered nor as signs of a live link. A
+replaced sender is never trusted again, so its recorded traffic cannot be replayed later.
+
 No rclpy: the node hands outgoing payloads (CDR bytes) to send(), and gets incoming ones back
 through a callback from the receive thread. Sockets are plain UDP, one per link, optionally
 bound to a network interface so that each link leaves on its own technology.
@@ -16,8 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from telesurg.bridge_config import BridgeConfig, LinkConfig
+from telesurg.bridge_config import BridgeConfig, LinkConfig, QosKind
 from telesurg.link_health import HealthSnapshot, LinkHealth, LinkHealthConfig, StateChange
+from telesurg.metrics import LatencyHistogram
 from telesurg.wire import (
     MAX_DATAGRAM_BYTES,
     DatagramTooLarge,
@@ -32,10 +41,12 @@ from telesurg.wire import (
 #: how long it was held before this heartbeat left (RTCP's LSR/DLSR), so that each side measures
 #: every link's round trip from heartbeats alone, with every datagram still sent on every link.
 _ECHO = struct.Struct("!BQQ")
+#: Heartbeat payload head: the peer sender id this heartbeat answers (0 before any is heard).
+_ANSWERS = struct.Struct("!Q")
+#: Message header stamp in CDR: after the 4-byte encapsulation, int32 sec and uint32 nanosec.
+_CDR_STAMP = {False: struct.Struct(">iI"), True: struct.Struct("<iI")}
 #: Longest the receive thread sleeps when no link deadline is due.
 _IDLE_WAIT_S = 0.1
-#: Senders remembered (a restarted peer is a new sender); beyond it the oldest is forgotten.
-_MAX_SENDERS = 8
 
 
 @dataclass
@@ -47,6 +58,15 @@ class _Link:
     # Newest peer heartbeat heard here: its sender timestamp and our monotonic arrival, in ns.
     echo: tuple[int, int] = (0, 0)
     send_errors: int = 0
+
+
+def header_stamp_ns(cdr: bytes) -> int | None:
+    """The header stamp of a message that starts with a std_msgs/Header, from its CDR bytes;
+    None if there is none (a zero stamp is invalid, as in CRTK)."""
+    if len(cdr) < 12:
+        return None
+    sec, nanosec = _CDR_STAMP[bool(cdr[1] & 1)].unpack_from(cdr, 4)
+    return sec * 1_000_000_000 + nanosec if sec or nanosec else None
 
 
 def open_link_socket(link: LinkConfig) -> socket.socket:
@@ -82,15 +102,24 @@ class BridgeCore:
                 peer = (socket.gethostbyname(link.peer[0]), link.peer[1])  # resolve once
                 self.links.append(_Link(index, link, open_link_socket(link), peer))
         except OSError:
-            self.close()
+            for link in self.links:
+                link.sock.close()
             raise
         self._by_fileno = {link.sock.fileno(): link for link in self.links}
-        self._windows: dict[int, ReplayWindow] = {}
+        self.peer_id = 0  # the trusted peer sender (0: none yet)
+        self._candidate_id = 0  # the newest untrusted sender heard: the one our heartbeats answer
+        self._replaced_ids: set[int] = set()
+        self._window = ReplayWindow()
         self.drops = DropCounters()
         self.sent = 0
         self.delivered = 0
         self.duplicates_discarded = 0
+        self.untrusted_discarded = 0
         self.oversized = 0
+        # Age of arriving commands (stamp at the other site to arrival here, wall clocks).
+        self._aged_topics = frozenset(topic.index for topic in config.incoming
+                                      if topic.stamped and topic.qos == QosKind.COMMAND)
+        self.command_age = LatencyHistogram()
         self._sequence = 0
         self._send_lock = threading.Lock()  # sequences must leave in order on every link
         self._lock = threading.Lock()  # health, shared by the receive and heartbeat threads
@@ -122,10 +151,11 @@ class BridgeCore:
 
     def send_heartbeat(self) -> None:
         now_ns = time.monotonic_ns()
+        answers = _ANSWERS.pack(self.peer_id or self._candidate_id)
         echoes = b"".join(
             _ECHO.pack(link.index, link.echo[0], now_ns - link.echo[1] if link.echo[0] else 0)
             for link in self.links)
-        self._send_everywhere(MessageKind.HEARTBEAT, 0, echoes)
+        self._send_everywhere(MessageKind.HEARTBEAT, 0, answers + echoes)
 
     def _send_everywhere(self, kind: MessageKind, topic_index: int, payload: bytes) -> None:
         with self._send_lock:
@@ -179,8 +209,10 @@ class BridgeCore:
         if datagram.link_id != link.index:
             self.drops.record("wrong link")  # authentic, but relabelled or misrouted
             return
-        window = self._window(datagram.sender_id)
-        fresh = window.accept(datagram.sequence)
+        if datagram.sender_id != self.peer_id and not self._trust(datagram):
+            self.untrusted_discarded += 1
+            return
+        fresh = self._window.accept(datagram.sequence)
         now = arrival_ns * 1e-9
         with self._lock:
             monitor = self.health.links[link.config.name]
@@ -191,25 +223,39 @@ class BridgeCore:
         if datagram.kind == MessageKind.DATA:
             if fresh:
                 self.delivered += 1
+                if datagram.topic_index in self._aged_topics:
+                    stamp_ns = header_stamp_ns(datagram.payload)
+                    if stamp_ns is not None:
+                        self.command_age.add((time.time_ns() - stamp_ns) * 1e-6)
                 self._deliver(datagram.topic_index, datagram.payload)
             else:
                 self.duplicates_discarded += 1
 
+    def _trust(self, datagram) -> bool:
+        """Whether a sender other than the trusted peer becomes the trusted peer: only when its
+        heartbeat answers our own id (see the module docstring)."""
+        sender = datagram.sender_id
+        if sender in self._replaced_ids or datagram.kind != MessageKind.HEARTBEAT:
+            return False
+        if len(datagram.payload) < _ANSWERS.size:
+            return False
+        self._candidate_id = sender
+        (answered,) = _ANSWERS.unpack_from(datagram.payload)
+        if answered != self.codec.sender_id:
+            return False
+        if self.peer_id:
+            self._replaced_ids.add(self.peer_id)
+        self.peer_id = sender
+        self._window = ReplayWindow()
+        return True
+
     def _take_echo(self, link: _Link, payload: bytes, now: float) -> None:
         """Round trip of this link from the echo of our own heartbeat the peer sent on it."""
-        for offset in range(0, len(payload) - _ECHO.size + 1, _ECHO.size):
+        for offset in range(_ANSWERS.size, len(payload) - _ECHO.size + 1, _ECHO.size):
             link_index, echoed_ns, held_ns = _ECHO.unpack_from(payload, offset)
             if link_index == link.index and echoed_ns:
                 self.health.links[link.config.name].on_heartbeat_reply(
                     now, (echoed_ns + held_ns) * 1e-9)
-
-    def _window(self, sender_id: int) -> ReplayWindow:
-        window = self._windows.get(sender_id)
-        if window is None:
-            if len(self._windows) >= _MAX_SENDERS:
-                self._windows.pop(next(iter(self._windows)))
-            window = self._windows[sender_id] = ReplayWindow()
-        return window
 
     def snapshot(self) -> HealthSnapshot:
         with self._lock:

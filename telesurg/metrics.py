@@ -114,3 +114,36 @@ def engage_offsets(engage_ns, goal_stamps_ns, goal_positions, held_stamps_ns, he
             offsets.append(np.linalg.norm(np.asarray(goal_positions[first])
                                           - np.asarray(held_positions[before])))
     return np.array(offsets)
+
+
+class LatencyHistogram:
+    """Latencies counted in fixed bins: percentiles over a session of any length in constant
+    memory (a bridge receives millions of commands in an hour).
+
+    Values below 0 (clocks of two sites out of step) count in the first bin and values above
+    max_ms in the last, so a percentile is never silently dropped from; `clipped` counts them.
+    """
+
+    def __init__(self, bin_ms: float = 0.01, max_ms: float = 2000.0):
+        if not 0.0 < bin_ms < max_ms:
+            raise ValueError(f"LatencyHistogram needs 0 < bin_ms < max_ms, got {bin_ms}, {max_ms}")
+        self.bin_ms = bin_ms
+        self._counts = np.zeros(int(round(max_ms / bin_ms)) + 1, dtype=np.int64)
+        self.count = 0
+        self.clipped = 0
+
+    def add(self, value_ms: float) -> None:
+        index = int(value_ms / self.bin_ms)
+        if not 0 <= index < len(self._counts):
+            self.clipped += 1
+            index = 0 if value_ms < 0 else len(self._counts) - 1
+        self._counts[index] += 1
+        self.count += 1
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile (0 to 100), to the upper edge of its bin; None when empty."""
+        if not self.count:
+            return None
+        rank = max(1, int(np.ceil(q / 100.0 * self.count)))
+        index = int(np.searchsorted(np.cumsum(self._counts), rank))
+        return round((index + 1) * self.bin_ms, 6)

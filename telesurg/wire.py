@@ -32,8 +32,8 @@ new datagrams; WireCodec therefore draws the id itself unless a test passes one.
 
 Replay. Per sender, ReplayWindow drops the second PRP copy and any replayed datagram. It cannot
 tell a recording of an earlier session (another sender id, so a fresh window) from a restarted
-peer: the bridge must check freshness before trusting a new sender id, e.g. its authenticated
-timestamp against the local clock or a heartbeat challenge.
+peer: the bridge checks freshness before trusting a new sender id (a heartbeat challenge, see
+telesurg.bridge_core).
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """The bridge logic without ROS: two BridgeCores on loopback, in this process."""
 
+import dataclasses
 import socket
 import threading
 import time
 
 import pytest
+from geometry_msgs.msg import PoseStamped
+from rclpy.serialization import serialize_message
 
 from telesurg.bridge_config import load_bridge_config
-from telesurg.bridge_core import BridgeCore
+from telesurg.bridge_core import BridgeCore, header_stamp_ns
 from telesurg.wire import MessageKind, WireCodec, max_payload_bytes, write_key
 
 
@@ -42,6 +45,8 @@ def cores(tmp_path, direct_bridge_config):
 
     beating = threading.Thread(target=heartbeats, daemon=True)
     beating.start()
+    assert wait_for(lambda: master.peer_id and patient.peer_id), "the bridges never trusted " \
+        "each other"
     yield master, patient, delivered, key, ports
     stop.set()
     beating.join()
@@ -52,8 +57,10 @@ def cores(tmp_path, direct_bridge_config):
 def test_every_message_is_delivered_once_though_sent_on_both_links(cores):
     master, patient, delivered, _, _ = cores
     payloads = [bytes([i % 256]) * (20 + i % 100) for i in range(300)]
-    for payload in payloads:
+    for i, payload in enumerate(payloads):
         assert master.send(0, payload)
+        if i % 50 == 49:
+            time.sleep(0.005)  # paced, so that a busy receiver's socket buffer never overflows
     assert wait_for(lambda: len(delivered) == len(payloads)
                     and patient.duplicates_discarded == len(payloads))
     assert delivered == [(0, payload) for payload in payloads]
@@ -102,6 +109,7 @@ def test_lost_is_declared_on_time_after_the_last_datagram(tmp_path, direct_bridg
     try:
         for _ in range(30):
             master.send_heartbeat()
+            patient.send_heartbeat()  # answered by the master's: the patient then trusts it
             time.sleep(0.01)
         assert str(patient.snapshot().state) == "REDUNDANT"
         master.send_heartbeat()  # the last datagram: then both links fall silent
@@ -115,3 +123,108 @@ def test_lost_is_declared_on_time_after_the_last_datagram(tmp_path, direct_bridg
           f"(link timeout {config.link_timeout_ms:.0f} ms)")
     # Design: LOST within link_timeout_ms + 5 ms. Asserted with room for a loaded machine.
     assert config.link_timeout_ms - 1.0 <= reaction_ms <= config.link_timeout_ms + 50.0
+
+
+class Recorder:
+    """Captures the datagrams a bridge sends on link a, as an eavesdropper on the path would."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)
+
+    def tap(self, core):
+        core.links[0].peer = self.sock.getsockname()
+
+    def take(self, count):
+        return [self.sock.recv(2048) for _ in range(count)]
+
+
+def test_a_recorded_earlier_session_is_never_trusted(cores, tmp_path, direct_bridge_config):
+    """An attacker replays everything an earlier master bridge sent (heartbeats and data) to
+    the patient: none of it is delivered and none of it counts as a live link."""
+    master, patient, delivered, key, ports = cores
+    path, _ = direct_bridge_config
+    config = load_bridge_config(path, "master")
+    elsewhere = tuple(dataclasses.replace(link, bind=("127.0.0.1", 0)) for link in config.links)
+    earlier = BridgeCore(dataclasses.replace(config, links=elsewhere), key, lambda *_: None,
+                         lambda _: None)
+    recorder = Recorder()
+    try:
+        recorder.tap(earlier)
+        earlier._candidate_id = patient.codec.sender_id ^ 1  # answered another patient bridge
+        for i in range(20):
+            earlier.send_heartbeat()
+            earlier.send(0, b"old command %d" % i)
+        recording = recorder.take(40)
+    finally:
+        earlier.close()
+        recorder.sock.close()
+    received_before = patient.snapshot().links["a"].received
+    master.close()  # the real master falls silent: only the replay is left on the links
+    assert wait_for(lambda: str(patient.snapshot().state) == "LOST")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for datagram in recording * 5:
+            sock.sendto(datagram, ("127.0.0.1", ports[1]))
+            time.sleep(0.002)
+    assert wait_for(lambda: patient.untrusted_discarded >= len(recording) * 5)
+    assert delivered == []
+    assert str(patient.snapshot().state) == "LOST"
+    assert patient.snapshot().links["a"].received >= received_before
+    assert patient.drops.total == 0  # authentic, so not rejected: discarded as untrusted
+
+
+def test_a_restarted_peer_is_trusted_and_its_predecessor_never_again(cores, tmp_path,
+                                                                      direct_bridge_config):
+    master, patient, delivered, key, ports = cores
+    path, _ = direct_bridge_config
+    first_id = master.codec.sender_id
+    recorder = Recorder()
+    recorder.tap(master)
+    master.send_heartbeat()  # answers the patient: a recording of it would prove liveness
+    master.send(0, b"from the first master")  # also delivered, on link b
+    recording = recorder.take(2)
+    assert wait_for(lambda: (0, b"from the first master") in delivered)
+    master.close()
+    restarted = BridgeCore(load_bridge_config(path, "master"), key, lambda *_: None,
+                           lambda _: None)
+    restarted.start()
+    try:
+        for _ in range(100):
+            restarted.send_heartbeat()
+            patient.send_heartbeat()
+            if patient.peer_id == restarted.codec.sender_id:
+                break
+            time.sleep(0.01)
+        assert patient.peer_id == restarted.codec.sender_id != first_id
+        assert restarted.send(0, b"from the restarted master")
+        assert wait_for(lambda: (0, b"from the restarted master") in delivered)
+        discarded = patient.untrusted_discarded
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for datagram in recording:
+                sock.sendto(datagram, ("127.0.0.1", ports[1]))
+        assert wait_for(lambda: patient.untrusted_discarded == discarded + len(recording))
+        assert patient.peer_id == restarted.codec.sender_id
+        assert delivered.count((0, b"from the first master")) == 1
+    finally:
+        restarted.close()
+        recorder.sock.close()
+
+
+def test_command_age_is_measured_from_the_header_stamp(cores):
+    master, patient, delivered, _, _ = cores
+    stamp = time.time_ns() - 20_000_000  # stamped 20 ms ago at the master site
+    message = PoseStamped()
+    message.header.stamp.sec, message.header.stamp.nanosec = divmod(stamp, 10**9)
+    payload = serialize_message(message)
+    assert header_stamp_ns(payload) == stamp
+    servo_cp = next(t.index for t in patient.config.incoming if t.name == "/psm/servo_cp")
+    for _ in range(10):
+        assert master.send(servo_cp, payload)
+    assert wait_for(lambda: patient.command_age.count == 10)
+    assert 20.0 <= patient.command_age.percentile(50) <= 20.0 + 100.0
+
+
+def test_an_unstamped_message_has_no_age():
+    assert header_stamp_ns(serialize_message(PoseStamped())) is None
+    assert header_stamp_ns(b"\x00\x01") is None

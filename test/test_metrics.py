@@ -1,8 +1,10 @@
 """Session figures computed from recorded streams."""
 
 import numpy as np
+import pytest
 
 from telesurg.metrics import (
+    LatencyHistogram,
     engage_offsets,
     following_intervals,
     largest_step,
@@ -72,3 +74,27 @@ def test_engage_offsets_compare_each_first_goal_with_the_held_arm():
     assert engage_offsets([], goal_stamps, goals, held_stamps, held).size == 0
     assert engage_offsets([10**12], goal_stamps, goals, held_stamps, held).size == 0
     assert engage_offsets([0], [], [], held_stamps, held).size == 0
+
+
+def test_latency_histogram_percentiles_match_numpy_within_a_bin():
+    rng = np.random.default_rng(3)
+    values = rng.gamma(2.0, 0.4, 20_000)  # ms, a skewed latency distribution
+    histogram = LatencyHistogram(bin_ms=0.01)
+    for value in values:
+        histogram.add(value)
+    assert histogram.count == len(values) and histogram.clipped == 0
+    for q in (50, 99, 100):
+        assert abs(histogram.percentile(q) - np.percentile(values, q)) <= 0.011
+
+
+def test_latency_histogram_keeps_out_of_range_values_at_the_ends():
+    histogram = LatencyHistogram(bin_ms=1.0, max_ms=10.0)
+    assert histogram.percentile(50) is None
+    for value in (-3.0, 2.5, 50.0):
+        histogram.add(value)
+    assert histogram.clipped == 2
+    assert histogram.percentile(1) == 1.0  # the negative one, in the first bin
+    assert histogram.percentile(50) == 3.0
+    assert histogram.percentile(100) == 11.0  # beyond max_ms: the last bin
+    with pytest.raises(ValueError, match="bin_ms"):
+        LatencyHistogram(bin_ms=0.0)

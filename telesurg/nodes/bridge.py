@@ -69,6 +69,7 @@ class BridgeNode(Node):
                                                      STATE_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._name = f"bridge ({p.role})"
+        self._logged_peer = 0
         self.core.start()
         self.loops = [PeriodicLoop(self, config.heartbeat_rate_hz, self.core.send_heartbeat),
                       PeriodicLoop(self, p.link_state_rate_hz, self._publish_link_state)]
@@ -123,6 +124,11 @@ class BridgeNode(Node):
         self._publish_link_state()
 
     def _publish_link_state(self) -> None:
+        if self.core.peer_id != self._logged_peer:
+            replaced = f" (replaces {self._logged_peer:016x})" if self._logged_peer else ""
+            self.get_logger().info(f"trusting peer sender {self.core.peer_id:016x}{replaced}: "
+                                   "its heartbeats answer ours")
+            self._logged_peer = self.core.peer_id
         message = link_state_message(self._name, self.core.snapshot(), self.core)
         message.header.stamp = self.get_clock().now().to_msg()
         self._publish(self._link_state_pub, message)
@@ -158,7 +164,10 @@ def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore) ->
             hardware_id=link_name, message=str(figures.state), values=values))
     counters = {"sent": core.sent, "delivered": core.delivered,
                 "duplicates_discarded": core.duplicates_discarded,
-                "rejected_datagrams": core.drops.total, "oversized": core.oversized}
+                "rejected_datagrams": core.drops.total, "oversized": core.oversized,
+                "untrusted_discarded": core.untrusted_discarded,
+                "command_age_ms_p50": _value(core.command_age.percentile(50)),
+                "command_age_ms_p99": _value(core.command_age.percentile(99))}
     counters.update({f"rejected_{reason}": count
                      for reason, count in core.drops.snapshot().items()})
     statuses.append(DiagnosticStatus(
