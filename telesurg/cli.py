@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from telesurg.linkem import PROFILES
+from telesurg.linkem import PROFILES, parse_outage
 
 LINK_PROFILES = tuple(PROFILES)
 
@@ -19,6 +19,13 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _outage(text: str):
+    try:
+        return parse_outage(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="telesurg",
@@ -27,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo = commands.add_parser(
         "demo", help="run a telesurgery session in simulation and write its figures",
-        description="Start the node graph (virtual surgeon, master console, arm controller, "
-                    "MuJoCo simulator) as processes, run a task, stop cleanly, and write "
-                    "OUT/summary.json with tracking error, tip jumps and limit violations.")
+        description="Start the master site (virtual surgeon, master console, bridge) and the "
+                    "patient site (bridge, arm controller, MuJoCo simulator) as processes on "
+                    "two DDS domains, joined only by the bridges over two emulated links a and "
+                    "b; run a task, stop cleanly, and write OUT/summary.json with tracking "
+                    "error, tip jumps, limit violations, command delivery and link figures.")
     demo.add_argument("--task", choices=("suturing", "figure8"), default="suturing",
                       help="what the virtual surgeon does (default: suturing)")
     demo.add_argument("--duration", type=_positive_seconds, default=20.0,
@@ -40,11 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output directory for summary.json and logs (default: runs/latest)")
     demo.add_argument("--config", type=Path, default=None,
                       help="ROS 2 parameter file (default: the installed config/telesurg.yaml)")
-    demo.add_argument("--two-sites", action="store_true",
-                      help="run the master and the patient site on two DDS domains joined only "
-                           "by two bridges over two emulated links (in progress)")
     demo.add_argument("--profile", choices=LINK_PROFILES, default="lan",
-                      help="emulated network of both links with --two-sites (default: lan)")
+                      help="emulated network of both links (default: lan)")
+    for link in ("a", "b"):
+        demo.add_argument(f"--link-{link}", choices=LINK_PROFILES, default=None,
+                          help=f"emulated network of link {link} (default: --profile)")
+    demo.add_argument("--outage", type=_outage, action="append", default=[],
+                      metavar="LINK@START+DURATION",
+                      help="cut link a, b or all from START for DURATION seconds after the task "
+                           "starts, e.g. a@5+5; repeatable")
     commands.add_parser(
         "linkem", add_help=False,
         help="emulate a long-distance link between two UDP endpoints (delay, jitter, loss, "
@@ -99,8 +112,9 @@ def _demo(args) -> int:
     from telesurg.demo import DemoError, DemoOptions, print_summary, run_demo
 
     options = DemoOptions(task=args.task, duration_s=args.duration, seed=args.seed,
-                          out=args.out, config=args.config, two_sites=args.two_sites,
-                          link_profile=args.profile)
+                          out=args.out, config=args.config,
+                          link_profiles=(args.link_a or args.profile, args.link_b or args.profile),
+                          outages=tuple(args.outage))
     try:
         summary = run_demo(options)
     except DemoError as error:

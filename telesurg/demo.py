@@ -1,8 +1,10 @@
 """`telesurg demo`: a telesurgery session in simulation, as real node processes over DDS.
 
-Brings up the node graph (telesurg.graph), lets the virtual surgeon perform a task for the
-requested time while recording what the arm did, stops every node cleanly, then writes and
-prints the session figures (summary.json).
+Brings up the master site and the patient site (telesurg.graph) on two DDS domains joined only
+by two bridges, each link through an emulated long-distance network (telesurg.relay, in this
+process) that scheduled outages can cut. The virtual surgeon performs a task for the requested
+time while both sites are recorded; then the command sources stop, what is in flight drains,
+every node stops cleanly, and the session figures are written and printed (summary.json).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from telesurg.graph import BRIDGE, SESSION_NODES, NodeSpec, nodes_of_site
+from telesurg.bridge_config import LINK_STATE_TOPIC
+from telesurg.graph import BRIDGE, SITES, NodeSpec, nodes_of_site
 from telesurg.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
+from telesurg.linkem import PROFILES, Outage, outage_timeline
 from telesurg.metrics import (
     engage_offsets,
     following_intervals,
+    largest_gap_within,
     largest_step,
     limit_violations,
     motion_while_held,
@@ -41,11 +46,17 @@ MASTER_TOPICS = {
     "/console/clutch": "std_msgs/msg/Bool",
 }
 PATIENT_TOPICS = {
+    "/psm/servo_cp": "geometry_msgs/msg/PoseStamped",  # as the patient bridge delivers them
     "/psm/setpoint_cp": "geometry_msgs/msg/PoseStamped",
     "/psm/measured_cp": "geometry_msgs/msg/PoseStamped",
     "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
 }
 RECORDED_TOPICS = {**MASTER_TOPICS, **PATIENT_TOPICS}
+SITE_TOPICS = {"master": MASTER_TOPICS, "patient": PATIENT_TOPICS}
+#: The links of the default bridge configuration, in order (a link's id on the wire).
+LINK_NAMES = ("a", "b")
+#: Nodes stopped first at the end of the task, so that the command counters can settle.
+COMMAND_SOURCES = ("virtual_surgeon", "master_console")
 STARTUP_TIMEOUT_S = 60.0
 MAX_DOMAIN_ID = 232
 
@@ -61,8 +72,8 @@ class DemoOptions:
     seed: int = 1
     out: Path = Path("runs/latest")
     config: Path | None = None
-    two_sites: bool = False        # each site on its own DDS domain, joined only by bridges
-    link_profile: str = "lan"      # emulated network profile of both links (two sites)
+    link_profiles: tuple[str, ...] = ("lan", "lan")  # emulated network of each link
+    outages: tuple[tuple[str, Outage], ...] = ()     # (link or 'all', Outage), from task start
 
 
 def session_environment(domain_id: int) -> dict[str, str]:
@@ -98,6 +109,13 @@ class Recorder:
         self.node = Node("demo_recorder", context=context)
         self.messages: dict[str, list[tuple[int, bytes]]] = {t: [] for t in topics}
         self.frozen = False  # set when the task ends: shutting nodes down is not the session
+        # The site bridge's reports, kept after the freeze too: its final counters come after
+        # the command stream has stopped and drained.
+        self.link_states: list[tuple[int, object]] = []
+        self.node.create_subscription(
+            message_class("diagnostic_msgs/msg/DiagnosticArray"), LINK_STATE_TOPIC,
+            lambda message: self.link_states.append((time.time_ns(), message)),
+            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         best_effort = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
         for topic, type_name in topics.items():
@@ -131,50 +149,58 @@ class Site:
     executor: object = None
 
 
-def plan_sites(options: DemoOptions, config: Path, domain_id: int, out: Path,
-               stack: contextlib.ExitStack) -> list[Site]:
-    """The session's sites: one domain with every node, or (two_sites) the master and the
-    patient site on two domains joined only by two bridges over two emulated links."""
+def plan_sites(options: DemoOptions, config: Path, domain_id: int,
+               bridge_config: Path) -> list[Site]:
+    """The master and the patient site, on two DDS domains joined only by their bridges."""
     params = ["--params-file", str(config)]
     surgeon = ["-p", f"task:={options.task}", "-p", f"seed:={options.seed}"]
-
-    def args(spec: NodeSpec) -> list[str]:
-        return params + (surgeon if spec.name == "virtual_surgeon" else [])
-
-    if not options.two_sites:
-        return [Site("local", domain_id, [(spec, args(spec)) for spec in SESSION_NODES],
-                     RECORDED_TOPICS)]
-    bridge_config = write_session_bridge_config(options, out, stack)
     # Fast DDS accepts domain ids up to 232.
     patient_domain = domain_id + 1 if domain_id < MAX_DOMAIN_ID else domain_id - 1
     sites = []
-    for name, domain, topics in (("master", domain_id, MASTER_TOPICS),
-                                 ("patient", patient_domain, PATIENT_TOPICS)):
-        nodes = [(spec, args(spec)) for spec in nodes_of_site(name)]
+    for name, domain in zip(SITES, (domain_id, patient_domain), strict=True):
+        nodes = [(spec, params + (surgeon if spec.name == "virtual_surgeon" else []))
+                 for spec in nodes_of_site(name)]
         nodes.append((BRIDGE, ["-p", f"role:={name}", "-p", f"config_file:={bridge_config}"]))
-        sites.append(Site(name, domain, nodes, topics))
+        sites.append(Site(name, domain, nodes, SITE_TOPICS[name]))
     return sites
 
 
-def write_session_bridge_config(options: DemoOptions, out: Path,
-                                stack: contextlib.ExitStack) -> Path:
-    """A fresh key, and two links from bridge to bridge each through an in-process relay
-    emulating options.link_profile."""
+def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
+    """A fresh key, and links a and b from bridge to bridge, each through a relay emulating its
+    profile. Returns the bridge configuration file and the links' process."""
     from telesurg.bridge_config import free_udp_ports, write_loopback_bridge_config
-    from telesurg.linkem import PROFILES
-    from telesurg.relay import LinkRelay
+    from telesurg.emulated_links import EmulatedLinks
     from telesurg.wire import write_key
 
     write_key(out / "bridge.key")
-    links = []
-    for seed in range(2):  # links a and b of the default configuration
-        master_port, patient_port = free_udp_ports(2)
-        relay = stack.enter_context(LinkRelay(
-            PROFILES[options.link_profile], ("127.0.0.1", 0), ("127.0.0.1", 0),
-            a_peer=("127.0.0.1", master_port), b_peer=("127.0.0.1", patient_port), seed=seed))
-        links.append(((master_port, relay.a_address[1]), (patient_port, relay.b_address[1])))
-    path = write_loopback_bridge_config(out, links)
-    return path
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    bridge_ports = {name: free_udp_ports(2) for name in LINK_NAMES}
+    links = stack.enter_context(EmulatedLinks(
+        [(name, profile, *bridge_ports[name], 2 * seed) for seed, (name, profile)
+         in enumerate(zip(LINK_NAMES, options.link_profiles, strict=True))],
+        out / "logs" / "emulated_links.log"))
+    ends = [tuple(zip(bridge_ports[name], links.ports[name], strict=True))
+            for name in LINK_NAMES]
+    return write_loopback_bridge_config(out, ends), links
+
+
+class OutageSchedule(threading.Thread):
+    """Cuts and restores the emulated links at the outages' times after start()."""
+
+    def __init__(self, links, outages, say):
+        super().__init__(name="demo-outages", daemon=True)
+        self.timeline = outage_timeline(outages, LINK_NAMES)
+        self.links = links
+        self.say = say
+        self.cancelled = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for at_s, link, down in self.timeline:
+            if self.cancelled.wait(max(0.0, started + at_s - time.monotonic())):
+                return
+            self.links.set_down(link, down)
+            self.say(f"  {at_s:g} s: link {link} {'cut' if down else 'restored'}")
 
 
 def run_demo(options: DemoOptions, say=print) -> dict:
@@ -188,6 +214,16 @@ def run_demo(options: DemoOptions, say=print) -> dict:
         load_parameter_file(config)
     except ConfigError as error:
         raise DemoError(f"configuration error: {error}") from None
+    if len(options.link_profiles) != len(LINK_NAMES):
+        raise DemoError(f"one link profile per link ({', '.join(LINK_NAMES)}), got "
+                        f"{len(options.link_profiles)}")
+    unknown = [p for p in options.link_profiles if p not in PROFILES]
+    if unknown:
+        raise DemoError(f"unknown link profile {unknown[0]!r}: one of {', '.join(PROFILES)}")
+    try:
+        outage_timeline(options.outages, LINK_NAMES)
+    except ValueError as error:
+        raise DemoError(str(error)) from None
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     domain_id = pick_domain_id()
@@ -195,11 +231,12 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                        if k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION",
                                 "FASTDDS_DEFAULT_PROFILES_FILE")})
     with contextlib.ExitStack() as stack:
-        sites = plan_sites(options, config, domain_id, out, stack)
+        bridge_config, links = open_links(options, out, stack)
+        sites = plan_sites(options, config, domain_id, bridge_config)
         contexts = []
         for site in sites:
-            logs = out / "logs" if len(sites) == 1 else out / "logs" / site.name
-            site.group = NodeGroup(session_environment(site.domain_id), logs)
+            site.group = NodeGroup(session_environment(site.domain_id),
+                                   out / "logs" / site.name)
             context = rclpy.Context()
             rclpy.init(context=context, domain_id=site.domain_id,
                        signal_handler_options=SignalHandlerOptions.NO)
@@ -209,8 +246,11 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             site.executor.add_node(site.recorder.node)
             threading.Thread(target=site.executor.spin, daemon=True).start()
         domains = ", ".join(f"{site.name} {site.domain_id}" for site in sites)
+        networks = ", ".join(f"{name} {profile}" for name, profile in
+                             zip(LINK_NAMES, options.link_profiles, strict=True))
         say(f"telesurg demo: task {options.task}, {options.duration_s:g} s, seed "
-            f"{options.seed}, DDS domains {domains}, logs in {out / 'logs'}")
+            f"{options.seed}, DDS domains {domains}, links {networks}, logs in {out / 'logs'}")
+        outages = OutageSchedule(links, options.outages, say)
         groups = [site.group for site in sites]
         try:
             for site in sites:
@@ -220,6 +260,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             say(f"graph up: {', '.join(n.spec.name for g in groups for n in g.nodes)}; "
                 "running the task")
             started = time.monotonic()
+            outages.start()
             cpu_at_start = {id(n): n.cpu_seconds() for g in groups for n in g.nodes}
             while time.monotonic() - started < options.duration_s:
                 _raise_if_dead(groups, "during the session")
@@ -231,7 +272,11 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 _node_label(site, n): round(
                     100.0 * (n.cpu_seconds() - cpu_at_start[id(n)]) / recorded_s, 1)
                 for site in sites for n in site.group.nodes}
+            outages.cancelled.set()
+            sites[0].group.stop(names=COMMAND_SOURCES)
+            _wait_for_final_counters(sites, options)
         finally:
+            outages.cancelled.set()
             codes = {_node_label(site, n): code for site in sites
                      for n, code in zip(site.group.nodes, site.group.stop().values(),
                                         strict=True)}
@@ -243,6 +288,8 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     if failed:
         raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
     summary = summarize(_recorded(sites), options, recorded_s)
+    summary.update(network_summary(sites[0].recorder.link_states,
+                                   sites[1].recorder.link_states))
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
@@ -251,12 +298,29 @@ def run_demo(options: DemoOptions, say=print) -> dict:
 
 
 def _recorded(sites: list[Site]) -> dict:
-    return {topic: records for site in sites
-            for topic, records in site.recorder.messages.items()}
+    return {site.name: site.recorder.messages for site in sites}
 
 
 def _node_label(site: Site, node) -> str:
-    return node.spec.name if site.name == "local" else f"{site.name}/{node.spec.name}"
+    return f"{site.name}/{node.spec.name}"
+
+
+#: Longest wait for the bridges' final counters after the command sources stopped.
+DRAIN_TIMEOUT_S = 5.0
+
+
+def _wait_for_final_counters(sites: list[Site], options: DemoOptions) -> None:
+    """Wait until what was in flight when the commands stopped has arrived and both bridges
+    have reported their counters since (they report at 10 Hz)."""
+    in_flight_s = max(PROFILES[p].delay_ms + 4 * PROFILES[p].jitter_ms
+                      for p in options.link_profiles) / 1e3
+    settled_ns = time.time_ns() + int((in_flight_s + 0.3) * 1e9)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S + in_flight_s
+    while time.monotonic() < deadline:
+        if all(site.recorder.link_states and site.recorder.link_states[-1][0] > settled_ns
+               for site in sites):
+            return
+        time.sleep(0.05)
 
 
 def _raise_if_dead(groups: list[NodeGroup], when: str) -> None:
@@ -272,11 +336,15 @@ def _wait_until_ready(groups: list[NodeGroup], recorded: dict) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         _raise_if_dead(groups, "at start-up")
-        if recorded["/psm/measured_cp"] and recorded["/console/following"]:
+        if recorded["patient"]["/psm/measured_cp"] and recorded["master"]["/console/following"]:
             return
         time.sleep(0.05)
     raise DemoError(f"the node graph did not come up within {STARTUP_TIMEOUT_S:.0f} s "
                     "(no arm pose, or the console never got master and arm poses); see the logs")
+
+
+def stamp_ns(message) -> int:
+    return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
 
 
 def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
@@ -284,38 +352,37 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
 
     from telesurg.bridge_config import message_class
 
-    def decoded(topic):
+    def decoded(site, topic):
         cls = message_class(RECORDED_TOPICS[topic])
-        return [(t, deserialize_message(data, cls)) for t, data in messages[topic]]
+        return [(t, deserialize_message(data, cls)) for t, data in messages[site][topic]]
 
-    def tips(topic):
-        return {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec:
-                np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
-                for _, m in decoded(topic)}
+    def tips(site, topic):
+        return {stamp_ns(m): np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
+                for _, m in decoded(site, topic)}
 
-    goals = tips("/psm/servo_cp")
-
-    setpoints, measured = tips("/psm/setpoint_cp"), tips("/psm/measured_cp")
+    goals = tips("master", "/psm/servo_cp")
+    setpoints, measured = tips("patient", "/psm/setpoint_cp"), tips("patient", "/psm/measured_cp")
     measured_stamps = sorted(measured)
     measured_path = [measured[s] for s in measured_stamps]
-    commands = decoded("/forward_position_controller/commands")
+    commands = decoded("patient", "/forward_position_controller/commands")
     command_times = [t for t, _ in commands]
     command_joints = [m.data for _, m in commands]
     command_tips = [forward(np.asarray(q[:len(ARM_JOINT_NAMES)]))[:3, 3]
                     for q in command_joints]
     lower = [JOINT_LIMITS[name].lower for name in JOINT_NAMES]
     upper = [JOINT_LIMITS[name].upper for name in JOINT_NAMES]
-    changes = [(t, m.data) for t, m in decoded("/console/following")]
+    changes = [(t, m.data) for t, m in decoded("master", "/console/following")]
     intervals = following_intervals(changes, command_times[-1] if commands else 0)
-    clutches = sum(1 for _, m in decoded("/console/clutch") if m.data)
-    servo = messages["/psm/servo_cp"]
+    clutches = sum(1 for _, m in decoded("master", "/console/clutch") if m.data)
+    servo = messages["master"]["/psm/servo_cp"]
+    arrivals = [(t, stamp_ns(m)) for t, m in decoded("patient", "/psm/servo_cp")]
     servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
     return {
         "task": options.task,
         "seed": options.seed,
         "duration_s": round(recorded_s, 3),
         "command_rate_hz": round((len(servo) - 1) / servo_span_s, 1) if servo_span_s else 0.0,
-        "commands_sent": len(servo),
+        "command_gap_ms_max": round(1e-6 * largest_gap_within(arrivals, intervals), 3),
         "tracking_error_mm": percentiles(tracking_errors(setpoints, measured), 1000.0),
         "jump_max_mm": round(1000.0 * largest_step(command_tips), 4),
         "joint_limit_violations": limit_violations(command_joints, lower, upper),
@@ -333,8 +400,18 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
 
 def print_summary(summary: dict, say=print) -> None:
     error = summary["tracking_error_mm"]
-    say(f"  commands: {summary['commands_sent']} at {summary['command_rate_hz']} Hz, "
-        f"engagements {summary['engagements']}")
+    age = summary["command_age_ms"]
+    say(f"  commands: {summary['command_rate_hz']} Hz; bridged {summary['commands_sent']} sent, "
+        f"{summary['commands_delivered']} delivered, {summary['commands_lost']} lost; "
+        f"age at the patient bridge p50 {age['p50']} ms, p99 {age['p99']} ms; largest gap "
+        f"while following {summary['command_gap_ms_max']} ms")
+    say(f"  datagrams: {summary['duplicates_discarded']} second copies discarded, "
+        f"{summary['rejected_datagrams']} rejected, {summary['untrusted_discarded']} from "
+        "untrusted senders")
+    for name, link in summary["links"].items():
+        say(f"  link {name}: RTT p50 {link['rtt_ms_p50']} ms, p99 {link['rtt_ms_p99']} ms, "
+            f"loss {link['loss_pct']} %, down {link['down_events']} times")
+    say(f"  engagements {summary['engagements']}")
     say(f"  tracking error (tip measured vs setpoint): p50 {error['p50']} mm, "
         f"p99 {error['p99']} mm, max {error['max']} mm")
     say(f"  largest tip step per controller tick: {summary['jump_max_mm']} mm; "
@@ -342,3 +419,49 @@ def print_summary(summary: dict, say=print) -> None:
     say(f"  clutch presses {summary['clutch_presses']}; arm motion while not following "
         f"{summary['motion_while_not_following_mm']} mm; first goal after an engage "
         f"{summary['engage_offset_mm']} mm from the held arm")
+
+
+def link_state_values(message) -> dict[str, tuple[str, dict[str, str]]]:
+    """A /bridge/link_state report as {hardware id ('overall' or a link): (state, values)}."""
+    return {status.hardware_id: (status.message, {v.key: v.value for v in status.values})
+            for status in message.status}
+
+
+def network_summary(master_states: list, patient_states: list) -> dict:
+    """Command delivery and link figures from each site bridge's reports: the final counters
+    (after the drain), and per link the patient bridge's view over the session."""
+    if not master_states or not patient_states:
+        raise DemoError("a bridge never reported its link state (see logs/*/bridge.log)")
+    master = link_state_values(master_states[-1][1])["overall"][1]
+    patient = link_state_values(patient_states[-1][1])["overall"][1]
+
+    def number(values, key):
+        return float(values[key]) if values.get(key) else None
+
+    sent, delivered = int(master["sent"]), int(patient["delivered"])
+    reports = [link_state_values(message) for _, message in patient_states]
+    links = {}
+    for name in LINK_NAMES:
+        views = [report[name][1] for report in reports if name in report]
+        rtts = [float(v["rtt_ms"]) for v in views if v.get("rtt_ms")]
+        rtt = percentiles(rtts)
+        links[name] = {
+            "rtt_ms_p50": rtt["p50"], "rtt_ms_p99": rtt["p99"],
+            # Mean of the 10 Hz reports of loss over the last 1,000 sequence numbers.
+            "loss_pct": round(float(np.mean([float(v["loss_percent"]) for v in views])), 4)
+            if views else None,
+            "down_events": int(views[-1]["down_events"]) if views else 0,
+        }
+    return {
+        "commands_sent": sent,
+        "commands_delivered": delivered,
+        "commands_lost": sent - delivered,
+        "duplicates_discarded": int(patient["duplicates_discarded"]),
+        "rejected_datagrams": int(master["rejected_datagrams"])
+        + int(patient["rejected_datagrams"]),
+        "untrusted_discarded": int(master["untrusted_discarded"])
+        + int(patient["untrusted_discarded"]),
+        "command_age_ms": {"p50": number(patient, "command_age_ms_p50"),
+                           "p99": number(patient, "command_age_ms_p99")},
+        "links": links,
+    }

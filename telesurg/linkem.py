@@ -149,6 +149,27 @@ def parse_outage(text: str) -> tuple[str, Outage]:
         raise ValueError(f"outage {text!r}: {error}") from None
 
 
+def outage_timeline(outages, link_names) -> list[tuple[float, str, bool]]:
+    """When each link goes down (True) and comes back (False), in time order, for outages given
+    as (link name or 'all', Outage). Overlapping outages of one link merge: it comes back when
+    the last of them ends. ValueError names an unknown link."""
+    changes = []
+    for link, outage in outages:
+        if link != ALL_LINKS and link not in link_names:
+            raise ValueError(f"outage of unknown link {link!r}: the links are "
+                             f"{', '.join(link_names)} (or '{ALL_LINKS}')")
+        for name in (link_names if link == ALL_LINKS else (link,)):
+            changes.append((outage.start_s, 1, name))
+            changes.append((outage.start_s + outage.duration_s, -1, name))
+    depth = dict.fromkeys(link_names, 0)
+    timeline = []
+    for t, step, name in sorted(changes, key=lambda c: (c[0], -c[1])):
+        depth[name] += step
+        if depth[name] == 1 and step == 1 or depth[name] == 0:
+            timeline.append((t, name, step == 1))
+    return timeline
+
+
 class LinkModel:
     """Delivery times of the datagrams sent over one emulated link.
 

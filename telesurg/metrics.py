@@ -147,3 +147,24 @@ class LatencyHistogram:
         rank = max(1, int(np.ceil(q / 100.0 * self.count)))
         index = int(np.searchsorted(np.cumsum(self._counts), rank))
         return round((index + 1) * self.bin_ms, 6)
+
+
+def largest_gap_within(arrivals, intervals) -> int:
+    """Largest time between consecutive arrivals of a stream whose items were both sent inside
+    one of intervals (so pauses of the sender in between intervals do not count).
+
+    arrivals: (arrival time, send stamp) in arrival order, ns; intervals: (start, end) in the
+    send stamps' clock. 0 when no two consecutive items share an interval.
+    """
+    def interval_of(stamp):
+        return next((i for i, (start, end) in enumerate(intervals) if start <= stamp <= end),
+                    None)
+
+    largest = 0
+    previous = None
+    for arrival, stamp in arrivals:
+        current = interval_of(stamp)
+        if previous is not None and current is not None and current == previous[1]:
+            largest = max(largest, arrival - previous[0])
+        previous = (arrival, current)
+    return largest

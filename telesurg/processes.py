@@ -16,7 +16,7 @@ from telesurg.graph import NodeSpec
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: if the session process dies, even by SIGKILL, the node
     gets SIGTERM instead of living on as an orphan."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -64,7 +64,7 @@ class NodeGroup:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 command, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         node = NodeProcess(spec, process, log_path)
         self.nodes.append(node)
         return node
@@ -72,11 +72,12 @@ class NodeGroup:
     def first_dead(self) -> NodeProcess | None:
         return next((node for node in self.nodes if not node.alive()), None)
 
-    def stop(self, grace_s: float = 5.0) -> dict[str, int]:
-        """Ctrl-C every node (their clean shutdown path), then SIGTERM, then SIGKILL whatever
-        is still running. Returns each node's exit code."""
+    def stop(self, grace_s: float = 5.0, names=None) -> dict[str, int]:
+        """Ctrl-C every node (or those named; their clean shutdown path), then SIGTERM, then
+        SIGKILL whatever is still running. Returns each stopped node's exit code."""
+        chosen = [node for node in self.nodes if names is None or node.spec.name in names]
         for escalation in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            running = [node for node in self.nodes if node.alive()]
+            running = [node for node in chosen if node.alive()]
             if not running:
                 break
             for node in running:
@@ -88,7 +89,7 @@ class NodeGroup:
             while time.monotonic() < deadline and any(node.alive() for node in running):
                 time.sleep(0.05)
         codes = {}
-        for node in self.nodes:
+        for node in chosen:
             node.exit_code = node.process.wait()
             codes[node.spec.name] = node.exit_code
         return codes

@@ -37,3 +37,14 @@ def test_linkem_is_listed_and_hands_its_arguments_to_the_relay(capsys):
     assert main(["linkem", "--profile", "nope", "--a", "127.0.0.1:0", "--b",
                  "127.0.0.1:0"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_malformed_or_unknown_outage_naming_it(capsys):
+    for bad, says in (("a@5", "not LINK@START+DURATION"), ("c@1+1", "unknown link 'c'")):
+        try:
+            code = main(["demo", "--outage", bad, "--duration", "1", "--out", "/nonexistent"])
+        except SystemExit as exit_:
+            code = exit_.code
+        assert code in (1, 2)
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err

@@ -13,6 +13,7 @@ from telesurg.linkem import (
     LinkProfile,
     LinkStats,
     Outage,
+    outage_timeline,
     parse_outage,
 )
 
@@ -209,3 +210,15 @@ def test_named_profiles_have_the_intended_character():
     assert cellular.delay_ms == pytest.approx(70.0, abs=5.0) and cellular.jitter_ms >= 2.0
     assert cellular.expected_loss_pct == pytest.approx(0.5, abs=0.05)
     assert cellular.burst_loss.loss_fraction > 0.8 * cellular.expected_loss_pct / 100.0
+
+
+def test_outage_timeline_merges_overlaps_and_expands_all():
+    outages = [parse_outage("a@5+5"), parse_outage("a@8+4"), parse_outage("all@20+1")]
+    assert outage_timeline(outages, ("a", "b")) == [
+        (5.0, "a", True), (12.0, "a", False),
+        (20.0, "a", True), (20.0, "b", True), (21.0, "a", False), (21.0, "b", False)]
+    # Back-to-back outages keep the link down across the seam.
+    assert outage_timeline([parse_outage("b@1+1"), parse_outage("b@2+1")], ("a", "b")) == [
+        (1.0, "b", True), (3.0, "b", False)]
+    with pytest.raises(ValueError, match="unknown link 'c'"):
+        outage_timeline([parse_outage("c@1+1")], ("a", "b"))

@@ -6,6 +6,7 @@ import pytest
 from telesurg.metrics import (
     LatencyHistogram,
     engage_offsets,
+    largest_gap_within,
     following_intervals,
     largest_step,
     limit_violations,
@@ -98,3 +99,14 @@ def test_latency_histogram_keeps_out_of_range_values_at_the_ends():
     assert histogram.percentile(100) == 11.0  # beyond max_ms: the last bin
     with pytest.raises(ValueError, match="bin_ms"):
         LatencyHistogram(bin_ms=0.0)
+
+
+def test_largest_gap_counts_only_gaps_inside_one_following_interval():
+    intervals = [(0, 100 * MS), (200 * MS, 300 * MS)]
+    # (arrival, stamp): 2 ms apart, except a 30 ms hole inside the first interval and the
+    # clutch between the intervals (a 120 ms hole that is no loss of commands).
+    stamps = [*range(0, 50 * MS, 2 * MS), *range(80 * MS, 101 * MS, 2 * MS),
+              *range(220 * MS, 300 * MS, 2 * MS)]
+    arrivals = [(stamp + 60 * MS, stamp) for stamp in stamps]
+    assert largest_gap_within(arrivals, intervals) == 32 * MS
+    assert largest_gap_within(arrivals[:3], []) == 0

@@ -1,0 +1,51 @@
+"""The demo's network figures, from the bridges' /bridge/link_state reports (no processes)."""
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from telesurg.demo import DemoError, network_summary
+
+
+def report(overall: dict, links: dict) -> DiagnosticArray:
+    def status(hardware_id, values):
+        return DiagnosticStatus(hardware_id=hardware_id, message="REDUNDANT", values=[
+            KeyValue(key=key, value=str(value)) for key, value in values.items()])
+    return DiagnosticArray(status=[status(name, values) for name, values in links.items()]
+                           + [status("overall", overall)])
+
+
+def counters(**values):
+    base = {"sent": 0, "delivered": 0, "duplicates_discarded": 0, "rejected_datagrams": 0,
+            "untrusted_discarded": 0, "command_age_ms_p50": "", "command_age_ms_p99": ""}
+    return base | values
+
+
+def link(rtt_ms, loss, down_events):
+    return {"rtt_ms": rtt_ms, "loss_percent": loss, "down_events": down_events}
+
+
+def test_final_counters_and_link_figures_over_the_session():
+    master = [(1, report(counters(sent=5000, rejected_datagrams=1), {}))]
+    patient = [
+        (1, report(counters(delivered=10), {"a": link("", 0.0, 0), "b": link("", 0.0, 0)})),
+        (2, report(counters(delivered=4000), {"a": link(120.0, 0.2, 0),
+                                               "b": link(130.0, 0.0, 0)})),
+        (3, report(counters(delivered=4998, duplicates_discarded=4990, untrusted_discarded=3,
+                            command_age_ms_p50="61.5", command_age_ms_p99="64.25"),
+                   {"a": link(124.0, 0.1, 1), "b": link(126.0, 0.0, 0)})),
+    ]
+    summary = network_summary(master, patient)
+    assert summary["commands_sent"] == 5000 and summary["commands_delivered"] == 4998
+    assert summary["commands_lost"] == 2
+    assert summary["duplicates_discarded"] == 4990
+    assert summary["rejected_datagrams"] == 1 and summary["untrusted_discarded"] == 3
+    assert summary["command_age_ms"] == {"p50": 61.5, "p99": 64.25}
+    a = summary["links"]["a"]
+    assert a["rtt_ms_p50"] == 122.0 and 120.0 < a["rtt_ms_p99"] <= 124.0
+    assert a["loss_pct"] == pytest.approx(0.1) and a["down_events"] == 1
+    assert summary["links"]["b"]["down_events"] == 0
+
+
+def test_a_bridge_that_never_reported_is_an_error():
+    with pytest.raises(DemoError, match="never reported"):
+        network_summary([], [(1, report(counters(), {}))])
