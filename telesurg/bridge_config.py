@@ -126,12 +126,40 @@ def default_bridge_config_path() -> Path:
     return share_dir() / "config" / "bridge.yaml"
 
 
-def load_bridge_config(path: str | Path, role: str) -> BridgeConfig:
-    """Read and check the bridge configuration file `path`; return the side of `role`."""
+#: Bridge parameters that override, for this site, a part of every link in the file: each is
+#: "NAME=VALUE NAME=VALUE ..." (empty VALUEs ignored), so that launch arguments can set them.
+LINK_OVERRIDES = {"link_binds": "bind", "link_peers": "peer", "link_interfaces": "interface"}
+
+
+def parse_link_overrides(parameter: str, text: str) -> dict[str, str]:
+    """{link name: value} from a LINK_OVERRIDES parameter's text; ConfigError names it."""
+    overrides = {}
+    for item in text.split():
+        name, equals, value = item.partition("=")
+        if not equals or not _LINK_NAME.fullmatch(name):
+            raise ConfigError(f"bridge parameter {parameter}: {item!r} is not NAME=VALUE with "
+                              "NAME a link name (e.g. a=10.1.0.2:47101)")
+        if value:
+            overrides[name] = value
+    return overrides
+
+
+def load_bridge_config(path: str | Path, role: str, key_file: str = "",
+                       link_overrides: dict[str, str] | None = None) -> BridgeConfig:
+    """Read and check the bridge configuration file `path`; return the side of `role`.
+
+    key_file, if not empty, replaces the file's; link_overrides maps each LINK_OVERRIDES
+    parameter to its text, which replaces those parts of this site's side of the links. The
+    result is checked as if the file said so, and errors name the parameter.
+    """
     path = Path(path)
     if role not in ROLES:
         raise ConfigError(f"{path}: unknown role {role!r}: must be one of {', '.join(ROLES)}")
     document = read_yaml(path, "bridge configuration")
+    if key_file and isinstance(document, dict):
+        document["key_file"] = str(Path(key_file).expanduser().absolute())
+    for parameter, text in (link_overrides or {}).items():
+        _override_links(document, path, role, parameter, parse_link_overrides(parameter, text))
     fields = _mapping(document, path, "", required=("links", "key_file", "topics"),
                       optional=(HEARTBEAT_RATE.name, LINK_TIMEOUT.name))
     heartbeat_rate_hz = _number(HEARTBEAT_RATE, fields, path)
@@ -329,6 +357,27 @@ def _links(value: object, file: Path, role: str) -> tuple[LinkConfig, ...]:
             if site == role:
                 own_side.append(link)
     return tuple(own_side)
+
+
+def _override_links(document: object, file: Path, role: str, parameter: str,
+                    values: dict[str, str]) -> None:
+    links = document.get("links") if isinstance(document, dict) else None
+    if not isinstance(links, list):
+        return  # the file's own error is reported when it is checked
+    sides = {entry.get("name"): entry.get(role) for entry in links if isinstance(entry, dict)}
+    source = Path(f"bridge parameter {parameter}")
+    for name, value in values.items():
+        side = sides.get(name)
+        if not isinstance(side, dict):
+            raise ConfigError(f"{source}: no link {name!r} with a {role} side in {file} "
+                              f"(links: {', '.join(map(str, sides))})")
+        field = LINK_OVERRIDES[parameter]
+        if field == "interface":
+            if not _INTERFACE_NAME.fullmatch(value):
+                raise _error(source, name, f"{value!r} is not a network interface name")
+        else:
+            _address(value, source, name)
+        side[field] = value
 
 
 def _link_side(name: str, value: object, file: Path, key: str) -> LinkConfig:

@@ -121,6 +121,17 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         Param("config_file", "",
               "Bridge configuration (links, key file, topics); empty means the installed "
               "config/bridge.yaml."),
+        Param("key_file", "",
+              "Pre-shared key file; empty means the key_file of the bridge configuration."),
+        Param("link_binds", "",
+              "This site's socket per link, 'a=HOST:PORT b=HOST:PORT'; a link not named keeps "
+              "the configuration's bind."),
+        Param("link_peers", "",
+              "The other site's socket per link, 'a=HOST:PORT b=HOST:PORT'; a link not named "
+              "keeps the configuration's peer."),
+        Param("link_interfaces", "",
+              "Network interface per link, 'a=enp3s0 b=wwan0', so each link leaves by its own "
+              "technology; a link not named keeps the configuration's."),
         Param("insecure", False,
               "Run without a key file: no authentication, no secrecy. Only for local "
               "experiments; both bridges must say so."),

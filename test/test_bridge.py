@@ -262,3 +262,22 @@ def test_losing_one_link_mid_stream_loses_nothing_and_both_lost_is_seen(relayed_
     link_a.set_down(False)
     patient.spin_until(lambda: patient.overall() == "REDUNDANT", 5.0, "REDUNDANT again")
     assert all(process.poll() is None for process in processes)
+
+
+def test_key_file_and_link_parameters_override_the_config(tmp_path, ros_env,
+                                                         direct_bridge_config):
+    """What the site launch files pass: the key file and a link's peer set as parameters."""
+    config, _ = direct_bridge_config
+    result = subprocess.run(
+        [sys.executable, "-m", "telesurg.nodes.bridge", "--ros-args", "-p", "role:=master",
+         "-p", f"config_file:={config}", "-p", f"key_file:={tmp_path / 'site.key'}",
+         "-p", "link_peers:=a=10.1.0.2"], env=ros_env, capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "bridge parameter link_peers: a: '10.1.0.2' is not HOST:PORT" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "telesurg.nodes.bridge", "--ros-args", "-p", "role:=master",
+         "-p", f"config_file:={config}", "-p", f"key_file:={tmp_path / 'site.key'}"],
+        env=ros_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"no key file at {tmp_path / 'site.key'}" in result.stderr

@@ -181,3 +181,31 @@ def test_worst_case_joint_state_is_the_documented_one_and_fits():
     assert size == len(serialize_message(worst)) == 1132
     assert size <= max_payload_bytes()
     assert worst_case_cdr_bytes(message_class("geometry_msgs/msg/PoseStamped")) == 140
+
+
+def test_parameters_override_this_sites_links_and_key(tmp_path):
+    path = bridge_config.default_bridge_config_path()
+    config = load_bridge_config(path, "patient", str(tmp_path / "site.key"), {
+        "link_binds": "a=10.1.0.2:47101 b=",  # an empty value keeps the file's
+        "link_peers": "a=10.1.0.1:47001 b=[fd00::1]:47002",
+        "link_interfaces": "b=wwan0",
+    })
+    a, b = config.links
+    assert config.key_file == tmp_path / "site.key"
+    assert (a.bind, a.peer, a.interface) == (("10.1.0.2", 47101), ("10.1.0.1", 47001), None)
+    assert (b.bind, b.peer, b.interface) == (("127.0.0.1", 47102), ("fd00::1", 47002), "wwan0")
+    master = load_bridge_config(path, "master", "", {"link_peers": "a=10.1.0.2:47101"})
+    assert master.links[0].peer == ("10.1.0.2", 47101)  # the other role's side: untouched
+
+
+@pytest.mark.parametrize("parameter, text, expected", [
+    ("link_peers", "a:10.0.0.1:1", "bridge parameter link_peers: 'a:10.0.0.1:1' is not NAME="),
+    ("link_peers", "c=10.0.0.1:1", "bridge parameter link_peers: no link 'c'"),
+    ("link_binds", "a=10.0.0.1", "bridge parameter link_binds: a: '10.0.0.1' is not HOST:PORT"),
+    ("link_interfaces", "a=bad/name", "bridge parameter link_interfaces: a: 'bad/name' is not"),
+])
+def test_bad_link_overrides_are_refused_naming_the_parameter(parameter, text, expected):
+    with pytest.raises(ConfigError) as error:
+        load_bridge_config(bridge_config.default_bridge_config_path(), "master", "",
+                           {parameter: text})
+    assert str(error.value).startswith(expected)

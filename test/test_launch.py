@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from telesurg.bridge_config import LINK_OVERRIDES, parse_link_overrides
 from telesurg.graph import BRIDGE, SESSION_NODES, SITES, nodes_of_site
+from telesurg.params import NODE_PARAMETERS
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = ROOT / "launch" / "telesurg.launch.py"
@@ -120,3 +122,15 @@ def test_built_package_installs_every_share_file_and_node(tmp_path):
         next(name for name in names if name.endswith("entry_points.txt"))).decode()
     for spec in (*SESSION_NODES, BRIDGE):
         assert f"{spec.executable} = {spec.module}:main" in entry_points
+
+
+def test_site_launch_sets_only_declared_bridge_parameters_and_composes_overrides():
+    declared = {param.name for param in NODE_PARAMETERS["bridge"]}
+    tree = ast.parse((ROOT / "telesurg" / "site_launch.py").read_text())
+    keys = {key.value for node in ast.walk(tree) if isinstance(node, ast.Dict)
+            for key in node.keys if isinstance(key, ast.Constant)}
+    assert {"role", "config_file", "key_file"} <= keys <= declared | {"bind", "peer", "interface"}
+    assert set(LINK_OVERRIDES) <= declared
+    # With no launch argument given, each override reads 'a= b=': nothing is overridden.
+    for parameter in LINK_OVERRIDES:
+        assert parse_link_overrides(parameter, "a= b=") == {}

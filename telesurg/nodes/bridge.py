@@ -13,6 +13,7 @@ from rclpy.qos import QoSProfile
 
 from telesurg.bridge_config import (
     DIAGNOSTICS_TOPIC,
+    LINK_OVERRIDES,
     LINK_STATE_TOPIC,
     QosKind,
     default_bridge_config_path,
@@ -51,7 +52,9 @@ class BridgeNode(Node):
         self.core = None  # until the links are open
         p = declare_parameters(self, "bridge")
         path = p.config_file or str(default_bridge_config_path())
-        config = load_bridge_config(path, p.role)
+        config = load_bridge_config(
+            path, p.role, p.key_file,
+            {parameter: getattr(p, parameter) for parameter in LINK_OVERRIDES})
         key = self._key(config.key_file, p.insecure)
         self._incoming_publishers = {
             topic.index: self.create_publisher(message_class(topic.type_name), topic.name,
