@@ -10,7 +10,7 @@ patient_to_master, in file order. The number is the datagram's topic index (wire
 sites must use identical topic lists; likewise a link's id on the wire is its position in `links`.
 
 Size check. A message is sent in one datagram, never fragmented, so a topic whose message can
-exceed wire.max_payload_bytes() in CDR is refused here rather than dropped in surgery. The size is
+exceed wire.max_message_bytes() in CDR is refused here rather than dropped in surgery. The size is
 measured by serializing an instance filled at a worst case: bounded fields at their bound, and
 unbounded ones at the realistic worst case below (the size of a numeric field does not depend on
 its value).
@@ -46,7 +46,7 @@ from rosidl_parser.definition import (
 
 from telesurg.params import ConfigError, Param, read_yaml
 from telesurg.resources import share_dir
-from telesurg.wire import max_payload_bytes
+from telesurg.wire import max_message_bytes
 
 #: The topics each role sends; topic indices follow this order (master_to_patient first).
 OUTGOING_DIRECTION = {"master": "master_to_patient", "patient": "patient_to_master"}
@@ -445,10 +445,10 @@ def _topic(value: object, file: Path, key: str, index: int) -> TopicConfig:
     except LookupError as error:
         raise _error(file, f"{key}.type", str(error)) from None
     size = worst_case_cdr_bytes(message_type)
-    if size > max_payload_bytes():
+    if size > max_message_bytes():
         raise _error(file, f"{key}.type",
                      f"{type_name} can take {size} bytes in CDR, more than the "
-                     f"{max_payload_bytes()} a datagram carries (worst case assumed: strings "
+                     f"{max_message_bytes()} a datagram carries (worst case assumed: strings "
                      f"of {STRING_CHARS} characters, {STRING_IN_SEQUENCE_CHARS} in arrays, "
                      f"arrays of {SEQUENCE_ELEMENTS} elements, byte arrays of {RAW_DATA_BYTES})")
     qos = fields["qos"]

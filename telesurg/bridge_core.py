@@ -29,12 +29,14 @@ from telesurg.link_health import HealthSnapshot, LinkHealth, LinkHealthConfig, S
 from telesurg.metrics import LatencyHistogram
 from telesurg.wire import (
     MAX_DATAGRAM_BYTES,
-    DatagramTooLarge,
     DropCounters,
     MessageKind,
     ReplayWindow,
     WireCodec,
     WireError,
+    max_message_bytes,
+    pack_data,
+    unpack_data,
 )
 
 #: Heartbeat payload: per link, the link id, the newest peer heartbeat timestamp heard on it and
@@ -45,6 +47,9 @@ _ECHO = struct.Struct("!BQQ")
 _ANSWERS = struct.Struct("!Q")
 #: Message header stamp in CDR: after the 4-byte encapsulation, int32 sec and uint32 nanosec.
 _CDR_STAMP = {False: struct.Struct(">iI"), True: struct.Struct("<iI")}
+#: A message rides again in the next datagram only if that leaves this soon after it: a command
+#: recovered later would be too old to act on.
+REDUNDANCY_WINDOW_NS = 100_000_000
 #: Longest the receive thread sleeps when no link deadline is due.
 _IDLE_WAIT_S = 0.1
 
@@ -114,7 +119,10 @@ class BridgeCore:
         self.sent = 0
         self.delivered = 0
         self.duplicates_discarded = 0
+        self.recovered = 0  # lost on every link, delivered from the next datagram's copy
         self.untrusted_discarded = 0
+        # The last message sent: (sequence, topic index, CDR, monotonic ns when sent).
+        self._previous_data: tuple[int, int, bytes, int] | None = None
         self.oversized = 0
         # Age of arriving commands (stamp at the other site to arrival here, wall clocks).
         self._aged_topics = frozenset(topic.index for topic in config.incoming
@@ -139,13 +147,19 @@ class BridgeCore:
 
     # Sending -----------------------------------------------------------------------------
 
-    def send(self, topic_index: int, payload: bytes) -> bool:
-        """Send one message's CDR bytes on every link; False if it was too large to send."""
-        try:
-            self._send_everywhere(MessageKind.DATA, topic_index, payload)
-        except DatagramTooLarge:
+    def send(self, topic_index: int, message: bytes) -> bool:
+        """Send one message's CDR bytes on every link, with the previous message too if it
+        fits; False if the message alone is too large for a datagram."""
+        if len(message) > max_message_bytes():
             self.oversized += 1
             return False
+        with self._send_lock:
+            now_ns = time.monotonic_ns()
+            previous = self._previous_data
+            recent = previous is not None and now_ns - previous[3] <= REDUNDANCY_WINDOW_NS
+            sequence = self._send_everywhere(MessageKind.DATA, topic_index,
+                                             pack_data(message, previous[:3] if recent else None))
+            self._previous_data = (sequence, topic_index, message, now_ns)
         self.sent += 1
         return True
 
@@ -155,20 +169,23 @@ class BridgeCore:
         echoes = b"".join(
             _ECHO.pack(link.index, link.echo[0], now_ns - link.echo[1] if link.echo[0] else 0)
             for link in self.links)
-        self._send_everywhere(MessageKind.HEARTBEAT, 0, answers + echoes)
-
-    def _send_everywhere(self, kind: MessageKind, topic_index: int, payload: bytes) -> None:
         with self._send_lock:
-            self._sequence += 1
-            timestamp_ns = time.monotonic_ns()
-            for link in self.links:
-                datagram = self.codec.encode(kind, link.index, self._sequence, timestamp_ns,
-                                             topic_index, payload)
-                try:
-                    link.sock.sendto(datagram, link.peer)
-                except OSError:
-                    # A link whose interface is down: the other links carry the datagram.
-                    link.send_errors += 1
+            self._send_everywhere(MessageKind.HEARTBEAT, 0, answers + echoes)
+
+    def _send_everywhere(self, kind: MessageKind, topic_index: int, payload: bytes) -> int:
+        """Send under the next sequence number on every link; returns it. Needs _send_lock:
+        sequences must leave in order on every link."""
+        self._sequence += 1
+        timestamp_ns = time.monotonic_ns()
+        for link in self.links:
+            datagram = self.codec.encode(kind, link.index, self._sequence, timestamp_ns,
+                                         topic_index, payload)
+            try:
+                link.sock.sendto(datagram, link.peer)
+            except OSError:
+                # A link whose interface is down: the other links carry the datagram.
+                link.send_errors += 1
+        return self._sequence
 
     # Receiving ---------------------------------------------------------------------------
 
@@ -212,6 +229,12 @@ class BridgeCore:
         if datagram.sender_id != self.peer_id and not self._trust(datagram):
             self.untrusted_discarded += 1
             return
+        if datagram.kind == MessageKind.DATA:
+            try:
+                message, previous = unpack_data(datagram.payload)
+            except WireError as error:
+                self.drops.record(error.reason)
+                return
         fresh = self._window.accept(datagram.sequence)
         now = arrival_ns * 1e-9
         with self._lock:
@@ -221,15 +244,21 @@ class BridgeCore:
                 link.echo = (datagram.timestamp_ns, arrival_ns)
                 self._take_echo(link, datagram.payload, now)
         if datagram.kind == MessageKind.DATA:
+            if previous is not None and self._window.accept(previous[0]):
+                self.recovered += 1
+                self._deliver_data(previous[1], previous[2])
             if fresh:
-                self.delivered += 1
-                if datagram.topic_index in self._aged_topics:
-                    stamp_ns = header_stamp_ns(datagram.payload)
-                    if stamp_ns is not None:
-                        self.command_age.add((time.time_ns() - stamp_ns) * 1e-6)
-                self._deliver(datagram.topic_index, datagram.payload)
+                self._deliver_data(datagram.topic_index, message)
             else:
                 self.duplicates_discarded += 1
+
+    def _deliver_data(self, topic_index: int, message: bytes) -> None:
+        self.delivered += 1
+        if topic_index in self._aged_topics:
+            stamp_ns = header_stamp_ns(message)
+            if stamp_ns is not None:
+                self.command_age.add((time.time_ns() - stamp_ns) * 1e-6)
+        self._deliver(topic_index, message)
 
     def _trust(self, datagram) -> bool:
         """Whether a sender other than the trusted peer becomes the trusted peer: only when its

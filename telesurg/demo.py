@@ -402,7 +402,8 @@ def print_summary(summary: dict, say=print) -> None:
     error = summary["tracking_error_mm"]
     age = summary["command_age_ms"]
     say(f"  commands: {summary['command_rate_hz']} Hz; bridged {summary['commands_sent']} sent, "
-        f"{summary['commands_delivered']} delivered, {summary['commands_lost']} lost; "
+        f"{summary['commands_delivered']} delivered ({summary['commands_recovered']} from the "
+        f"next datagram), {summary['commands_lost']} lost; "
         f"age at the patient bridge p50 {age['p50']} ms, p99 {age['p99']} ms; largest gap "
         f"while following {summary['command_gap_ms_max']} ms")
     say(f"  datagrams: {summary['duplicates_discarded']} second copies discarded, "
@@ -456,6 +457,7 @@ def network_summary(master_states: list, patient_states: list) -> dict:
         "commands_sent": sent,
         "commands_delivered": delivered,
         "commands_lost": sent - delivered,
+        "commands_recovered": int(patient["recovered"]),
         "duplicates_discarded": int(patient["duplicates_discarded"]),
         "rejected_datagrams": int(master["rejected_datagrams"])
         + int(patient["rejected_datagrams"]),

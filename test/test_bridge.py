@@ -25,7 +25,7 @@ from telesurg.linkem import PROFILES
 from telesurg.processes import NodeGroup
 from telesurg.relay import LinkRelay
 from telesurg.ros_support import STATE_QOS, STREAM_QOS
-from telesurg.wire import write_key
+from telesurg.wire import PROTOCOL_VERSION, MessageKind, write_key
 
 DISCOVERY_TIMEOUT_S = 20.0
 
@@ -158,7 +158,8 @@ def test_garbage_is_counted_and_never_published(two_sites):
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     garbage = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 1300)))
                for _ in range(2000)]
-    garbage += [bytes([1, 1]) + g[2:] for g in garbage[:500]]  # right version and kind
+    garbage += [bytes([PROTOCOL_VERSION, MessageKind.DATA]) + g[2:]  # right version and kind
+                for g in garbage[:500]]
     for start in range(0, len(garbage), 100):  # paced, so the socket buffer never overflows
         for datagram in garbage[start:start + 100]:
             sender.sendto(datagram, ("127.0.0.1", ports[1]))  # the patient bridge, link a

@@ -21,7 +21,7 @@ from telesurg.bridge_config import (
     worst_case_cdr_bytes,
 )
 from telesurg.params import ConfigError
-from telesurg.wire import max_payload_bytes
+from telesurg.wire import max_message_bytes
 
 DEFAULT = yaml.safe_load(default_bridge_config_path().read_text())
 
@@ -169,7 +169,7 @@ def test_types_that_do_not_fit_a_datagram_are_refused_with_their_size(tmp_path, 
         load_bridge_config(path, "patient")
     assert f"{path}: topics.master_to_patient[0].type: {type_name} can take {size} bytes" in str(
         error.value)
-    assert f"more than the {max_payload_bytes()} a datagram carries" in str(error.value)
+    assert f"more than the {max_message_bytes()} a datagram carries" in str(error.value)
 
 
 def test_worst_case_joint_state_is_the_documented_one_and_fits():
@@ -179,7 +179,7 @@ def test_worst_case_joint_state_is_the_documented_one_and_fits():
     worst.header.frame_id = "f" * STRING_CHARS
     size = worst_case_cdr_bytes(JointState)
     assert size == len(serialize_message(worst)) == 1132
-    assert size <= max_payload_bytes()
+    assert size <= max_message_bytes()
     assert worst_case_cdr_bytes(message_class("geometry_msgs/msg/PoseStamped")) == 140
 
 

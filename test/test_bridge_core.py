@@ -228,3 +228,32 @@ def test_command_age_is_measured_from_the_header_stamp(cores):
 def test_an_unstamped_message_has_no_age():
     assert header_stamp_ns(serialize_message(PoseStamped())) is None
     assert header_stamp_ns(b"\x00\x01") is None
+
+
+def test_a_message_lost_on_every_link_is_recovered_from_the_next_datagram(cores):
+    master, patient, delivered, _, _ = cores
+    blackhole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blackhole.bind(("127.0.0.1", 0))
+    peers = [link.peer for link in master.links]
+    try:
+        for link in master.links:
+            link.peer = blackhole.getsockname()
+        assert master.send(1, b"lost on both links")
+    finally:
+        for link, peer in zip(master.links, peers, strict=True):
+            link.peer = peer
+        blackhole.close()
+    assert master.send(0, b"next")
+    assert wait_for(lambda: len(delivered) == 2)
+    assert delivered == [(1, b"lost on both links"), (0, b"next")]
+    assert patient.recovered == 1 and patient.delivered == 2
+    # Too late to act on: a message is not repeated in a datagram sent long after it.
+    for link in master.links:
+        link.peer = ("127.0.0.1", 9)  # discard port: nothing listens
+    master.send(1, b"lost, and stale by the next one")
+    for link, peer in zip(master.links, peers, strict=True):
+        link.peer = peer
+    time.sleep(0.15)
+    assert master.send(0, b"much later")
+    assert wait_for(lambda: (0, b"much later") in delivered)
+    assert (1, b"lost, and stale by the next one") not in delivered

@@ -15,7 +15,7 @@ def report(overall: dict, links: dict) -> DiagnosticArray:
 
 
 def counters(**values):
-    base = {"sent": 0, "delivered": 0, "duplicates_discarded": 0, "rejected_datagrams": 0,
+    base = {"sent": 0, "delivered": 0, "recovered": 0, "duplicates_discarded": 0, "rejected_datagrams": 0,
             "untrusted_discarded": 0, "command_age_ms_p50": "", "command_age_ms_p99": ""}
     return base | values
 
@@ -30,13 +30,14 @@ def test_final_counters_and_link_figures_over_the_session():
         (1, report(counters(delivered=10), {"a": link("", 0.0, 0), "b": link("", 0.0, 0)})),
         (2, report(counters(delivered=4000), {"a": link(120.0, 0.2, 0),
                                                "b": link(130.0, 0.0, 0)})),
-        (3, report(counters(delivered=4998, duplicates_discarded=4990, untrusted_discarded=3,
+        (3, report(counters(delivered=4998, recovered=2, duplicates_discarded=4990,
+                            untrusted_discarded=3,
                             command_age_ms_p50="61.5", command_age_ms_p99="64.25"),
                    {"a": link(124.0, 0.1, 1), "b": link(126.0, 0.0, 0)})),
     ]
     summary = network_summary(master, patient)
     assert summary["commands_sent"] == 5000 and summary["commands_delivered"] == 4998
-    assert summary["commands_lost"] == 2
+    assert summary["commands_lost"] == 2 and summary["commands_recovered"] == 2
     assert summary["duplicates_discarded"] == 4990
     assert summary["rejected_datagrams"] == 1 and summary["untrusted_discarded"] == 3
     assert summary["command_age_ms"] == {"p50": 61.5, "p99": 64.25}

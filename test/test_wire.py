@@ -23,7 +23,10 @@ from telesurg.wire import (
     WireCodec,
     WireError,
     load_key,
+    max_message_bytes,
     max_payload_bytes,
+    pack_data,
+    unpack_data,
     write_key,
 )
 
@@ -217,3 +220,21 @@ def test_malformed_key_file_is_refused(tmp_path, content):
     path.chmod(0o600)
     with pytest.raises(KeyFileError, match="must hold one line of 64 hex digits"):
         load_key(path)
+
+
+def test_data_payload_carries_the_previous_message_when_it_fits():
+    message, previous = b"current" * 10, (41, 3, b"previous" * 10)
+    assert unpack_data(pack_data(message, previous)) == (message, previous)
+    assert unpack_data(pack_data(message, None)) == (message, None)
+    assert unpack_data(pack_data(b"", (1, 0, b""))) == (b"", (1, 0, b""))
+    # Both at their largest do not fit one datagram: the previous one is left out.
+    largest = bytes(max_message_bytes())
+    assert unpack_data(pack_data(largest, (7, 1, largest))) == (largest, None)
+    assert len(pack_data(largest, None)) == max_payload_bytes()
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00", b"\x00\x05abc", b"\x00\x01a" + b"\x00" * 9])
+def test_malformed_data_payloads_are_refused(payload):
+    with pytest.raises(WireError) as error:
+        unpack_data(payload)
+    assert error.value.reason == "malformed data"

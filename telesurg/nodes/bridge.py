@@ -167,6 +167,7 @@ def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore) ->
             hardware_id=link_name, message=str(figures.state), values=values))
     counters = {"sent": core.sent, "delivered": core.delivered,
                 "duplicates_discarded": core.duplicates_discarded,
+                "recovered": core.recovered,
                 "rejected_datagrams": core.drops.total, "oversized": core.oversized,
                 "untrusted_discarded": core.untrusted_discarded,
                 "command_age_ms_p50": _value(core.command_age.percentile(50)),
