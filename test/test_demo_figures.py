@@ -16,7 +16,8 @@ def report(overall: dict, links: dict) -> DiagnosticArray:
 
 def counters(**values):
     base = {"sent": 0, "delivered": 0, "recovered": 0, "duplicates_discarded": 0,
-            "rejected_datagrams": 0, "untrusted_discarded": 0, "command_age_ms_p50": "", "command_age_ms_p99": ""}
+            "rejected_datagrams": 0, "untrusted_discarded": 0, "command_age_ms_p50": "",
+            "command_age_ms_p99": ""}
     return base | values
 
 
