@@ -36,7 +36,7 @@ from telesurg.metrics import (
     tracking_errors,
 )
 from telesurg.params import ConfigError, load_parameter_file
-from telesurg.processes import NodeGroup
+from telesurg.processes import NodeGroup, cpu_seconds
 from telesurg.resources import default_config, fastdds_profile
 
 #: Contract topics the demo records at each site (raw CDR, deserialised after the session).
@@ -262,6 +262,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             started = time.monotonic()
             outages.start()
             cpu_at_start = {id(n): n.cpu_seconds() for g in groups for n in g.nodes}
+            helpers_at_start = _helper_cpu_seconds(links)
             while time.monotonic() - started < options.duration_s:
                 _raise_if_dead(groups, "during the session")
                 time.sleep(0.1)
@@ -272,6 +273,9 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 _node_label(site, n): round(
                     100.0 * (n.cpu_seconds() - cpu_at_start[id(n)]) / recorded_s, 1)
                 for site in sites for n in site.group.nodes}
+            cpu_percent.update({
+                name: round(100.0 * (seconds - helpers_at_start[name]) / recorded_s, 1)
+                for name, seconds in _helper_cpu_seconds(links).items()})
             outages.cancelled.set()
             sites[0].group.stop(names=COMMAND_SOURCES)
             _wait_for_final_counters(sites, options)
@@ -299,6 +303,12 @@ def run_demo(options: DemoOptions, say=print) -> dict:
 
 def _recorded(sites: list[Site]) -> dict:
     return {site.name: site.recorder.messages for site in sites}
+
+
+def _helper_cpu_seconds(links) -> dict[str, float]:
+    """CPU time of the processes that emulate the network and record the sites."""
+    return {"emulated_links": cpu_seconds(links.process.pid),
+            "demo (recorders)": time.process_time()}
 
 
 def _node_label(site: Site, node) -> str:

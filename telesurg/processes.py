@@ -22,6 +22,15 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process pid used so far (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class NodeProcess:
     spec: NodeSpec
@@ -33,12 +42,7 @@ class NodeProcess:
         return self.process.poll() is None
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time used so far (Linux /proc), 0 if the process is gone."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def log_tail(self, lines: int = 8) -> str:
         try:

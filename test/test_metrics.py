@@ -6,8 +6,8 @@ import pytest
 from telesurg.metrics import (
     LatencyHistogram,
     engage_offsets,
-    largest_gap_within,
     following_intervals,
+    largest_gap_within,
     largest_step,
     limit_violations,
     motion_while_held,
