@@ -239,8 +239,10 @@ class BridgeCore:
         now = arrival_ns * 1e-9
         with self._lock:
             monitor = self.health.links[link.config.name]
-            monitor.on_datagram(now, datagram.sequence, datagram.timestamp_ns, len(raw))
-            if datagram.kind == MessageKind.HEARTBEAT:
+            counted = monitor.on_datagram(now, datagram.sequence, datagram.timestamp_ns,
+                                          len(raw))
+            # A heartbeat too old for the link's window is no round trip of the link now.
+            if counted and datagram.kind == MessageKind.HEARTBEAT:
                 link.echo = (datagram.timestamp_ns, arrival_ns)
                 self._take_echo(link, datagram.payload, now)
         if datagram.kind == MessageKind.DATA:

@@ -202,8 +202,9 @@ class LinkMonitor:
         """The state as of the last update()."""
         return self._state
 
-    def on_datagram(self, now: float, sequence: int, sender_timestamp_ns: int, size: int) -> None:
-        """Every authenticated datagram received on this link (data, heartbeat or reply)."""
+    def on_datagram(self, now: float, sequence: int, sender_timestamp_ns: int, size: int) -> bool:
+        """Every authenticated datagram received on this link (data, heartbeat or reply).
+        False if it proves nothing about the link now (a duplicate, or older than the window)."""
         highest = self._highest
         if highest is None or now >= self.silent_at:
             if self._state is not LinkState.DOWN:
@@ -216,11 +217,11 @@ class LinkMonitor:
         else:
             if highest - sequence >= self._window or sequence < self._first_sequence:
                 self.too_old += 1
-                return
+                return False
             bit = 1 << (highest - sequence)
             if self._received_bits & bit:
                 self.duplicates += 1
-                return
+                return False
             self._received_bits |= bit
             self.reordered += 1
         self._last_heard = now
@@ -233,6 +234,7 @@ class LinkMonitor:
             self._jitter += (abs(transit - previous) - self._jitter) * _JITTER_GAIN
         self._previous_transit = transit
         self._transits.append(transit)
+        return True
 
     def _restart_window(self, sequence: int, sender_timestamp_ns: int) -> None:
         self._highest = self._first_sequence = sequence

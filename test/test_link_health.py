@@ -27,7 +27,7 @@ T0 = 1000.0  # a monotonic clock is far from 0
 def arrive(monitor, now, sequence, transit_s=0.010, size=100):
     """A datagram sent transit_s before now (the sender's clock in ns, offset by an hour)."""
     sender_ns = round((now - transit_s + 3600.0) * 1e9)
-    monitor.on_datagram(now, sequence, sender_ns, size)
+    return monitor.on_datagram(now, sequence, sender_ns, size)
 
 
 def before(t):
@@ -444,3 +444,12 @@ def test_snapshot_lists_every_figure_as_plain_data():
     assert figures_a.state == "UP"  # StrEnum: publishes as its name
     assert figures_a.rtt_ms == pytest.approx(20.0)
     assert figures_a.one_way_delay_ms == pytest.approx(10.0)
+
+
+def test_only_datagrams_that_prove_the_link_alive_now_are_counted():
+    monitor = LinkMonitor(LinkHealthConfig(datagram_window=100))
+    assert arrive(monitor, T0, 500)
+    assert arrive(monitor, T0 + 0.001, 499)  # late but new: reordered
+    assert not arrive(monitor, T0 + 0.002, 499)  # the same again
+    assert not arrive(monitor, T0 + 0.003, 400)  # beyond the window: maybe a replay
+    assert monitor.duplicates == 1 and monitor.too_old == 1 and monitor.received == 2
