@@ -449,7 +449,9 @@ def test_snapshot_lists_every_figure_as_plain_data():
 def test_only_datagrams_that_prove_the_link_alive_now_are_counted():
     monitor = LinkMonitor(LinkHealthConfig(datagram_window=100))
     assert arrive(monitor, T0, 500)
-    assert arrive(monitor, T0 + 0.001, 499)  # late but new: reordered
-    assert not arrive(monitor, T0 + 0.002, 499)  # the same again
-    assert not arrive(monitor, T0 + 0.003, 400)  # beyond the window: maybe a replay
-    assert monitor.duplicates == 1 and monitor.too_old == 1 and monitor.received == 2
+    assert arrive(monitor, T0 + 0.001, 502)
+    assert arrive(monitor, T0 + 0.002, 501)  # late but new: reordered
+    assert not arrive(monitor, T0 + 0.003, 501)  # the same again
+    assert arrive(monitor, T0 + 0.004, 700)
+    assert not arrive(monitor, T0 + 0.005, 590)  # beyond the window: maybe a replay
+    assert monitor.duplicates == 1 and monitor.too_old == 1 and monitor.received == 4
