@@ -65,6 +65,13 @@ class _Link:
     send_errors: int = 0
 
 
+def echo(link: _Link, now_ns: int) -> bytes:
+    """The echo of the newest peer heartbeat heard on link, held since then until now_ns (0 if
+    it arrived after now_ns was read: the receive thread runs meanwhile)."""
+    echoed_ns, arrival_ns = link.echo
+    return _ECHO.pack(link.index, echoed_ns, max(0, now_ns - arrival_ns) if echoed_ns else 0)
+
+
 def header_stamp_ns(cdr: bytes) -> int | None:
     """The header stamp of a message that starts with a std_msgs/Header, from its CDR bytes;
     None if there is none (a zero stamp is invalid, as in CRTK)."""
@@ -166,9 +173,7 @@ class BridgeCore:
     def send_heartbeat(self) -> None:
         now_ns = time.monotonic_ns()
         answers = _ANSWERS.pack(self.peer_id or self._candidate_id)
-        echoes = b"".join(
-            _ECHO.pack(link.index, link.echo[0], now_ns - link.echo[1] if link.echo[0] else 0)
-            for link in self.links)
+        echoes = b"".join(echo(link, now_ns) for link in self.links)
         with self._send_lock:
             self._send_everywhere(MessageKind.HEARTBEAT, 0, answers + echoes)
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import socket
+import struct
 import threading
 import time
 
@@ -10,7 +11,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 
 from telesurg.bridge_config import load_bridge_config
-from telesurg.bridge_core import BridgeCore, header_stamp_ns
+from telesurg.bridge_core import BridgeCore, _Link, echo, header_stamp_ns
 from telesurg.wire import MessageKind, WireCodec, max_payload_bytes, write_key
 
 
@@ -257,3 +258,12 @@ def test_a_message_lost_on_every_link_is_recovered_from_the_next_datagram(cores)
     assert master.send(0, b"much later")
     assert wait_for(lambda: (0, b"much later") in delivered)
     assert (1, b"lost, and stale by the next one") not in delivered
+
+
+def test_an_echo_of_a_heartbeat_heard_after_the_clock_was_read_is_not_held():
+    """The heartbeat thread reads the clock, then the receive thread records a newer arrival:
+    the hold is 0, not negative (which once killed the bridge's heartbeat loop)."""
+    link = _Link(0, None, None, None, echo=(123, 5_000))
+    assert echo(link, 4_000) == struct.pack("!BQQ", 0, 123, 0)
+    assert echo(link, 6_500) == struct.pack("!BQQ", 0, 123, 1_500)
+    assert echo(_Link(1, None, None, None), 6_500) == struct.pack("!BQQ", 1, 0, 0)
