@@ -50,6 +50,12 @@ _CDR_STAMP = {False: struct.Struct(">iI"), True: struct.Struct("<iI")}
 #: A message rides again in the next datagram only if that leaves this soon after it: a command
 #: recovered later would be too old to act on.
 REDUNDANCY_WINDOW_NS = 100_000_000
+#: Linux SO_TIMESTAMPNS (= SCM_TIMESTAMPNS): the kernel stamps each datagram's arrival
+#: (CLOCK_REALTIME), so that a receive thread slow to read (a busy machine) does not make a link
+#: that delivered on time look silent.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
 #: Longest the receive thread sleeps when no link deadline is due.
 _IDLE_WAIT_S = 0.1
 
@@ -89,6 +95,7 @@ def open_link_socket(link: LinkConfig) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                             link.interface.encode() + b"\0")
         sock.bind(link.bind)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
     except OSError as error:
         sock.close()
         raise OSError(f"link {link.name}: cannot bind {link.bind[0]}:{link.bind[1]}"
@@ -213,14 +220,21 @@ class BridgeCore:
                 self._health_changed(changes)
 
     def _drain(self, link: _Link) -> None:
+        realtime_to_monotonic_ns = time.monotonic_ns() - time.time_ns()
         while True:
             try:
-                datagram = link.sock.recv(MAX_DATAGRAM_BYTES + 1)
-            except (BlockingIOError, InterruptedError):
+                datagram, ancillary, _, _ = link.sock.recvmsg(MAX_DATAGRAM_BYTES + 1,
+                                                              _ANCILLARY_BYTES)
+            except OSError:  # nothing left to read (BlockingIOError), or closed
                 return
-            except OSError:
-                return
-            self._receive(link, datagram, time.monotonic_ns())
+            now_ns = time.monotonic_ns()
+            arrival_ns = now_ns
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                    seconds, nanoseconds = _TIMESPEC.unpack(data)
+                    arrival_ns = min(now_ns, seconds * 1_000_000_000 + nanoseconds
+                                     + realtime_to_monotonic_ns)
+            self._receive(link, datagram, arrival_ns)
 
     def _receive(self, link: _Link, raw: bytes, arrival_ns: int) -> None:
         try:

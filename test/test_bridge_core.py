@@ -267,3 +267,30 @@ def test_an_echo_of_a_heartbeat_heard_after_the_clock_was_read_is_not_held():
     assert echo(link, 4_000) == struct.pack("!BQQ", 0, 123, 0)
     assert echo(link, 6_500) == struct.pack("!BQQ", 0, 123, 1_500)
     assert echo(_Link(1, None, None, None), 6_500) == struct.pack("!BQQ", 1, 0, 0)
+
+
+def test_arrival_is_the_kernels_stamp_not_when_a_busy_bridge_read_it(tmp_path,
+                                                                     direct_bridge_config):
+    """A datagram that waited 150 ms in the socket buffer arrived 150 ms ago: a bridge that
+    was slow to read must not see the link as silent for that long."""
+    key = write_key(tmp_path / "bridge.key")
+    path, _ = direct_bridge_config
+    master = BridgeCore(load_bridge_config(path, "master"), key, lambda *_: None,
+                        lambda _: None)
+    patient = BridgeCore(load_bridge_config(path, "patient"), key, lambda *_: None,
+                         lambda _: None)
+    try:  # neither receive thread runs: this test reads the socket itself
+        patient.send_heartbeat()
+        master._drain(master.links[0])  # the master hears the patient: its heartbeat answers it
+        master.send_heartbeat()
+        patient._drain(patient.links[0])
+        assert patient.peer_id == master.codec.sender_id
+        master.send_heartbeat()
+        sent = time.monotonic()
+        time.sleep(0.15)
+        patient._drain(patient.links[0])
+        age_ms = patient.snapshot().links["a"].last_heard_age_ms
+        assert 150.0 <= age_ms <= (time.monotonic() - sent) * 1000.0 + 1.0
+    finally:
+        master.close()
+        patient.close()
