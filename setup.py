@@ -31,6 +31,7 @@ setup(
             "arm_controller = telesurg.nodes.arm_controller:main",
             "simulator = telesurg.nodes.simulator:main",
             "bridge = telesurg.nodes.bridge:main",
+            "safety_supervisor = telesurg.nodes.safety_supervisor:main",
         ],
     },
 )

@@ -3,7 +3,8 @@
 Pure Python + numpy (no rclpy). The controller never moves the arm without a reason: it starts
 by holding where the arm is, follows only fresh goals, interpolates between command packets
 within the joint velocity limits, refuses goals that would jump, and holds the arm's measured
-position as soon as commands go stale.
+position as soon as commands go stale, the safety supervisor's operating state is anything but
+ENABLED, or the supervisor falls silent (defense in depth: whatever any other node says).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ArmControllerConfig:
     max_tip_speed_m_s: float = 0.1
     velocity_scale: float = 1.0
     interpolation_max_s: float = 0.02
+    supervisor_timeout_s: float = 0.25
 
 
 class ArmController:
@@ -53,6 +55,22 @@ class ArmController:
         self.hold_reason = "no command yet"
         self.unreachable_goals = 0
         self.refused_goals = 0
+        self._operating_state = "none yet"
+        self._operating_state_time = -math.inf
+
+    def on_operating_state(self, state: str, now: float) -> None:
+        """The safety supervisor's /psm/operating_state, repeated as its heartbeat."""
+        self._operating_state = state
+        self._operating_state_time = now
+
+    def why_not_enabled(self, now: float) -> str:
+        """Why the arm may not follow commands now ("" if it may)."""
+        if now - self._operating_state_time > self.config.supervisor_timeout_s:
+            return ("safety supervisor silent" if math.isfinite(self._operating_state_time)
+                    else "no operating state from the safety supervisor yet")
+        if self._operating_state != "ENABLED":
+            return f"operating state {self._operating_state}"
+        return ""
 
     def on_joint_states(self, positions: np.ndarray, now: float) -> None:
         """Measured positions of JOINT_NAMES (7 values)."""
@@ -63,6 +81,9 @@ class ArmController:
         """A Cartesian tool tip goal; returns "" if taken, else why it was refused."""
         if self.setpoint is None:
             return "arm position unknown"
+        not_enabled = self.why_not_enabled(now)
+        if not_enabled:
+            return not_enabled
         result = inverse(pose, seed=self.setpoint[:ARM_JOINTS])
         if not result.reachable:
             self.unreachable_goals += 1  # follow the nearest reachable pose
@@ -105,6 +126,13 @@ class ArmController:
         dt = 1.0 / self.config.rate_hz if self._last_tick is None else min(
             now - self._last_tick, 1.5 / self.config.rate_hz)
         self._last_tick = now
+        not_enabled = self.why_not_enabled(now)
+        if not_enabled:
+            if not self.holding or self.setpoint is None:
+                self._hold(not_enabled)
+            self.hold_reason = not_enabled
+            self._last_command_time = -math.inf  # following resumes on fresh commands only
+            return self.setpoint
         if now - self._last_command_time > self.config.command_timeout_s:
             if not self.holding or self.setpoint is None:
                 self._hold("commands stale" if self.setpoint is not None else "no command yet")

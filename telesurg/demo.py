@@ -42,6 +42,7 @@ from telesurg.resources import default_config, fastdds_profile
 #: Contract topics the demo records at each site (raw CDR, deserialised after the session).
 MASTER_TOPICS = {
     "/psm/servo_cp": "geometry_msgs/msg/PoseStamped",
+    "/psm/operating_state": "std_msgs/msg/String",
     "/console/following": "std_msgs/msg/Bool",
     "/console/clutch": "std_msgs/msg/Bool",
 }
@@ -50,6 +51,8 @@ PATIENT_TOPICS = {
     "/psm/setpoint_cp": "geometry_msgs/msg/PoseStamped",
     "/psm/measured_cp": "geometry_msgs/msg/PoseStamped",
     "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
+    "/safety/status": "std_msgs/msg/String",
+    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
 }
 RECORDED_TOPICS = {**MASTER_TOPICS, **PATIENT_TOPICS}
 SITE_TOPICS = {"master": MASTER_TOPICS, "patient": PATIENT_TOPICS}
@@ -184,6 +187,51 @@ def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
     return write_loopback_bridge_config(out, ends), links
 
 
+class Operator:
+    """The person at the console, in the master site's DDS domain: enables the arm at the start
+    and, once the links are not all cut, resumes it after every pause (the surgeon then
+    presses the operator-present pedal again to re-engage)."""
+
+    RETRY_S = 0.5
+
+    def __init__(self, node, say):
+        from rclpy.qos import QoSProfile
+        from std_msgs.msg import String
+
+        from telesurg.ros_support import STATE_QOS
+
+        self.state = None
+        self._say = say
+        self._message = String
+        self._publisher = node.create_publisher(String, "/psm/state_command",
+                                                QoSProfile(depth=10))
+        node.create_subscription(String, "/psm/operating_state", self._on_state, STATE_QOS)
+        self._next_try = 0.0
+
+    def _on_state(self, message) -> None:
+        self.state = message.data
+
+    def _command(self, text: str) -> None:
+        self._publisher.publish(self._message(data=text))
+
+    def enable(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.state != "ENABLED":
+            if time.monotonic() > deadline:
+                raise DemoError(f"the arm was not ENABLED within {timeout_s:.0f} s of asking "
+                                f"(operating state {self.state}; see "
+                                "logs/patient/safety_supervisor.log)")
+            self._command("enable")
+            time.sleep(self.RETRY_S)
+
+    def resume_if_paused(self, links_all_cut: bool) -> None:
+        now = time.monotonic()
+        if self.state == "PAUSED" and not links_all_cut and now >= self._next_try:
+            self._next_try = now + self.RETRY_S
+            self._say("  operator: resume")
+            self._command("resume")
+
+
 class OutageSchedule(threading.Thread):
     """Cuts and restores the emulated links at the outages' times after start()."""
 
@@ -193,6 +241,7 @@ class OutageSchedule(threading.Thread):
         self.links = links
         self.say = say
         self.cancelled = threading.Event()
+        self.down: set[str] = set()
 
     def run(self) -> None:
         started = time.monotonic()
@@ -200,6 +249,7 @@ class OutageSchedule(threading.Thread):
             if self.cancelled.wait(max(0.0, started + at_s - time.monotonic())):
                 return
             self.links.set_down(link, down)
+            (self.down.add if down else self.down.discard)(link)
             self.say(f"  {at_s:g} s: link {link} {'cut' if down else 'restored'}")
 
 
@@ -257,14 +307,18 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 for spec, arguments in site.nodes:
                     site.group.start(spec, arguments)
             _wait_until_ready(groups, _recorded(sites))
+            operator = Operator(sites[0].recorder.node, say)
+            operator.enable(STARTUP_TIMEOUT_S)
             say(f"graph up: {', '.join(n.spec.name for g in groups for n in g.nodes)}; "
-                "running the task")
+                "arm ENABLED; running the task")
             started = time.monotonic()
+            started_ns = time.time_ns()
             outages.start()
             cpu_at_start = {id(n): n.cpu_seconds() for g in groups for n in g.nodes}
             helpers_at_start = _helper_cpu_seconds(links)
             while time.monotonic() - started < options.duration_s:
                 _raise_if_dead(groups, "during the session")
+                operator.resume_if_paused(outages.down == set(LINK_NAMES))
                 time.sleep(0.1)
             for site in sites:
                 site.recorder.frozen = True
@@ -294,6 +348,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     summary = summarize(_recorded(sites), options, recorded_s)
     summary.update(network_summary(sites[0].recorder.link_states,
                                    sites[1].recorder.link_states))
+    summary.update(safety_summary(_recorded(sites), sites[1].recorder.link_states, started_ns))
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
@@ -357,35 +412,40 @@ def stamp_ns(message) -> int:
     return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
 
 
-def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
+def decoded(messages: dict, site: str, topic: str) -> list[tuple[int, object]]:
+    """(arrival ns, message) of a recorded topic at a site."""
     from rclpy.serialization import deserialize_message
 
     from telesurg.bridge_config import message_class
 
-    def decoded(site, topic):
-        cls = message_class(RECORDED_TOPICS[topic])
-        return [(t, deserialize_message(data, cls)) for t, data in messages[site][topic]]
+    cls = message_class(RECORDED_TOPICS[topic])
+    return [(t, deserialize_message(data, cls)) for t, data in messages[site][topic]]
 
+
+def command_tips(commands) -> list[np.ndarray]:
+    """Tool tip positions of recorded joint commands."""
+    return [forward(np.asarray(m.data[:len(ARM_JOINT_NAMES)]))[:3, 3] for _, m in commands]
+
+
+def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
     def tips(site, topic):
         return {stamp_ns(m): np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
-                for _, m in decoded(site, topic)}
+                for _, m in decoded(messages, site, topic)}
 
     goals = tips("master", "/psm/servo_cp")
     setpoints, measured = tips("patient", "/psm/setpoint_cp"), tips("patient", "/psm/measured_cp")
     measured_stamps = sorted(measured)
     measured_path = [measured[s] for s in measured_stamps]
-    commands = decoded("patient", "/forward_position_controller/commands")
+    commands = decoded(messages, "patient", "/forward_position_controller/commands")
     command_times = [t for t, _ in commands]
     command_joints = [m.data for _, m in commands]
-    command_tips = [forward(np.asarray(q[:len(ARM_JOINT_NAMES)]))[:3, 3]
-                    for q in command_joints]
     lower = [JOINT_LIMITS[name].lower for name in JOINT_NAMES]
     upper = [JOINT_LIMITS[name].upper for name in JOINT_NAMES]
-    changes = [(t, m.data) for t, m in decoded("master", "/console/following")]
+    changes = [(t, m.data) for t, m in decoded(messages, "master", "/console/following")]
     intervals = following_intervals(changes, command_times[-1] if commands else 0)
-    clutches = sum(1 for _, m in decoded("master", "/console/clutch") if m.data)
+    clutches = sum(1 for _, m in decoded(messages, "master", "/console/clutch") if m.data)
     servo = messages["master"]["/psm/servo_cp"]
-    arrivals = [(t, stamp_ns(m)) for t, m in decoded("patient", "/psm/servo_cp")]
+    arrivals = [(t, stamp_ns(m)) for t, m in decoded(messages, "patient", "/psm/servo_cp")]
     servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
     return {
         "task": options.task,
@@ -394,7 +454,7 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
         "command_rate_hz": round((len(servo) - 1) / servo_span_s, 1) if servo_span_s else 0.0,
         "command_gap_ms_max": round(1e-6 * largest_gap_within(arrivals, intervals), 3),
         "tracking_error_mm": percentiles(tracking_errors(setpoints, measured), 1000.0),
-        "jump_max_mm": round(1000.0 * largest_step(command_tips), 4),
+        "jump_max_mm": round(1000.0 * largest_step(command_tips(commands)), 4),
         "joint_limit_violations": limit_violations(command_joints, lower, upper),
         "engagements": len(intervals),
         "clutch_presses": clutches,
@@ -477,3 +537,86 @@ def network_summary(master_states: list, patient_states: list) -> dict:
                            "p99": number(patient, "command_age_ms_p99")},
         "links": links,
     }
+
+
+#: After a resume, how long the tip steps count towards resume_jump_mm.
+RESUME_WINDOW_NS = 500_000_000
+
+
+def safety_summary(messages: dict, patient_link_states: list, started_ns: int) -> dict:
+    """Operating state transitions (patient site, /safety/status), and for every pause: how fast
+    the arm was held after the link was lost, how far it moved while paused, and how far it
+    stepped in the 500 ms after the resume."""
+    statuses = [(t, json.loads(m.data)) for t, m in decoded(messages, "patient",
+                                                             "/safety/status")]
+    transitions = []
+    for (_, before), (t, after) in zip(statuses, statuses[1:], strict=False):
+        if after["state"] != before["state"]:
+            transitions.append({"t_s": round((t - started_ns) * 1e-9, 3),
+                                "from": before["state"], "to": after["state"],
+                                "cause": after["cause"]})
+    holds = [(stamp_ns(m), m.status[0].message) for _, m in decoded(
+        messages, "patient", "/diagnostics") if m.status and m.status[0].name == "arm_controller"]
+    setpoints = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, "patient",
+                                                                   "/psm/setpoint_cp"))
+    measured = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, "patient",
+                                                                  "/psm/measured_cp"))
+    commands = decoded(messages, "patient", "/forward_position_controller/commands")
+    tips = command_tips(commands)
+    reactions, paused_motion, resume_jumps = [], [], []
+    for index, transition in enumerate(transitions):
+        if transition["to"] != "PAUSED":
+            continue
+        paused_at = started_ns + int(transition["t_s"] * 1e9)
+        left = next((t for t in transitions[index + 1:]), None)
+        left_at = started_ns + int(left["t_s"] * 1e9) if left else None
+        hold_ns = next((t for t, what in holds if t >= paused_at - 500_000_000
+                        and what.startswith("holding: operating state PAUSED")), None)
+        if hold_ns is None:
+            continue
+        last_datagram = _last_datagram_before_lost(patient_link_states, hold_ns)
+        if "link lost" in transition["cause"] and last_datagram is not None:
+            reactions.append((hold_ns - last_datagram) * 1e-6)
+        hold_pose = next((tip for t, tip in setpoints if t >= hold_ns), None)
+        end = left_at if left_at is not None else measured[-1][0] if measured else hold_ns
+        if hold_pose is not None:
+            paused_motion.append(max((float(np.linalg.norm(tip - hold_pose))
+                                      for t, tip in measured if hold_ns <= t <= end),
+                                     default=0.0))
+        if left is not None and left["to"] == "ENABLED":
+            window = [tip for (t, _), tip in zip(commands, tips, strict=True)
+                      if left_at <= t <= left_at + RESUME_WINDOW_NS]
+            resume_jumps.append(largest_step(window))
+    resumes = [started_ns + int(t["t_s"] * 1e9) for t in transitions
+               if t["from"] == "PAUSED" and t["to"] == "ENABLED"]
+    changes = [(t, m.data) for t, m in decoded(messages, "master", "/console/following")]
+    return {
+        "pauses": sum(1 for t in transitions if t["to"] == "PAUSED"),
+        "pause_reaction_ms": percentiles(reactions),
+        "motion_while_paused_mm": round(1000.0 * max(paused_motion, default=0.0), 4),
+        "resume_jump_mm": round(1000.0 * max(resume_jumps, default=0.0), 4),
+        "following_after_last_resume": bool(resumes) and any(
+            following and t > resumes[-1] for t, following in changes),
+        "transitions": transitions,
+    }
+
+
+def _tip(message) -> np.ndarray:
+    position = message.pose.position
+    return np.array([position.x, position.y, position.z])
+
+
+def _last_datagram_before_lost(link_states: list, before_ns: int) -> int | None:
+    """When the patient bridge last heard any link, from its last LOST report before
+    before_ns: the report's stamp minus the smallest last-heard age."""
+    for _, message in reversed(link_states):
+        stamp = stamp_ns(message)
+        if stamp > before_ns:
+            continue
+        report = link_state_values(message)
+        if report.get("overall", ("",))[0] != "LOST":
+            return None
+        ages = [float(values["last_heard_age_ms"]) for name, (_, values) in report.items()
+                if name != "overall" and values.get("last_heard_age_ms")]
+        return stamp - int(min(ages) * 1e6) if ages else None
+    return None

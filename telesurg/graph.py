@@ -16,13 +16,20 @@ class NodeSpec:
     module: str        # Python module with main(), for starting it without the console script
     site: str          # "master" (surgeon's side), "patient" (arm's side) or "both"
     description: str
+    # Scheduling niceness where the nodes share a busy machine (`telesurg demo`): the bridge,
+    # the safety supervisor and the arm's loop come first, as on a real-time system.
+    niceness: int = 0
 
 
 SESSION_NODES: tuple[NodeSpec, ...] = (
     NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "patient",
-             "MuJoCo physics of the arm URDF, ros2_control-style interface."),
+             "MuJoCo physics of the arm URDF, ros2_control-style interface.", niceness=-5),
+    NodeSpec("safety_supervisor", "safety_supervisor", "telesurg.nodes.safety_supervisor",
+             "patient", "CRTK operating state: pauses the arm on link loss, stale or old "
+             "commands, jumps, joint limits, presence lost.", niceness=-10),
     NodeSpec("arm_controller", "arm_controller", "telesurg.nodes.arm_controller", "patient",
-             "Cartesian servo commands to joint commands, limits, hold when stale."),
+             "Cartesian servo commands to joint commands, limits, hold when stale.",
+             niceness=-5),
     NodeSpec("master_console", "master_console", "telesurg.nodes.master_console", "master",
              "Teleoperation mapping: clutch, scale, tremor filter, step limit."),
     NodeSpec("virtual_surgeon", "virtual_surgeon", "telesurg.nodes.virtual_surgeon", "master",
@@ -32,7 +39,8 @@ SESSION_NODES: tuple[NodeSpec, ...] = (
 
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
-                  "Carries the configured topics to the other site over every link.")
+                  "Carries the configured topics to the other site over every link.",
+                  niceness=-10)
 
 SITES = ("master", "patient")
 

@@ -261,8 +261,11 @@ class LinkMonitor:
         return state
 
     def figures(self, now: float) -> LinkFigures:
-        """State and figures at now (the state update(now) would give, without updating)."""
-        state, degraded_by = self._evaluate(now)
+        """Figures at now, with the state as of the last update(): only the thread that reads
+        the link's datagrams (and then calls update) may declare it DOWN, or a report made while
+        datagrams wait unread in the socket would call a live link silent."""
+        _, degraded_by = self._evaluate(now)
+        state = self._state
         rtts = self._rtt_order()
         rtt_p50 = _percentile(rtts, 0.50) if rtts else None
         if self._transits:
@@ -369,10 +372,10 @@ class LinkHealth:
         return max(now, min(deadlines)) if deadlines else None
 
     def snapshot(self, now: float) -> HealthSnapshot:
-        """The overall state and every link's figures at now, without updating the states."""
-        links = {name: monitor.figures(now) for name, monitor in self.links.items()}
-        alive = sum(figures.state is not LinkState.DOWN for figures in links.values())
-        return HealthSnapshot(self._overall(alive), links)
+        """Every link's figures at now, with the states as of the last update() (see
+        LinkMonitor.figures)."""
+        return HealthSnapshot(self._state, {name: monitor.figures(now)
+                                            for name, monitor in self.links.items()})
 
     def _overall(self, alive_links: int) -> OverallState:
         if alive_links == 0:

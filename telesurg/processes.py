@@ -31,6 +31,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _prepare_child(niceness: int) -> None:
+    """Runs in the child before exec: dies with the session, at the node's priority where the
+    user may raise it (root); elsewhere it keeps the default, as a plain user's nodes do."""
+    die_with_parent()
+    if niceness:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
+        except PermissionError:
+            pass
+
+
 @dataclass
 class NodeProcess:
     spec: NodeSpec
@@ -68,7 +79,8 @@ class NodeGroup:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 command, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: _prepare_child(spec.niceness))
         node = NodeProcess(spec, process, log_path)
         self.nodes.append(node)
         return node

@@ -27,6 +27,9 @@ TREMOR_COMPONENTS = 3
 SUTURE_RADIUS_M = 0.028
 SUTURE_HZ = 0.22
 SUTURE_WRIST_ROLL_RAD = math.pi / 4  # needle-driver roll either side of neutral per pass
+# The roll of a needle pass turns the needle driver about its own shaft, which points down
+# into the patient: about a horizontal axis it would tilt the wrist into its limits instead.
+SHAFT_AXIS = np.array([0.0, 0.0, 1.0])
 SUTURE_GRIPPER_OPEN_RAD = 0.8
 SUTURE_GRIPPER_CLOSED_RAD = 0.15
 FIGURE8_HALF_WIDTH_M = 0.02
@@ -134,7 +137,7 @@ class VirtualSurgeon:
         angle = 2.0 * math.pi * SUTURE_HZ * task_time + self._task_phase
         position = SUTURE_RADIUS_M * (math.cos(angle) * self._across
                                       + math.sin(angle) * self._up)
-        rotation = _rotation_about(self._along, -SUTURE_WRIST_ROLL_RAD * math.cos(angle))
+        rotation = _rotation_about(SHAFT_AXIS, -SUTURE_WRIST_ROLL_RAD * math.cos(angle))
         pass_fraction = (angle / (2.0 * math.pi)) % 1.0
         closed = _smoothstep(pass_fraction / 0.05) - _smoothstep((pass_fraction - 0.8) / 0.05)
         gripper = SUTURE_GRIPPER_OPEN_RAD - (

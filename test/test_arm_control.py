@@ -10,8 +10,12 @@ RATE = 1000.0
 DT = 1.0 / RATE
 
 
-def started(measured=HOME_POSITIONS):
-    controller = ArmController(ArmControllerConfig(rate_hz=RATE))
+def started(measured=HOME_POSITIONS, supervisor_timeout_s=1e9):
+    """A controller on an arm at measured, ENABLED by a supervisor that (by default) never
+    falls silent in these short tests."""
+    controller = ArmController(ArmControllerConfig(rate_hz=RATE,
+                                                   supervisor_timeout_s=supervisor_timeout_s))
+    controller.on_operating_state("ENABLED", 0.0)
     controller.on_joint_states(np.array(measured, dtype=float), 0.0)
     assert controller.tick(0.0) is not None
     return controller
@@ -98,7 +102,9 @@ def test_silent_arm_stops_commands():
 
 
 def test_tip_speed_is_capped_even_when_joints_could_go_faster():
-    controller = ArmController(ArmControllerConfig(rate_hz=RATE, max_tip_speed_m_s=0.05))
+    controller = ArmController(ArmControllerConfig(rate_hz=RATE, max_tip_speed_m_s=0.05,
+                                                   supervisor_timeout_s=1e9))
+    controller.on_operating_state("ENABLED", 0.0)
     controller.on_joint_states(HOME_POSITIONS, 0.0)
     controller.tick(0.0)
     goal = shifted_tip(HOME_POSITIONS, [0.004, 0.0, -0.002])
@@ -113,3 +119,62 @@ def test_tip_speed_is_capped_even_when_joints_could_go_faster():
         assert np.linalg.norm(tip - previous_tip) <= 0.05 * 1.5 * DT * 1.01
         previous_tip = tip.copy()
     np.testing.assert_allclose(previous_tip, goal[:3, 3], atol=1e-6)
+
+
+def follow(controller, goal, start, ticks):
+    """Ticks of a following arm (the arm tracks its setpoint); returns the time reached."""
+    now = start
+    for _ in range(ticks):
+        now += DT
+        controller.on_servo_cp(goal, now)
+        controller.on_joint_states(controller.setpoint, now)
+        controller.tick(now)
+    return now
+
+
+@pytest.mark.parametrize("state", ["PAUSED", "DISABLED", "FAULT"])
+def test_any_state_but_enabled_holds_at_the_measured_position_and_ignores_commands(state):
+    controller = started(supervisor_timeout_s=0.25)
+    goal = shifted_tip(HOME_POSITIONS, [0.002, 0.0, 0.0])
+    now = follow(controller, goal, 0.0, 20)
+    assert not controller.holding
+    lagging = controller.setpoint.copy()
+    lagging[:ARM_JOINTS] -= 0.0003  # the arm has not caught up with its setpoint
+    controller.on_operating_state(state, now)
+    controller.on_joint_states(lagging, now)
+    controller.tick(now)
+    assert controller.holding and controller.hold_reason == f"operating state {state}"
+    np.testing.assert_allclose(controller.setpoint, lagging)
+    far = shifted_tip(HOME_POSITIONS, [0.004, 0.0, 0.0])
+    for _ in range(50):  # commands keep coming, the supervisor keeps repeating its state
+        now += DT
+        assert controller.on_servo_cp(far, now) == f"operating state {state}"
+        controller.on_operating_state(state, now)
+        controller.on_joint_states(lagging + 1e-5, now)  # measurement noise: no re-capture
+        np.testing.assert_allclose(controller.tick(now), lagging)
+    # ENABLED again: the held arm moves only on fresh commands.
+    controller.on_operating_state("ENABLED", now)
+    now += DT
+    np.testing.assert_allclose(controller.tick(now), lagging)
+    assert controller.on_servo_cp(goal, now) == ""
+    assert not np.allclose(controller.tick(now + DT), lagging)
+
+
+def test_a_silent_supervisor_makes_the_arm_hold_whatever_it_said_last():
+    controller = started(supervisor_timeout_s=0.25)
+    goal = shifted_tip(HOME_POSITIONS, [0.002, 0.0, 0.0])
+    now = follow(controller, goal, 0.0, 200)  # ENABLED was said once, at 0.0, 200 ms ago
+    assert not controller.holding
+    now = follow(controller, goal, now, 60)
+    assert controller.holding and controller.hold_reason == "safety supervisor silent"
+    assert controller.on_servo_cp(goal, now) == "safety supervisor silent"
+
+
+def test_without_any_operating_state_the_arm_never_moves():
+    controller = ArmController(ArmControllerConfig(rate_hz=RATE))
+    controller.on_joint_states(np.array(HOME_POSITIONS, dtype=float), 0.0)
+    controller.tick(0.0)
+    goal = shifted_tip(HOME_POSITIONS, [0.002, 0.0, 0.0])
+    assert controller.on_servo_cp(goal, DT) == (
+        "no operating state from the safety supervisor yet")
+    np.testing.assert_allclose(controller.tick(DT), HOME_POSITIONS)

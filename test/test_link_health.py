@@ -256,12 +256,18 @@ def test_degraded_links_still_make_the_path_redundant():
     assert health.state is REDUNDANT
 
 
-def test_snapshot_does_not_consume_changes():
+def test_snapshot_reports_the_states_of_the_last_update_and_consumes_no_change():
+    """Only update(), called by the thread that has just read the sockets, changes a state: a
+    report made meanwhile (datagrams perhaps waiting unread) must not call a link silent."""
     health = LinkHealth(["a", "b"])
     arrive(health.links["a"], T0, 0)
-    assert health.snapshot(T0).state is SINGLE
-    assert health.snapshot(T0).links["a"].state is UP
+    assert health.snapshot(T0).state is LOST  # heard, but not yet updated
     assert health.update(T0) == [StateChange("a", DOWN, UP), StateChange(None, LOST, SINGLE)]
+    later = T0 + 2 * TIMEOUT_S  # link a silent by now, as far as anyone has read
+    snapshot = health.snapshot(later)
+    assert snapshot.state is SINGLE and snapshot.links["a"].state is UP
+    assert snapshot.links["a"].last_heard_age_ms == pytest.approx(2000 * TIMEOUT_S)
+    assert health.update(later) == [StateChange("a", UP, DOWN), StateChange(None, SINGLE, LOST)]
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -439,6 +445,7 @@ def test_snapshot_lists_every_figure_as_plain_data():
     health = LinkHealth(["a", "b"], LinkHealthConfig(rtt_window=5))
     arrive(health.links["a"], T0, 0)
     health.links["a"].on_heartbeat_reply(T0, T0 - 0.02)
+    health.update(T0)
     snapshot = health.snapshot(T0)
     figures_a = snapshot.links["a"]
     assert figures_a.state == "UP"  # StrEnum: publishes as its name

@@ -1,5 +1,8 @@
 """arm_controller: /psm/servo_cp and /psm/jaw/servo_jp in, joint commands to the arm out.
 
+Follows commands only while /psm/operating_state (the safety supervisor's, repeated as its
+heartbeat) says ENABLED; otherwise, or when it stops, holds where the arm is.
+
 One control tick per /joint_states message, as a ros2_control update loop reads, updates and
 writes: the command rate follows the arm's state rate, with no timer of its own to keep in step.
 
@@ -11,10 +14,11 @@ the /joint_states stamp) and /psm/setpoint_cp (stamped when commanded).
 from __future__ import annotations
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64MultiArray, Header, String
 
 from telesurg.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
 from telesurg.kinematics import BASE_FRAME, JOINT_NAMES, forward
@@ -42,7 +46,8 @@ class ArmControllerNode(Node):
             joint_states_timeout_s=p.joint_states_timeout_ms / 1000.0,
             max_goal_jump_m=p.max_goal_jump_m, max_tip_speed_m_s=p.max_tip_speed_m_s,
             velocity_scale=p.velocity_scale,
-            interpolation_max_s=p.interpolation_max_s))
+            interpolation_max_s=p.interpolation_max_s,
+            supervisor_timeout_s=p.supervisor_timeout_ms / 1000.0))
         self._joint_order: tuple[list[str], np.ndarray] | None = None
         self._velocities = np.zeros(len(JOINT_NAMES))
         self._last_refusal = ""
@@ -51,11 +56,14 @@ class ArmControllerNode(Node):
         self.create_subscription(PoseStamped, "/psm/servo_cp", self._on_servo_cp, STREAM_QOS)
         self.create_subscription(JointState, "/psm/jaw/servo_jp", self._on_jaw, STREAM_QOS)
         self.create_subscription(JointState, "/joint_states", self._on_joint_states, STREAM_QOS)
+        self.create_subscription(String, "/psm/operating_state", self._on_operating_state,
+                                 STATE_QOS)
         self._command_pub = self.create_publisher(
             Float64MultiArray, "/forward_position_controller/commands", CONTROLLER_COMMAND_QOS)
         self._measured_cp_pub = self.create_publisher(PoseStamped, "/psm/measured_cp", STATE_QOS)
         self._setpoint_cp_pub = self.create_publisher(PoseStamped, "/psm/setpoint_cp", STATE_QOS)
         self._measured_js_pub = self.create_publisher(JointState, "/psm/measured_js", STATE_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._command = Float64MultiArray()
         self._measured_cp = PoseStamped()
         self._measured_cp.header.frame_id = BASE_FRAME
@@ -70,7 +78,9 @@ class ArmControllerNode(Node):
         self.create_timer(WATCHDOG_PERIOD_S, self._watch_arm)
         self.get_logger().info(
             f"arm_controller: one tick per /joint_states (about {p.rate_hz:.0f} Hz), holding "
-            f"until fresh servo commands arrive (timeout {p.command_timeout_ms:.0f} ms)")
+            f"until the safety supervisor says ENABLED and fresh servo commands arrive "
+            f"(timeouts: commands {p.command_timeout_ms:.0f} ms, supervisor "
+            f"{p.supervisor_timeout_ms:.0f} ms)")
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -82,6 +92,9 @@ class ArmControllerNode(Node):
         if refusal and refusal != self._last_refusal:
             self.get_logger().warning(f"servo_cp refused: {refusal}")
         self._last_refusal = refusal
+
+    def _on_operating_state(self, msg: String) -> None:
+        self.core.on_operating_state(msg.data, self._now())
 
     def _on_jaw(self, msg: JointState) -> None:
         if msg.position:
@@ -120,10 +133,14 @@ class ArmControllerNode(Node):
         setpoint = self.core.tick(now.nanoseconds * 1e-9)
         if self.core.hold_reason != self._last_hold_reason:
             self._last_hold_reason = self.core.hold_reason
-            if self.core.hold_reason:
-                self.get_logger().info(f"holding: {self.core.hold_reason}")
-            else:
-                self.get_logger().info("following servo commands")
+            what = (f"holding: {self.core.hold_reason}" if self.core.hold_reason
+                    else "following servo commands")
+            self.get_logger().info(what)
+            # Stamped with this tick: when the arm was first commanded to hold (or follow).
+            self._diagnostics_pub.publish(DiagnosticArray(
+                header=Header(stamp=now.to_msg()),
+                status=[DiagnosticStatus(level=DiagnosticStatus.OK, name="arm_controller",
+                                         hardware_id="psm", message=what)]))
         if setpoint is None:
             return
         self._command.data = setpoint.tolist()

@@ -5,6 +5,10 @@ Reads the master device (/mtm/measured_cp, /mtm/gripper/measured_js) and pedals
 (scale, clutch, tremor filter, step limit) and streams /psm/servo_cp and /psm/jaw/servo_jp.
 Works unchanged with a real CRTK device driver publishing /mtm/measured_cp.
 
+Follows only while the arm's /psm/operating_state (bridged from the patient site) is ENABLED:
+any other state stops following, and engaging again needs the operator-present pedal released
+and pressed once the arm is ENABLED (both poses are then captured afresh, so nothing jumps).
+
 One mapping update per master sample (the device's own rate paces the commands); a slower
 watchdog stops following when the device or the arm goes silent. /console/following is first
 published once the console has both the master and the arm pose, i.e. is ready to engage.
@@ -17,7 +21,7 @@ import math
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 
 from telesurg.kinematics import BASE_FRAME, JAW_JOINT_NAME, JOINT_LIMITS
 from telesurg.ros_support import (
@@ -29,7 +33,7 @@ from telesurg.ros_support import (
     pose_to_matrix,
     run_node,
 )
-from telesurg.teleop import MasterInput, TeleopConfig, TeleopMapping
+from telesurg.teleop import IDLE, MasterInput, TeleopConfig, TeleopMapping
 
 #: How often the console checks that the master device and the arm still report.
 WATCHDOG_PERIOD_S = 0.02
@@ -53,6 +57,7 @@ class MasterConsoleNode(Node):
         self._arm_jaw = 0.0
         self._clutch = False
         self._present = False
+        self._arm_state = "unknown"  # /psm/operating_state; nothing engages until ENABLED
         self.create_subscription(PoseStamped, "/mtm/measured_cp", self._on_master, STREAM_QOS)
         self.create_subscription(JointState, "/mtm/gripper/measured_js", self._on_gripper,
                                  STREAM_QOS)
@@ -60,6 +65,8 @@ class MasterConsoleNode(Node):
         self.create_subscription(Bool, "/console/operator_present", self._on_present, STATE_QOS)
         self.create_subscription(PoseStamped, "/psm/measured_cp", self._on_arm, STREAM_QOS)
         self.create_subscription(JointState, "/psm/measured_js", self._on_arm_js, STREAM_QOS)
+        self.create_subscription(String, "/psm/operating_state", self._on_operating_state,
+                                 STATE_QOS)
         self._servo_pub = self.create_publisher(PoseStamped, "/psm/servo_cp", STREAM_QOS)
         self._jaw_pub = self.create_publisher(JointState, "/psm/jaw/servo_jp", STREAM_QOS)
         self._following_pub = self.create_publisher(Bool, "/console/following", STATE_QOS)
@@ -94,6 +101,11 @@ class MasterConsoleNode(Node):
         if is_valid_stamp(msg.header.stamp):
             self._arm = (pose_to_matrix(msg.pose), self._now())
 
+    def _on_operating_state(self, msg: String) -> None:
+        if msg.data != self._arm_state:
+            self.get_logger().info(f"arm operating state: {msg.data}")
+        self._arm_state = msg.data
+
     def _on_arm_js(self, msg: JointState) -> None:
         if JAW_JOINT_NAME in msg.name:
             self._arm_jaw = msg.position[msg.name.index(JAW_JOINT_NAME)]
@@ -109,6 +121,9 @@ class MasterConsoleNode(Node):
     def _update(self) -> None:
         if self._silent_input(self._now()):
             return
+        if self._arm_state != "ENABLED" and self.mapping.state != IDLE:
+            # Whatever the pedals do meanwhile: engaging waits for an ENABLED arm.
+            self.mapping.disengage(f"arm {self._arm_state}")
         master_pose = self._master[0]
         command = self.mapping.update(
             MasterInput(position=master_pose[:3, 3], rotation=master_pose[:3, :3],

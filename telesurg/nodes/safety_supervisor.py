@@ -1,0 +1,186 @@
+"""safety_supervisor: the arm's CRTK operating state at the patient site.
+
+Watches the links (/bridge/link_state), the command stream (/psm/servo_cp: staleness, one-way
+age from the console's stamp, tip steps), the console (/console/following and
+/console/operator_present, bridged from the master site) and the arm (/psm/measured_js), and
+takes operator commands on /psm/state_command. The rules are telesurg.safety's; this node only
+feeds them and publishes:
+
+- /psm/operating_state (DISABLED, ENABLED, PAUSED, FAULT): on every change, and repeated at
+  heartbeat_rate_hz as the heartbeat the arm controller holds without;
+- /safety/status: one JSON line with the state, the cause of the last transition, the causes
+  that persist now, warnings, and the answer to the last state command (bridged back to the
+  master site, where `telesurg state` and `telesurg status` read it);
+- /diagnostics: the same as a DiagnosticStatus.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, String
+
+from telesurg.bridge_config import DIAGNOSTICS_TOPIC, LINK_STATE_TOPIC
+from telesurg.kinematics import ARM_JOINT_NAMES
+from telesurg.ros_support import (
+    STATE_QOS,
+    STREAM_QOS,
+    PeriodicLoop,
+    declare_parameters,
+    is_valid_stamp,
+    run_node,
+)
+from telesurg.safety import OperatingState, SafetyConfig, SafetySupervisor
+
+STATUS_TOPIC = "/safety/status"
+STATUS_PERIOD_S = 0.5  # status and diagnostics repeat this often (and go out on any change)
+STATE_COMMAND_QOS = QoSProfile(depth=10)  # reliable, volatile: every command counts
+LEVELS = {OperatingState.ENABLED: DiagnosticStatus.OK,
+          OperatingState.DISABLED: DiagnosticStatus.OK,
+          OperatingState.PAUSED: DiagnosticStatus.WARN,
+          OperatingState.FAULT: DiagnosticStatus.ERROR}
+
+
+class SafetySupervisorNode(Node):
+    def __init__(self):
+        super().__init__("safety_supervisor")
+        p = declare_parameters(self, "safety_supervisor")
+        self.core = SafetySupervisor.for_arm(SafetyConfig(
+            max_command_age_ms=p.max_command_age_ms, warn_command_age_ms=p.warn_command_age_ms,
+            command_timeout_ms=p.command_timeout_ms,
+            link_state_timeout_ms=p.link_state_timeout_ms, step_limit_mm=p.step_limit_mm,
+            joint_limit_margin=p.joint_limit_margin, arm_timeout_ms=p.arm_timeout_ms,
+            presence_grace_ms=p.presence_grace_ms))
+        self._lock = threading.Lock()  # callbacks and the heartbeat thread share the core
+        self._last_command: dict | None = None
+        self._commands_received = 0
+        self._arm_index = None  # positions of ARM_JOINT_NAMES in /psm/measured_js
+        self._next_status = 0.0
+        self._state_pub = self.create_publisher(String, "/psm/operating_state", STATE_QOS)
+        self._status_pub = self.create_publisher(String, STATUS_TOPIC, STATE_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self.create_subscription(DiagnosticArray, LINK_STATE_TOPIC, self._on_link_state,
+                                 STATE_QOS)
+        self.create_subscription(PoseStamped, "/psm/servo_cp", self._on_servo_cp, STREAM_QOS)
+        self.create_subscription(Bool, "/console/following", self._on_following, STATE_QOS)
+        self.create_subscription(Bool, "/console/operator_present", self._on_present, STATE_QOS)
+        self.create_subscription(JointState, "/psm/measured_js", self._on_joints, STREAM_QOS)
+        self.create_subscription(String, "/psm/state_command", self._on_state_command,
+                                 STATE_COMMAND_QOS)
+        self.loops = [PeriodicLoop(self, p.heartbeat_rate_hz, self._heartbeat)]
+        self.loops[0].start()
+        self.get_logger().info(
+            f"safety_supervisor: {self.core.state}; pauses on link lost, commands stale "
+            f"({p.command_timeout_ms:.0f} ms) or older than {p.max_command_age_ms:.0f} ms, "
+            f"tip steps over {p.step_limit_mm} mm, joints within {p.joint_limit_margin:.0%} of "
+            "a limit, operator presence lost; waiting for `enable`")
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
+
+    # Inputs --------------------------------------------------------------------------------
+
+    def _feed(self, event, *args) -> None:
+        with self._lock:
+            transitions = event(self._now(), *args)
+        if transitions:
+            self._report(transitions)
+
+    def _on_link_state(self, msg: DiagnosticArray) -> None:
+        overall = next((s.message for s in msg.status if s.hardware_id == "overall"), None)
+        if overall is not None:
+            self._feed(self.core.on_link_state, overall)
+
+    def _on_servo_cp(self, msg: PoseStamped) -> None:
+        if not is_valid_stamp(msg.header.stamp):
+            return
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        age_ms = (time.time_ns() - stamp_ns) * 1e-6  # needs the sites' clocks in step (PTP)
+        position = msg.pose.position
+        self._feed(self.core.on_command, (position.x, position.y, position.z), age_ms)
+
+    def _on_following(self, msg: Bool) -> None:
+        self._feed(self.core.on_following, msg.data)
+
+    def _on_present(self, msg: Bool) -> None:
+        self._feed(self.core.on_operator_present, msg.data)
+
+    def _on_joints(self, msg: JointState) -> None:
+        if self._arm_index is None or self._arm_index[0] != msg.name:
+            try:
+                self._arm_index = (list(msg.name),
+                                   [msg.name.index(name) for name in ARM_JOINT_NAMES])
+            except ValueError:
+                self._arm_index = None
+                self._feed(self.core.on_joint_states, [float("nan")])  # inconsistent: FAULT
+                return
+        self._feed(self.core.on_joint_states, [msg.position[i] for i in self._arm_index[1]])
+
+    def _on_state_command(self, msg: String) -> None:
+        with self._lock:
+            result = self.core.command(self._now(), msg.data.strip())
+            self._commands_received += 1
+            self._last_command = {"command": msg.data.strip(), "accepted": result.accepted,
+                                  "reason": result.reason, "number": self._commands_received}
+        what = f"state command {msg.data.strip()!r}: {result.reason}"
+        if result.accepted:  # rclpy wants one severity per call site
+            self.get_logger().info(what)
+        else:
+            self.get_logger().warning(what)
+        self._report(result.transitions, status_only=not result.transitions)
+
+    # Outputs -------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            transitions = self.core.update(self._now())
+        self._report(transitions, heartbeat=True)
+
+    def _report(self, transitions, heartbeat: bool = False, status_only: bool = False) -> None:
+        for transition in transitions:
+            self.get_logger().warning(
+                f"{transition.previous} -> {transition.current}: {transition.cause}"
+                f"{' (' + transition.detail + ')' if transition.detail else ''}")
+        with self._lock:
+            now = self._now()
+            state = str(self.core.state)
+            status = {"state": state, "cause": self.core.cause,
+                      "persisting": self.core.persisting_causes(now),
+                      "faults": self.core.fault_conditions(now),
+                      "warnings": self.core.warnings(now),
+                      "last_command": self._last_command}
+        if transitions or heartbeat:
+            self._publish(self._state_pub, String(data=state))
+        status_due = heartbeat and now >= self._next_status
+        if status_due:
+            self._next_status = now + STATUS_PERIOD_S
+        if transitions or status_only or status_due:
+            self._publish(self._status_pub, String(data=json.dumps(status)))
+            level = LEVELS[OperatingState(state)]
+            self._publish(self._diagnostics_pub, DiagnosticArray(status=[DiagnosticStatus(
+                level=level, name="safety_supervisor", hardware_id="psm", message=state,
+                values=[KeyValue(key=key, value=json.dumps(value) if not isinstance(
+                    value, str) else value) for key, value in status.items()])]))
+
+    def _publish(self, publisher, message) -> None:
+        try:
+            publisher.publish(message)
+        except Exception:  # the heartbeat thread may outlive the context by a moment
+            if self.context.ok():
+                raise
+
+
+def main(args=None):
+    run_node("safety_supervisor", SafetySupervisorNode, args)
+
+
+if __name__ == "__main__":
+    main()
