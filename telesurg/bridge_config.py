@@ -472,12 +472,15 @@ def free_udp_ports(count: int) -> list[int]:
             sock.close()
 
 
-def write_loopback_bridge_config(folder: Path, links, key_file: str = "bridge.key") -> Path:
-    """The default bridge configuration with every link on 127.0.0.1, written to
-    folder/bridge.yaml. links: per configured link, ((master bind, master peer), (patient
-    bind, patient peer)) ports."""
+def write_loopback_bridge_config(folder: Path, links, key_file: str = "bridge.key",
+                                 link_timeout_ms: float | None = None) -> Path:
+    """The default bridge configuration with every link on 127.0.0.1 (and link_timeout_ms if
+    given), written to folder/bridge.yaml. links: per configured link, ((master bind, master
+    peer), (patient bind, patient peer)) ports."""
     document = yaml.safe_load(default_bridge_config_path().read_text())
     document["key_file"] = key_file
+    if link_timeout_ms is not None:
+        document[LINK_TIMEOUT.name] = link_timeout_ms
     for link, ends in zip(document["links"], links, strict=True):
         for role, (bind, peer) in zip(ROLES, ends, strict=True):
             link[role] = {"bind": f"127.0.0.1:{bind}", "peer": f"127.0.0.1:{peer}"}

@@ -58,6 +58,10 @@ RECORDED_TOPICS = {**MASTER_TOPICS, **PATIENT_TOPICS}
 SITE_TOPICS = {"master": MASTER_TOPICS, "patient": PATIENT_TOPICS}
 #: The links of the default bridge configuration, in order (a link's id on the wire).
 LINK_NAMES = ("a", "b")
+#: The bridges' link timeout in the demo: twice the 50 ms default, because on a shared 2-core
+#: machine running eight Python processes, every process (even at raised priority) stalls now
+#: and then for 50-70 ms, and each stall would read as both links lost and pause the arm.
+DEMO_LINK_TIMEOUT_MS = 100.0
 #: Nodes stopped first at the end of the task, so that the command counters can settle.
 COMMAND_SOURCES = ("virtual_surgeon", "master_console")
 STARTUP_TIMEOUT_S = 60.0
@@ -184,7 +188,7 @@ def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
         out / "logs" / "emulated_links.log"))
     ends = [tuple(zip(bridge_ports[name], links.ports[name], strict=True))
             for name in LINK_NAMES]
-    return write_loopback_bridge_config(out, ends), links
+    return write_loopback_bridge_config(out, ends, link_timeout_ms=DEMO_LINK_TIMEOUT_MS), links
 
 
 class Operator:

@@ -108,6 +108,11 @@ PROFILES: dict[str, LinkProfile] = {
         delay_ms=70.0, jitter_ms=4.0, loss_pct=0.05,
         burst_loss=GilbertElliott(good_to_bad=0.0005, bad_to_good=0.1, bad_loss=0.9),
         bandwidth_mbps=50.0),
+    # A geostationary satellite hop: 2 x 35,786 km up and down at light speed is ~240 ms, with
+    # ground segments ~280 ms one way: beyond what teleoperation tolerates (about 200 ms), so
+    # the safety supervisor must pause the arm.
+    "geostationary_satellite": LinkProfile(
+        delay_ms=280.0, jitter_ms=2.0, loss_pct=0.05, bandwidth_mbps=50.0),
     # An ideal link, for baselines: every datagram arrives at once, in order.
     "perfect": LinkProfile(),
 }

@@ -31,10 +31,11 @@ naming every persisting cause and fault condition with its figures.
   Once commands stop, no old command is being acted on, and the next command's age decides: else
   a stream stopped by the pause would block resume for ever. Age unknown (None or NaN): not
   checked, reported in warnings().
-- PRESENCE_LOST: the console reports following while the operator is not present, for
-  presence_grace_ms (the console stops following when the pedal is released, but the two
-  reports cross the bridge on topics of their own, so either may come first). It clears as soon
-  as the operator is back or the console stops following (re-engaging needs presence).
+- PRESENCE_LOST: the operator-present pedal released while the console reports following (an
+  event), or the console reporting following without the operator for presence_grace_ms (the
+  two reports cross the bridge on topics of their own, so on an engage "following" may come
+  before "present"). The latter clears as soon as the operator is back or the console stops
+  following (re-engaging needs presence).
 - STEP_LIMIT (event, never persists): the tip moved more than step_limit_mm between consecutive
   commands while ENABLED and following (a non-finite tip counts as over). The reference is
   dropped whenever following stops or the state leaves ENABLED: a re-engage re-captures, so its
@@ -50,6 +51,10 @@ Fault conditions (need a person before any enable):
 
 - INCONSISTENT_JOINTS: the latest joint states have the wrong number of values or a NaN / inf.
 - ARM_SILENT: no joint states for arm_timeout_ms, or none ever.
+
+resume is also refused while the console reports following: whatever happened in
+between, the arm starts again only from a deliberate engage, never by rejoining a motion the
+console kept streaming (for example if it missed a short PAUSED).
 
 A fault condition does not move DISABLED (nothing is powered, and the arm may simply not be up
 yet at start): it refuses enable instead. disable is accepted from every state, FAULT included,
@@ -347,10 +352,13 @@ class SafetySupervisor:
 
     def on_operator_present(self, now: float, present: bool) -> list[Transition]:
         """/console/operator_present, bridged from the master site."""
+        events = []
         if self._present and not present:
             self._absent_since = now
+            if self._following:  # released while the arm follows: a person must resume
+                events.append(_Finding(Cause.PRESENCE_LOST, "released while following"))
         self._present = bool(present)
-        return self._evaluate(now, [])
+        return self._evaluate(now, events)
 
     def on_joint_states(self, now: float, positions: np.ndarray) -> list[Transition]:
         """The arm's measured positions, one per joint of joint_limits, in that order."""
@@ -408,6 +416,10 @@ class SafetySupervisor:
         elif state is not PAUSED:  # resume
             return self._refused(f"resume refused in {state}: only PAUSED resumes", transitions)
         blocking = self.persisting_causes(now)
+        if command is Command.RESUME and self._following:
+            # The console must have stopped (it learns the state over the bridge) so that the
+            # operator engages afresh after the resume, and the arm does not rejoin a motion.
+            blocking.append("the console is still following: it must stop, then re-engage")
         if blocking:
             return self._refused(f"{command} refused: {', '.join(blocking)}", transitions)
         transitions.append(self._transition(now, ENABLED, f"{command} command",

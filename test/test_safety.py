@@ -266,9 +266,9 @@ def command_too_old(sup, t):
 
 
 def presence_lost(sup, t):
-    sup.on_following(t, True)
+    sup.on_operator_present(t, False)  # not following yet: no event
+    sup.on_following(t, True)  # a console following without the operator
     sup.on_command(t, TIP, 20.0)
-    sup.on_operator_present(t, False)
     middle = t + PRESENCE_GRACE_S / 2
     healthy(sup, middle)
     sup.on_command(middle, TIP, 20.0)
@@ -369,11 +369,18 @@ def test_each_pause_cause_pauses_and_refuses_resume_until_it_clears(cause, set_u
     assert (last.previous, last.current, last.cause, last.detail) == (ENABLED, PAUSED, cause, text)
     assert sup.persisting_causes(now) == [text]
     result = sup.command(now, "resume")
-    assert result == CommandResult(False, PAUSED, f"resume refused: {text}", [])
+    still_following = (", the console is still following: it must stop, then re-engage"
+                       if sup._following else "")
+    assert result == CommandResult(False, PAUSED, f"resume refused: {text}{still_following}",
+                                   [])
     assert sup.command(now, "enable").state is PAUSED
     clear(sup, now)
     assert sup.state is PAUSED  # the cause is gone, the pause waits for resume
     assert sup.persisting_causes(now) == []
+    if sup._following:  # the console has not stopped yet: no resume into its motion
+        assert sup.command(now, "resume").reason == (
+            "resume refused: the console is still following: it must stop, then re-engage")
+        sup.on_following(now, False)
     result = sup.command(now, "resume")
     assert result.accepted and sup.state is ENABLED
     assert result.transitions[-1].cause == "resume command"
@@ -422,8 +429,9 @@ def test_several_persisting_causes_are_all_named():
     sup.on_link_state(T0, "LOST")
     sup.on_command(T0, TIP, 250.0)
     assert sup.transitions[-1].cause == Cause.LINK_LOST
-    assert sup.command(T0, "resume").reason == ("resume refused: link lost (overall LOST), "
-                                                "command too old (250 ms > 200 ms)")
+    assert sup.command(T0, "resume").reason == (
+        "resume refused: link lost (overall LOST), command too old (250 ms > 200 ms), the "
+        "console is still following: it must stop, then re-engage")
 
 
 def test_causes_found_together_are_recorded_together():
@@ -534,13 +542,17 @@ def test_step_reference_resets_on_a_clutch_without_commands_in_between():
 def test_step_reference_resets_when_the_state_leaves_enabled():
     sup = following()
     sup.command(T0, "pause")
+    sup.on_following(T0, False)  # the console stops, the operator resumes, the console engages
     assert sup.command(T0 + 0.01, "resume").state is ENABLED
+    sup.on_following(T0 + 0.01, True)
     sup.on_command(T0 + 0.02, [0.01, 0.0, 0.0], 20.0)  # first after resume: no step
     assert sup.state is ENABLED
     sup.command(T0 + 0.02, "pause")
     sup.on_command(T0 + 0.03, [0.05, 0.0, 0.0], 20.0)  # while PAUSED: no step measured
     assert sup.state is PAUSED
+    sup.on_following(T0 + 0.03, False)
     assert sup.command(T0 + 0.03, "resume").state is ENABLED
+    sup.on_following(T0 + 0.03, True)
     sup.on_command(T0 + 0.04, [0.04, 0.0, 0.0], 20.0)
     assert sup.state is ENABLED
 
@@ -641,13 +653,22 @@ def test_presence_lost_only_while_following_past_the_grace():
     assert sup.state is ENABLED
     sup.update(T0 + grace_s)
     assert sup.state is PAUSED and sup.cause == Cause.PRESENCE_LOST
-    # The pedal released, and the console's report that it stopped following crossing the
-    # bridge a little later: no pause.
-    sup = following(presence_grace_ms=grace_s * 1e3)
-    sup.on_operator_present(T0 + 0.01, False)
-    sup.on_following(T0 + 0.01 + grace_s / 2, False)
+    # An engage: "following" crossing the bridge before "present" is no cause.
+    sup = enabled(presence_grace_ms=grace_s * 1e3)
+    sup.on_operator_present(T0, False)
+    sup.on_following(T0 + 0.01, True)
+    sup.on_command(T0 + 0.01, TIP, 20.0)
+    sup.on_operator_present(T0 + 0.01 + grace_s / 2, True)
     sup.update(T0 + 0.01 + 1.5 * grace_s)
     assert sup.state is ENABLED
+    # The pedal released while following pauses at once, even if the console's report that it
+    # stopped following comes right after.
+    sup = following(presence_grace_ms=grace_s * 1e3)
+    sup.on_operator_present(T0 + 0.01, False)
+    assert sup.state is PAUSED and sup.cause == Cause.PRESENCE_LOST
+    assert "released while following" in sup.transitions[-1].detail
+    sup.on_following(T0 + 0.02, False)
+    assert sup.persisting_causes(T0 + 0.02) == []  # resume allowed; re-engage needs a press
     sup = following()
     sup.on_following(T0, False)
     sup.on_operator_present(T0, False)

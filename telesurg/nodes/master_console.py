@@ -121,9 +121,14 @@ class MasterConsoleNode(Node):
     def _update(self) -> None:
         if self._silent_input(self._now()):
             return
-        if self._arm_state != "ENABLED" and self.mapping.state != IDLE:
-            # Whatever the pedals do meanwhile: engaging waits for an ENABLED arm.
-            self.mapping.disengage(f"arm {self._arm_state}")
+        if self._arm_state != "ENABLED":
+            # Whatever the pedals do meanwhile, nothing engages; once ENABLED, the mapping
+            # (IDLE) engages on a fresh press of the operator-present pedal.
+            if self.mapping.state != IDLE:
+                self.mapping.disengage(f"arm {self._arm_state}")
+                self.get_logger().warning(f"stopped following: arm {self._arm_state}")
+            self._publish_following(False)
+            return
         master_pose = self._master[0]
         command = self.mapping.update(
             MasterInput(position=master_pose[:3, 3], rotation=master_pose[:3, :3],
