@@ -135,6 +135,10 @@ class BridgeCore:
         self.duplicates_discarded = 0
         self.recovered = 0  # lost on every link, delivered from the next datagram's copy
         self.untrusted_discarded = 0
+        # The latest message of each outgoing state topic, sent again by refresh_states().
+        self._state_topics = frozenset(topic.index for topic in config.outgoing
+                                       if topic.qos == QosKind.STATE)
+        self._latest_states: dict[int, bytes] = {}
         # The last message sent: (sequence, topic index, CDR, monotonic ns when sent).
         self._previous_data: tuple[int, int, bytes, int] | None = None
         self.oversized = 0
@@ -174,8 +178,18 @@ class BridgeCore:
             sequence = self._send_everywhere(MessageKind.DATA, topic_index,
                                              pack_data(message, previous[:3] if recent else None))
             self._previous_data = (sequence, topic_index, message, now_ns)
+            if topic_index in self._state_topics:
+                self._latest_states[topic_index] = message
         self.sent += 1
         return True
+
+    def refresh_states(self) -> None:
+        """Send every state topic's latest message again. A state is sent once, on change; one
+        lost with both links down would leave the other site with a stale value for good."""
+        with self._send_lock:
+            latest = list(self._latest_states.items())
+        for topic_index, message in latest:
+            self.send(topic_index, message)
 
     def send_heartbeat(self) -> None:
         now_ns = time.monotonic_ns()

@@ -574,12 +574,16 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int) -
         paused_at = started_ns + int(transition["t_s"] * 1e9)
         left = next((t for t in transitions[index + 1:]), None)
         left_at = started_ns + int(left["t_s"] * 1e9) if left else None
-        hold_ns = next((t for t, what in holds if t >= paused_at - 500_000_000
-                        and what.startswith("holding: operating state PAUSED")), None)
+        last_datagram = (_last_datagram_before_lost(patient_link_states, paused_at)
+                         if "link lost" in transition["cause"] else None)
+        # The first hold the controller commanded since the cause: for a lost link usually
+        # "commands stale", before the supervisor's PAUSED reaches it.
+        since = last_datagram if last_datagram is not None else paused_at - 500_000_000
+        hold_ns = next((t for t, what in holds if t >= since and what.startswith("holding")),
+                       None)
         if hold_ns is None:
             continue
-        last_datagram = _last_datagram_before_lost(patient_link_states, hold_ns)
-        if "link lost" in transition["cause"] and last_datagram is not None:
+        if last_datagram is not None:
             reactions.append((hold_ns - last_datagram) * 1e-6)
         hold_pose = next((tip for t, tip in setpoints if t >= hold_ns), None)
         end = left_at if left_at is not None else measured[-1][0] if measured else hold_ns
@@ -611,8 +615,8 @@ def _tip(message) -> np.ndarray:
 
 
 def _last_datagram_before_lost(link_states: list, before_ns: int) -> int | None:
-    """When the patient bridge last heard any link, from its last LOST report before
-    before_ns: the report's stamp minus the smallest last-heard age."""
+    """When the patient bridge last heard any link, from its last report before before_ns,
+    if that says LOST: the report's stamp minus the smallest last-heard age."""
     for _, message in reversed(link_states):
         stamp = stamp_ns(message)
         if stamp > before_ns:

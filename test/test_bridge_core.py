@@ -294,3 +294,15 @@ def test_arrival_is_the_kernels_stamp_not_when_a_busy_bridge_read_it(tmp_path,
     finally:
         master.close()
         patient.close()
+
+
+def test_state_topics_are_sent_again_and_commands_are_not(cores):
+    """A state sent once while every link is down must still reach the other site."""
+    master, patient, delivered, _, _ = cores
+    state = next(t.index for t in master.config.outgoing if t.qos == "state")
+    command = next(t.index for t in master.config.outgoing if t.qos == "command")
+    assert master.send(state, b"following: false") and master.send(command, b"servo")
+    assert wait_for(lambda: len(delivered) == 2)
+    master.refresh_states()
+    assert wait_for(lambda: len(delivered) == 3)
+    assert delivered[-1] == (state, b"following: false")

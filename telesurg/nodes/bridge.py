@@ -41,6 +41,9 @@ QOS_BY_KIND = {
     QosKind.STATE: STATE_QOS,
     QosKind.EVENT: QoSProfile(depth=10),  # reliable, volatile: every state command arrives
 }
+#: How often the latest value of each outgoing state topic is sent again (and at once when a
+#: link comes back after all were lost).
+STATE_REFRESH_HZ = 2.0
 LEVELS = {LinkState.UP: DiagnosticStatus.OK, LinkState.DEGRADED: DiagnosticStatus.WARN,
           LinkState.DOWN: DiagnosticStatus.ERROR, OverallState.REDUNDANT: DiagnosticStatus.OK,
           OverallState.SINGLE: DiagnosticStatus.WARN, OverallState.LOST: DiagnosticStatus.ERROR}
@@ -75,7 +78,8 @@ class BridgeNode(Node):
         self._logged_peer = 0
         self.core.start()
         self.loops = [PeriodicLoop(self, config.heartbeat_rate_hz, self.core.send_heartbeat),
-                      PeriodicLoop(self, p.link_state_rate_hz, self._publish_link_state)]
+                      PeriodicLoop(self, p.link_state_rate_hz, self._publish_link_state),
+                      PeriodicLoop(self, STATE_REFRESH_HZ, self.core.refresh_states)]
         for loop in self.loops:
             loop.start()
         links = ", ".join(f"{link.name} {link.bind[0]}:{link.bind[1]} -> "
@@ -124,6 +128,8 @@ class BridgeNode(Node):
         for change in changes:
             what = "overall" if change.link is None else f"link {change.link}"
             self.get_logger().info(f"{what}: {change.previous} -> {change.current}")
+            if change.link is None and change.previous == OverallState.LOST:
+                self.core.refresh_states()  # what changed while every link was down
         self._publish_link_state()
 
     def _publish_link_state(self) -> None:
