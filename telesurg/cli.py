@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from telesurg.linkem import PROFILES, parse_outage
+from telesurg.operator import STATE_COMMANDS, parse_domain
 
 LINK_PROFILES = tuple(PROFILES)
 
@@ -24,6 +25,21 @@ def _outage(text: str):
         return parse_outage(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _domain(text: str) -> int:
+    try:
+        return parse_domain(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_site_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
+    parser.add_argument("--domain", type=_domain, default=None, metavar="N",
+                        help="DDS domain id of the site, in [0, 232] (default: ROS_DOMAIN_ID, "
+                             "else 0)")
+    parser.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="S",
+                        help=timeout_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +87,33 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true",
                         help="replace an existing key file (the other site then needs the new "
                              "one too)")
+    state = commands.add_parser(
+        "state", help="enable, disable, pause or resume the arm and print the resulting state",
+        description="Publish one state command on /psm/state_command in the site's DDS domain "
+                    "(normally the master site: its bridge carries the command to the patient "
+                    "site's safety supervisor), wait for the supervisor's answer on "
+                    "/safety/status and print it, e.g. `resume: accepted (PAUSED -> ENABLED); "
+                    "state ENABLED` or `enable: refused: REASON; state DISABLED`. Exit status: "
+                    "0 accepted, 1 refused, 2 usage error, or no subscriber, no status or no "
+                    "answer within --timeout.")
+    state.add_argument("state_command", choices=STATE_COMMANDS, metavar="COMMAND",
+                       help="one of: " + ", ".join(STATE_COMMANDS))
+    _add_site_options(state, "seconds to wait for the site and the answer, in all "
+                             "(default: 10)")
+    status = commands.add_parser(
+        "status", help="print the arm's live state, its cause, following and link health",
+        description="Print the safety state (/psm/operating_state, /safety/status: the cause "
+                    "of the last transition, what persists, warnings), whether the console "
+                    "follows (/console/following) and each link's health as this site's bridge "
+                    "sees it (/bridge/link_state): one line per change, at most twice a "
+                    "second, until Ctrl-C. What has not been heard yet is shown as \"no report "
+                    "yet\", a report that stopped coming as stale.")
+    status.add_argument("--once", action="store_true",
+                        help="print the first complete picture and exit: 0 complete, 1 "
+                             "something still unknown after --timeout (printed anyway), 2 "
+                             "nothing heard")
+    _add_site_options(status, "with --once: seconds to wait for a complete picture; else: "
+                              "warn when nothing is heard for this long (default: 10)")
     return parser
 
 
@@ -87,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "keygen":
         return _keygen(args)
+    if args.command == "state":
+        from telesurg.operator import run_state
+
+        return run_state(args.state_command, args.domain, args.timeout)
+    if args.command == "status":
+        from telesurg.operator import run_status
+
+        return run_status(args.domain, args.once, args.timeout)
 
     return 2
 
