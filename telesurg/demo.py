@@ -352,7 +352,8 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     summary = summarize(_recorded(sites), options, recorded_s)
     summary.update(network_summary(sites[0].recorder.link_states,
                                    sites[1].recorder.link_states))
-    summary.update(safety_summary(_recorded(sites), sites[1].recorder.link_states, started_ns))
+    summary.update(safety_summary(_recorded(sites), sites[1].recorder.link_states, started_ns,
+                                  started_ns + int(recorded_s * 1e9)))
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
@@ -545,9 +546,12 @@ def network_summary(master_states: list, patient_states: list) -> dict:
 
 #: After a resume, how long the tip steps count towards resume_jump_mm.
 RESUME_WINDOW_NS = 500_000_000
+#: After a resume, how long the surgeon has to engage again.
+REENGAGE_WINDOW_NS = 3_000_000_000
 
 
-def safety_summary(messages: dict, patient_link_states: list, started_ns: int) -> dict:
+def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
+                   ended_ns: int) -> dict:
     """Operating state transitions (patient site, /safety/status), and for every pause: how fast
     the arm was held after the link was lost, how far it moved while paused, and how far it
     stepped in the 500 ms after the resume."""
@@ -576,11 +580,7 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int) -
         left_at = started_ns + int(left["t_s"] * 1e9) if left else None
         last_datagram = (_last_datagram_before_lost(patient_link_states, paused_at)
                          if "link lost" in transition["cause"] else None)
-        # The first hold the controller commanded since the cause: for a lost link usually
-        # "commands stale", before the supervisor's PAUSED reaches it.
-        since = last_datagram if last_datagram is not None else paused_at - 500_000_000
-        hold_ns = next((t for t, what in holds if t >= since and what.startswith("holding")),
-                       None)
+        hold_ns = _hold_start(holds, paused_at)
         if hold_ns is None:
             continue
         if last_datagram is not None:
@@ -595,18 +595,38 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int) -
             window = [tip for (t, _), tip in zip(commands, tips, strict=True)
                       if left_at <= t <= left_at + RESUME_WINDOW_NS]
             resume_jumps.append(largest_step(window))
+    # Each resume with time left to re-engage (the surgeon re-presses the pedal after a second)
+    # must be followed by following again.
     resumes = [started_ns + int(t["t_s"] * 1e9) for t in transitions
-               if t["from"] == "PAUSED" and t["to"] == "ENABLED"]
+               if t["from"] == "PAUSED" and t["to"] == "ENABLED"
+               and started_ns + int(t["t_s"] * 1e9) + REENGAGE_WINDOW_NS <= ended_ns]
     changes = [(t, m.data) for t, m in decoded(messages, "master", "/console/following")]
     return {
         "pauses": sum(1 for t in transitions if t["to"] == "PAUSED"),
         "pause_reaction_ms": percentiles(reactions),
         "motion_while_paused_mm": round(1000.0 * max(paused_motion, default=0.0), 4),
         "resume_jump_mm": round(1000.0 * max(resume_jumps, default=0.0), 4),
-        "following_after_last_resume": bool(resumes) and any(
-            following and t > resumes[-1] for t, following in changes),
+        "following_after_resume": bool(resumes) and all(
+            any(following and resume < t <= resume + REENGAGE_WINDOW_NS
+                for t, following in changes) for resume in resumes),
         "transitions": transitions,
     }
+
+
+def _hold_start(holds: list[tuple[int, str]], paused_at: int) -> int | None:
+    """When the arm controller began the hold in force once it learned of the pause at
+    paused_at: the start of the run of "holding" reports that includes the first one naming
+    PAUSED (for a lost link, usually "commands stale" came first)."""
+    start = None
+    for stamp, what in holds:
+        if not what.startswith("holding"):
+            start = None
+            continue
+        if start is None:
+            start = stamp
+        if stamp >= paused_at - 100_000_000 and "PAUSED" in what:
+            return start
+    return None
 
 
 def _tip(message) -> np.ndarray:

@@ -36,7 +36,8 @@ naming every persisting cause and fault condition with its figures.
   two reports cross the bridge on topics of their own, so on an engage "following" may come
   before "present"). The latter clears as soon as the operator is back or the console stops
   following (re-engaging needs presence).
-- STEP_LIMIT (event, never persists): the tip moved more than step_limit_mm between consecutive
+- STEP_LIMIT (event, never persists): the tip moved more than step_limit_mm (plus
+  max_tip_speed_mm_s times the time since the previous command arrived) between consecutive
   commands while ENABLED and following (a non-finite tip counts as over). The reference is
   dropped whenever following stops or the state leaves ENABLED: a re-engage re-captures, so its
   first command is no step from the last one before.
@@ -121,6 +122,9 @@ class SafetyConfig:
     # 10 Hz.
     link_state_timeout_ms: float = 200.0
     step_limit_mm: float = 2.0  # tip distance between consecutive commanded goals
+    # Plus this much per second since the previous command arrived (the arm controller's tip
+    # speed cap): gaps in the stream do not read as jumps.
+    max_tip_speed_mm_s: float = 100.0
     # Fraction of each joint's range: the arm's joints mix radians and metres. 2 % is 0.06 rad
     # on the outer yaw, 4.8 mm on the insertion.
     joint_limit_margin: float = 0.02
@@ -138,7 +142,8 @@ class SafetyConfig:
                 raise ValueError(f"SafetyConfig.{field.name} must be a finite number, "
                                  f"got {value!r}")
         for name in ("max_command_age_ms", "warn_command_age_ms", "command_timeout_ms",
-                     "link_state_timeout_ms", "step_limit_mm", "arm_timeout_ms",
+                     "link_state_timeout_ms", "step_limit_mm", "max_tip_speed_mm_s",
+                     "arm_timeout_ms",
                      "presence_grace_ms"):
             if getattr(self, name) <= 0.0:
                 raise ValueError(f"SafetyConfig.{name} must be > 0, got {getattr(self, name)!r}")
@@ -320,6 +325,7 @@ class SafetySupervisor:
         tip = np.array(tip_position, dtype=float)
         if tip.shape != (3,):
             raise ValueError(f"tip_position must have shape (3,), got {tip.shape}")
+        since_last = now - self._command_time
         self._command_time = now
         self._command_age_ms = None if age_ms is None or math.isnan(age_ms) else float(age_ms)
         events = []
@@ -331,7 +337,10 @@ class SafetySupervisor:
             else:
                 if reference is not None:
                     step_mm = float(np.linalg.norm(tip - reference)) * 1e3
-                    limit_mm = self.config.step_limit_mm
+                    # Commands lost on the way (a busy site, a lossy link) make the step
+                    # between those that arrive longer, by at most the tip speed cap.
+                    limit_mm = (self.config.step_limit_mm
+                                + self.config.max_tip_speed_mm_s * since_last)
                     if step_mm > limit_mm:
                         events.append(_Finding(Cause.STEP_LIMIT,
                                                f"{_g(step_mm)} mm > {_g(limit_mm)} mm"))

@@ -823,3 +823,14 @@ def test_random_sequences_keep_the_safety_contract(steps):
             state_before, count = sup.state, len(sup.transitions)
             made, result = _apply(sup, now, call, tip)
             _check(sup, now, call, state_before, count, made, result)
+
+
+@pytest.mark.parametrize("step_mm, pauses", [(6.9, False), (7.1, True)])
+def test_a_gap_in_the_stream_widens_the_step_limit_by_the_tip_speed_cap(step_mm, pauses):
+    """50 ms without commands (lost on the way): the arm may have been sent 100 mm/s x 50 ms
+    = 5 mm further, on top of the 2 mm step limit."""
+    sup = following()
+    gap_s = 0.05
+    healthy(sup, T0 + gap_s)
+    sup.on_command(T0 + gap_s, np.asarray(TIP) + [step_mm * 1e-3, 0.0, 0.0], 20.0)
+    assert (sup.state is PAUSED) == pauses
