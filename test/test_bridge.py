@@ -244,9 +244,12 @@ def test_losing_one_link_mid_stream_loses_nothing_and_both_lost_is_seen(relayed_
         master.spin_for(0.05)
         patient.spin_for(0.05)
         sent, delivered = master.overall("sent"), patient.overall("delivered") - sent_before
-        if sent >= 1400 and delivered == sent:
+        if sent >= 500 and delivered == sent:
             break
-    assert sent >= 1400 and delivered == sent  # zero lost, none twice
+    # Commands are best effort, keep last 1: a busy machine drops some before the master bridge
+    # takes them (1,046 of 1,500 reached it once, with other sessions running). What counts:
+    # the patient bridge delivers every one the master bridge sent.
+    assert sent >= 500 and delivered == sent  # zero lost, none twice
     assert link_a.stats().a_to_b.dropped_down > 0  # the cut really dropped traffic
 
     cut = time.monotonic()
