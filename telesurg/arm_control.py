@@ -134,8 +134,11 @@ class ArmController:
             self._last_command_time = -math.inf  # following resumes on fresh commands only
             return self.setpoint
         if now - self._last_command_time > self.config.command_timeout_s:
+            reason = "commands stale" if self.setpoint is not None else "no command yet"
             if not self.holding or self.setpoint is None:
-                self._hold("commands stale" if self.setpoint is not None else "no command yet")
+                self._hold(reason)
+            elif self.hold_reason not in ("commands stale", "no command yet"):
+                self.hold_reason = "no command since ENABLED"  # the old reason is gone
             return self.setpoint
         self.holding = False
         self.hold_reason = ""

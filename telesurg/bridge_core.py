@@ -138,6 +138,14 @@ class BridgeCore:
         # The latest message of each outgoing state topic, sent again by refresh_states().
         self._state_topics = frozenset(topic.index for topic in config.outgoing
                                        if topic.qos == QosKind.STATE)
+        # Commands (streamed, latest wins) counted apart: states are sent again, so the sent
+        # and delivered counts of all messages differ by the refreshes in flight.
+        self._command_topics = frozenset(topic.index for topic in config.outgoing
+                                         if topic.qos == QosKind.COMMAND)
+        self._command_topics_in = frozenset(topic.index for topic in config.incoming
+                                            if topic.qos == QosKind.COMMAND)
+        self.commands_sent = 0
+        self.commands_delivered = 0
         self._latest_states: dict[int, bytes] = {}
         # The last message sent: (sequence, topic index, CDR, monotonic ns when sent).
         self._previous_data: tuple[int, int, bytes, int] | None = None
@@ -172,24 +180,30 @@ class BridgeCore:
             self.oversized += 1
             return False
         with self._send_lock:
-            now_ns = time.monotonic_ns()
-            previous = self._previous_data
-            recent = previous is not None and now_ns - previous[3] <= REDUNDANCY_WINDOW_NS
-            sequence = self._send_everywhere(MessageKind.DATA, topic_index,
-                                             pack_data(message, previous[:3] if recent else None))
-            self._previous_data = (sequence, topic_index, message, now_ns)
+            self._send_data(topic_index, message)
             if topic_index in self._state_topics:
                 self._latest_states[topic_index] = message
-        self.sent += 1
+        if topic_index in self._command_topics:
+            self.commands_sent += 1
         return True
 
     def refresh_states(self) -> None:
         """Send every state topic's latest message again. A state is sent once, on change; one
-        lost with both links down would leave the other site with a stale value for good."""
+        lost with both links down would leave the other site with a stale value for good.
+        Under the send lock, so that a newer value sent meanwhile cannot be overtaken."""
         with self._send_lock:
-            latest = list(self._latest_states.items())
-        for topic_index, message in latest:
-            self.send(topic_index, message)
+            for topic_index, message in self._latest_states.items():
+                self._send_data(topic_index, message)
+
+    def _send_data(self, topic_index: int, message: bytes) -> None:
+        """Needs _send_lock."""
+        now_ns = time.monotonic_ns()
+        previous = self._previous_data
+        recent = previous is not None and now_ns - previous[3] <= REDUNDANCY_WINDOW_NS
+        sequence = self._send_everywhere(MessageKind.DATA, topic_index,
+                                         pack_data(message, previous[:3] if recent else None))
+        self._previous_data = (sequence, topic_index, message, now_ns)
+        self.sent += 1
 
     def send_heartbeat(self) -> None:
         now_ns = time.monotonic_ns()
@@ -289,6 +303,8 @@ class BridgeCore:
 
     def _deliver_data(self, topic_index: int, message: bytes) -> None:
         self.delivered += 1
+        if topic_index in self._command_topics_in:
+            self.commands_delivered += 1
         if topic_index in self._aged_topics:
             stamp_ns = header_stamp_ns(message)
             if stamp_ns is not None:

@@ -514,7 +514,7 @@ def network_summary(master_states: list, patient_states: list) -> dict:
     def number(values, key):
         return float(values[key]) if values.get(key) else None
 
-    sent, delivered = int(master["sent"]), int(patient["delivered"])
+    sent, delivered = int(master["commands_sent"]), int(patient["commands_delivered"])
     reports = [link_state_values(message) for _, message in patient_states]
     links = {}
     for name in LINK_NAMES:

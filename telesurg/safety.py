@@ -53,7 +53,7 @@ Fault conditions (need a person before any enable):
 - INCONSISTENT_JOINTS: the latest joint states have the wrong number of values or a NaN / inf.
 - ARM_SILENT: no joint states for arm_timeout_ms, or none ever.
 
-resume is also refused while the console reports following: whatever happened in
+enable and resume are also refused while the console reports following: whatever happened in
 between, the arm starts again only from a deliberate engage, never by rejoining a motion the
 console kept streaming (for example if it missed a short PAUSED).
 
@@ -230,6 +230,7 @@ class SafetySupervisor:
         self._following_since = -math.inf
         self._present = False
         self._absent_since = -math.inf
+        self._following_stopped_at = -math.inf
         self._joint_time = -math.inf
         self._joint_problem = ""  # why the latest joint states are inconsistent
         self._positions: np.ndarray | None = None  # latest consistent joint states
@@ -356,6 +357,8 @@ class SafetySupervisor:
             self._following_since = now
         if not following:
             self._step_reference = None  # the next engage re-captures
+            if self._following:
+                self._following_stopped_at = now
         self._following = following
         return self._evaluate(now, [])
 
@@ -364,7 +367,11 @@ class SafetySupervisor:
         events = []
         if self._present and not present:
             self._absent_since = now
-            if self._following:  # released while the arm follows: a person must resume
+            # Released while the arm follows: a person must resume. The console stops following
+            # on the same release and its report may cross the bridge first: a stop reported
+            # within the grace before counts as following still.
+            recently = now - self._following_stopped_at <= self.config.presence_grace_ms * 1e-3
+            if self._following or recently:
                 events.append(_Finding(Cause.PRESENCE_LOST, "released while following"))
         self._present = bool(present)
         return self._evaluate(now, events)
@@ -425,7 +432,7 @@ class SafetySupervisor:
         elif state is not PAUSED:  # resume
             return self._refused(f"resume refused in {state}: only PAUSED resumes", transitions)
         blocking = self.persisting_causes(now)
-        if command is Command.RESUME and self._following:
+        if self._following:
             # The console must have stopped (it learns the state over the bridge) so that the
             # operator engages afresh after the resume, and the arm does not rejoin a motion.
             blocking.append("the console is still following: it must stop, then re-engage")

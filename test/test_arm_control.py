@@ -178,3 +178,13 @@ def test_without_any_operating_state_the_arm_never_moves():
     assert controller.on_servo_cp(goal, DT) == (
         "no operating state from the safety supervisor yet")
     np.testing.assert_allclose(controller.tick(DT), HOME_POSITIONS)
+
+
+def test_the_hold_reason_says_why_the_arm_holds_now():
+    controller = started(supervisor_timeout_s=1e9)
+    controller.on_operating_state("DISABLED", 0.0)
+    controller.tick(DT)
+    assert controller.hold_reason == "operating state DISABLED"
+    controller.on_operating_state("ENABLED", DT)
+    controller.tick(2 * DT)
+    assert controller.holding and controller.hold_reason == "no command since ENABLED"

@@ -15,7 +15,7 @@ def report(overall: dict, links: dict) -> DiagnosticArray:
 
 
 def counters(**values):
-    base = {"sent": 0, "delivered": 0, "recovered": 0, "duplicates_discarded": 0,
+    base = {"commands_sent": 0, "commands_delivered": 0, "recovered": 0, "duplicates_discarded": 0,
             "rejected_datagrams": 0, "untrusted_discarded": 0, "command_age_ms_p50": "",
             "command_age_ms_p99": ""}
     return base | values
@@ -26,12 +26,13 @@ def link(rtt_ms, loss, down_events):
 
 
 def test_final_counters_and_link_figures_over_the_session():
-    master = [(1, report(counters(sent=5000, rejected_datagrams=1), {}))]
+    master = [(1, report(counters(commands_sent=5000, rejected_datagrams=1), {}))]
     patient = [
-        (1, report(counters(delivered=10), {"a": link("", 0.0, 0), "b": link("", 0.0, 0)})),
-        (2, report(counters(delivered=4000), {"a": link(120.0, 0.2, 0),
+        (1, report(counters(commands_delivered=10),
+                   {"a": link("", 0.0, 0), "b": link("", 0.0, 0)})),
+        (2, report(counters(commands_delivered=4000), {"a": link(120.0, 0.2, 0),
                                                "b": link(130.0, 0.0, 0)})),
-        (3, report(counters(delivered=4998, recovered=2, duplicates_discarded=4990,
+        (3, report(counters(commands_delivered=4998, recovered=2, duplicates_discarded=4990,
                             untrusted_discarded=3,
                             command_age_ms_p50="61.5", command_age_ms_p99="64.25"),
                    {"a": link(124.0, 0.1, 1), "b": link(126.0, 0.0, 0)})),

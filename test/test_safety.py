@@ -397,9 +397,12 @@ def test_each_condition_refuses_enable_until_it_clears_without_moving_disabled(
     assert sup.state is DISABLED and sup.transitions == []
     assert sup.persisting_causes(now) == [text]
     assert (cause in FAULT_CAUSES) == (sup.fault_conditions(now) == [text])
-    assert sup.command(now, "enable") == CommandResult(False, DISABLED, f"enable refused: {text}",
-                                                        [])
+    still_following = (", the console is still following: it must stop, then re-engage"
+                       if sup._following else "")
+    assert sup.command(now, "enable") == CommandResult(
+        False, DISABLED, f"enable refused: {text}{still_following}", [])
     clear(sup, now)
+    sup.on_following(now, False)  # a console that follows while DISABLED must stop first
     assert sup.command(now, "enable").state is ENABLED
 
 
@@ -669,9 +672,15 @@ def test_presence_lost_only_while_following_past_the_grace():
     assert "released while following" in sup.transitions[-1].detail
     sup.on_following(T0 + 0.02, False)
     assert sup.persisting_causes(T0 + 0.02) == []  # resume allowed; re-engage needs a press
-    sup = following()
+    # The console's stop and the release cross the bridge in either order: a release just
+    # after the stop was still a release while following; one well after it is not.
+    sup = following(presence_grace_ms=grace_s * 1e3)
     sup.on_following(T0, False)
-    sup.on_operator_present(T0, False)
+    sup.on_operator_present(T0 + 0.5 * grace_s, False)
+    assert sup.state is PAUSED and sup.cause == Cause.PRESENCE_LOST
+    sup = following(presence_grace_ms=grace_s * 1e3)
+    sup.on_following(T0, False)
+    sup.on_operator_present(T0 + 0.01 + grace_s, False)
     assert sup.state is ENABLED
 
 

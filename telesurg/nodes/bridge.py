@@ -172,6 +172,8 @@ def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore) ->
             level=LEVELS[figures.state], name=f"{name}: link {link_name}",
             hardware_id=link_name, message=str(figures.state), values=values))
     counters = {"sent": core.sent, "delivered": core.delivered,
+                "commands_sent": core.commands_sent,
+                "commands_delivered": core.commands_delivered,
                 "duplicates_discarded": core.duplicates_discarded,
                 "recovered": core.recovered,
                 "rejected_datagrams": core.drops.total, "oversized": core.oversized,
