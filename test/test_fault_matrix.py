@@ -45,6 +45,11 @@ from session_harness import (
     steps,
 )
 
+# A whole two-site session per case on a shared 2-core machine: now and then a process stalls
+# for a second (discovery, a starved node) and a case times out waiting for the console to
+# engage. Such a case runs again, at most twice; a fault not acted on fails every time.
+pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
+
 PAUSE_WITHIN_MS = 1000.0  # generous: the design figures are printed
 HELD_MOTION_MM = 0.1  # from 100 ms after the hold was commanded
 HELD_RAW_MOTION_MM = 0.25  # from the hold itself (0.05 mm at most seen so far)
