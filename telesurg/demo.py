@@ -584,7 +584,12 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
         if hold_ns is None:
             continue
         if last_datagram is not None:
-            reactions.append((hold_ns - last_datagram) * 1e-6)
+            # The first hold the controller commanded after the last datagram: "commands
+            # stale" if it was following, the PAUSED hold if it already held (a clutch).
+            held = next((t for t, what in holds
+                         if t >= last_datagram and what.startswith("holding")), None)
+            if held is not None:
+                reactions.append((held - last_datagram) * 1e-6)
         hold_pose = next((tip for t, tip in setpoints if t >= hold_ns), None)
         end = left_at if left_at is not None else measured[-1][0] if measured else hold_ns
         if hold_pose is not None:
