@@ -115,7 +115,10 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         Param("joint_limit_margin", 0.02,
               "Fraction of each joint's range from a limit that pauses the arm on entry.",
               0.001, 0.2),
-        Param("arm_timeout_ms", 500.0,
+        # Long: the arm controller already stops commanding after 50 ms without joint states;
+        # this FAULT is the second line, and must not fire on a process stalled for a second
+        # (seen here when a peer killed with SIGKILL left Fast DDS shared-memory ports behind).
+        Param("arm_timeout_ms", 1500.0,
               "No /psm/measured_js for this long is a FAULT (arm or controller silent).",
               50.0, 5000.0),
         Param("presence_grace_ms", 150.0,
