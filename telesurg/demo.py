@@ -576,7 +576,7 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
         if transition["to"] != "PAUSED":
             continue
         paused_at = started_ns + int(transition["t_s"] * 1e9)
-        left = next((t for t in transitions[index + 1:]), None)
+        left = transitions[index + 1] if index + 1 < len(transitions) else None
         left_at = started_ns + int(left["t_s"] * 1e9) if left else None
         last_datagram = (_last_datagram_before_lost(patient_link_states, paused_at)
                          if "link lost" in transition["cause"] else None)

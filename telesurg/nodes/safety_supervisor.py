@@ -152,17 +152,19 @@ class SafetySupervisorNode(Node):
         with self._lock:
             now = self._now()
             state = str(self.core.state)
-            status = {"state": state, "cause": self.core.cause,
-                      "persisting": self.core.persisting_causes(now),
-                      "faults": self.core.fault_conditions(now),
-                      "warnings": self.core.warnings(now),
-                      "last_command": self._last_command}
         if transitions or heartbeat:
             self._publish(self._state_pub, String(data=state))
         status_due = heartbeat and now >= self._next_status
         if status_due:
             self._next_status = now + STATUS_PERIOD_S
         if transitions or status_only or status_due:
+            # Built only when sent: the heartbeat repeats the state ten times as often.
+            with self._lock:
+                status = {"state": state, "cause": self.core.cause,
+                          "persisting": self.core.persisting_causes(now),
+                          "faults": self.core.fault_conditions(now),
+                          "warnings": self.core.warnings(now),
+                          "last_command": self._last_command}
             self._publish(self._status_pub, String(data=json.dumps(status)))
             level = LEVELS[OperatingState(state)]
             self._publish(self._diagnostics_pub, DiagnosticArray(status=[DiagnosticStatus(
