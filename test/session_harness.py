@@ -56,6 +56,7 @@ from telesurg.demo import (
     open_links,
     plan_sites,
     session_environment,
+    stamp_ns,
 )
 from telesurg.kinematics import ARM_JOINT_NAMES, BASE_FRAME, forward
 from telesurg.metrics import largest_step
@@ -366,10 +367,6 @@ class SiteProbe:
 
 
 # -- message helpers -----------------------------------------------------------------------------
-
-def stamp_ns(message) -> int:
-    return message.header.stamp.sec * 1_000_000_000 + message.header.stamp.nanosec
-
 
 def pose_tip(message) -> np.ndarray:
     position = message.pose.position
