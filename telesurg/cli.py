@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from telesurg.bag import STORAGES, BagError
+from telesurg.graph import SITES
 from telesurg.linkem import PROFILES, parse_outage
 from telesurg.operator import STATE_COMMANDS, parse_domain
 
@@ -25,6 +27,20 @@ def _outage(text: str):
         return parse_outage(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.01 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0.01, 100]")
+    return value
+
+
+def _start(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 86400.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 86400] seconds")
+    return value
 
 
 def _domain(text: str) -> int:
@@ -57,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "error, tip jumps, limit violations, command delivery and link figures.")
     demo.add_argument("--task", choices=("suturing", "figure8"), default="suturing",
                       help="what the virtual surgeon does (default: suturing)")
-    demo.add_argument("--duration", type=_positive_seconds, default=20.0,
+    demo.add_argument("--duration", type=_positive_seconds, default=None,
                       help="seconds of task after the graph is up (default: 20)")
     demo.add_argument("--seed", type=int, default=1,
                       help="seed of the surgeon's tremor and timing (default: 1)")
@@ -74,6 +90,68 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar="LINK@START+DURATION",
                       help="cut link a, b or all from START for DURATION seconds after the task "
                            "starts, e.g. a@5+5; repeatable")
+    demo.add_argument("--no-record", dest="record", action="store_false",
+                      help="leave no bags in OUT (the figures still come from a temporary "
+                           "recording, deleted at the end)")
+    demo.add_argument("--storage", choices=tuple(STORAGES), default="mcap",
+                      help="storage of the recorded bags (default: mcap)")
+    demo.add_argument("--no-report", dest="report", action="store_false",
+                      help="do not write OUT/report.html and its figures")
+    demo.add_argument("--replay", type=Path, default=None, metavar="RUN_DIR",
+                      help="drive the session from RUN_DIR/master_bag (the surgeon's device and "
+                           "pedals as recorded, from the moment the arm was enabled) instead of "
+                           "the virtual surgeon, and compare the new arm tip path with "
+                           "RUN_DIR/patient_bag's (replay_deviation_mm in summary.json); "
+                           "--task and --seed are then ignored and --duration defaults to the "
+                           "recording's")
+    record = commands.add_parser(
+        "record", help="record a site's contract topics into a rosbag2 bag until Ctrl-C",
+        description="Subscribe to every contract topic of the site (DESIGN.md) in its DDS "
+                    "domain and write each message, as received, into a new rosbag2 bag at "
+                    "OUT: metadata.yaml (topic types, type hashes, offered QoS, message counts, "
+                    "duration) and one MCAP (default) or sqlite3 file. Ctrl-C or SIGTERM "
+                    "closes the bag; if the recorder is killed, at most the last second is "
+                    "lost (it checkpoints every second).")
+    record.add_argument("--site", choices=SITES, required=True, help="which site's topics")
+    record.add_argument("--out", type=Path, required=True, help="bag directory to create")
+    record.add_argument("--storage", choices=tuple(STORAGES), default="mcap",
+                        help="storage format (default: mcap)")
+    record.add_argument("--domain", type=_domain, default=None, metavar="N",
+                        help="DDS domain id of the site, in [0, 232] (default: ROS_DOMAIN_ID, "
+                             "else 0)")
+    replay = commands.add_parser(
+        "replay", help="publish a recorded bag with its original timing and QoS",
+        description="Publish the messages of BAG (a rosbag2 directory, or an .mcap or .db3 "
+                    "file: telesurg's or `ros2 bag record`'s) in the DDS domain, each topic "
+                    "with the QoS its recorded publishers offered, each message at its "
+                    "recorded time offset divided by --rate. With --start, transient-local "
+                    "topics (states) first get their last value before the start. Exit "
+                    "status 0 when played (or interrupted), 2 when the bag cannot be read or "
+                    "lacks a topic asked for.")
+    replay.add_argument("bag", type=Path, metavar="BAG", help="bag to play")
+    replay.add_argument("--rate", type=_rate, default=1.0,
+                        help="playback speed factor, in [0.01, 100] (default: 1)")
+    replay.add_argument("--start", type=_start, default=0.0, metavar="S",
+                        help="seconds into the bag to start from (default: 0)")
+    replay.add_argument("--topics", nargs="+", default=None, metavar="TOPIC",
+                        help="play only these topics (default: all)")
+    replay.add_argument("--loop", action="store_true", help="play again from --start, forever")
+    replay.add_argument("--wait-subscribers", type=_start, default=0.0, metavar="S",
+                        help="first wait up to S seconds until every played topic has a "
+                             "subscriber (default: 0, start at once)")
+    replay.add_argument("--domain", type=_domain, default=None, metavar="N",
+                        help="DDS domain id to publish in, in [0, 232] (default: ROS_DOMAIN_ID, "
+                             "else 0)")
+    report = commands.add_parser(
+        "report", help="write report.html with figures from a run directory or a bag",
+        description="Read RUN_DIR (master_bag, patient_bag and summary.json of `telesurg "
+                    "demo`) or a single patient-site bag, and write report.html with PNG "
+                    "figures beside it: arm tip path against the commanded path, tracking "
+                    "error, per-link round-trip time and loss with outages shaded, operating "
+                    "state timeline with causes, command age; and the summary figures.")
+    report.add_argument("source", type=Path, metavar="RUN_DIR_OR_BAG")
+    report.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="where to write report.html (default: RUN_DIR, or beside the bag)")
     commands.add_parser(
         "linkem", add_help=False,
         help="emulate a long-distance link between two UDP endpoints (delay, jitter, loss, "
@@ -138,6 +216,19 @@ def main(argv: list[str] | None = None) -> int:
         from telesurg.operator import run_status
 
         return run_status(args.domain, args.once, args.timeout)
+    if args.command == "record":
+        from telesurg.recording import run_record
+
+        return run_record(args.site, args.out, args.storage, args.domain)
+    if args.command == "replay":
+        from telesurg.replay import run_replay
+
+        return run_replay(args.bag, args.rate, args.start, args.topics, args.loop, args.domain,
+                          args.wait_subscribers)
+    if args.command == "report":
+        from telesurg.report import run_report
+
+        return run_report(args.source, args.out)
 
     return 2
 
@@ -165,9 +256,13 @@ def _demo(args) -> int:
     options = DemoOptions(task=args.task, duration_s=args.duration, seed=args.seed,
                           out=args.out, config=args.config,
                           link_profiles=(args.link_a or args.profile, args.link_b or args.profile),
-                          outages=tuple(args.outage))
+                          outages=tuple(args.outage), record=args.record, storage=args.storage,
+                          replay=args.replay, report=args.report)
     try:
         summary = run_demo(options)
+    except BagError as error:
+        print(f"telesurg demo: {error}", file=sys.stderr)
+        return 2
     except DemoError as error:
         print(f"telesurg demo: failed: {error}", file=sys.stderr)
         return 1

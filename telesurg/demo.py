@@ -13,14 +13,17 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from telesurg.bag import BagReader
 from telesurg.bridge_config import LINK_STATE_TOPIC
 from telesurg.graph import BRIDGE, SITES, NodeSpec, nodes_of_site
 from telesurg.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
@@ -37,25 +40,10 @@ from telesurg.metrics import (
 )
 from telesurg.params import ConfigError, load_parameter_file
 from telesurg.processes import NodeGroup, cpu_seconds
+from telesurg.recording import RECORDER_NODE_NAME, SITE_TOPICS
 from telesurg.resources import default_config, fastdds_profile
+from telesurg.session_replay import BAG_DIRS, ReplayPlan
 
-#: Contract topics the demo records at each site (raw CDR, deserialised after the session).
-MASTER_TOPICS = {
-    "/psm/servo_cp": "geometry_msgs/msg/PoseStamped",
-    "/psm/operating_state": "std_msgs/msg/String",
-    "/console/following": "std_msgs/msg/Bool",
-    "/console/clutch": "std_msgs/msg/Bool",
-}
-PATIENT_TOPICS = {
-    "/psm/servo_cp": "geometry_msgs/msg/PoseStamped",  # as the patient bridge delivers them
-    "/psm/setpoint_cp": "geometry_msgs/msg/PoseStamped",
-    "/psm/measured_cp": "geometry_msgs/msg/PoseStamped",
-    "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
-    "/safety/status": "std_msgs/msg/String",
-    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
-}
-RECORDED_TOPICS = {**MASTER_TOPICS, **PATIENT_TOPICS}
-SITE_TOPICS = {"master": MASTER_TOPICS, "patient": PATIENT_TOPICS}
 #: The links of the default bridge configuration, in order (a link's id on the wire).
 LINK_NAMES = ("a", "b")
 #: The bridges' link timeout in the demo: twice the 50 ms default, because on a shared 2-core
@@ -65,6 +53,13 @@ DEMO_LINK_TIMEOUT_MS = 100.0
 #: Nodes stopped first at the end of the task, so that the command counters can settle.
 COMMAND_SOURCES = ("virtual_surgeon", "master_console")
 STARTUP_TIMEOUT_S = 60.0
+DEFAULT_DURATION_S = 20.0
+#: What shows that a site is up: the arm's pose, and the console ready to engage.
+READY_TOPICS = {"master": ("/console/following",), "patient": ("/psm/measured_cp",)}
+#: Records a site (`telesurg record`), below the session nodes' priority: its deep queues
+#: absorb a delay, the session's loops must not wait for it.
+RECORDER = NodeSpec("recorder", "telesurg", "telesurg.cli", "both",
+                    "Records the site's contract topics into a rosbag2 bag.", niceness=5)
 MAX_DOMAIN_ID = 232
 
 
@@ -75,12 +70,16 @@ class DemoError(RuntimeError):
 @dataclass(frozen=True)
 class DemoOptions:
     task: str = "suturing"
-    duration_s: float = 20.0
+    duration_s: float | None = None  # DEFAULT_DURATION_S, or a replay's recorded span
     seed: int = 1
     out: Path = Path("runs/latest")
     config: Path | None = None
     link_profiles: tuple[str, ...] = ("lan", "lan")  # emulated network of each link
     outages: tuple[tuple[str, Outage], ...] = ()     # (link or 'all', Outage), from task start
+    record: bool = True          # leave the sites' bags in out
+    storage: str = "mcap"
+    replay: Path | None = None   # a run directory whose master bag drives the session
+    report: bool = True          # write out/report.html
 
 
 def session_environment(domain_id: int) -> dict[str, str]:
@@ -103,62 +102,48 @@ def pick_domain_id() -> int:
     return int(configured) if configured else random.randint(10, 99)
 
 
-class Recorder:
-    """A node in the demo process that keeps the raw bytes of the recorded topics."""
+@dataclass
+class Site:
+    """One DDS domain of the session: its node processes, and the demo's own node there, which
+    watches what the demo needs to know live (the recording is a `telesurg record` process)."""
 
-    def __init__(self, context, topics: dict[str, str]):
+    name: str
+    domain_id: int
+    nodes: list[tuple[NodeSpec, list[str]]]
+    group: NodeGroup | None = None
+    node: object = None
+    executor: object = None
+    #: The site bridge's reports as they arrive (the final counters come after the command
+    #: stream has stopped and drained).
+    link_states: list = field(default_factory=list)
+    heard: set[str] = field(default_factory=set)  # READY_TOPICS heard so far
+
+    def watch(self, context) -> None:
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         from telesurg.bridge_config import message_class
         from telesurg.ros_support import STATE_QOS
 
-        self.node = Node("demo_recorder", context=context)
-        self.messages: dict[str, list[tuple[int, bytes]]] = {t: [] for t in topics}
-        self.frozen = False  # set when the task ends: shutting nodes down is not the session
-        # The site bridge's reports, kept after the freeze too: its final counters come after
-        # the command stream has stopped and drained.
-        self.link_states: list[tuple[int, object]] = []
+        self.node = Node(f"demo_{self.name}", context=context)
         self.node.create_subscription(
             message_class("diagnostic_msgs/msg/DiagnosticArray"), LINK_STATE_TOPIC,
             lambda message: self.link_states.append((time.time_ns(), message)),
             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        best_effort = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT)
-        for topic, type_name in topics.items():
-            qos = STATE_QOS if topic.startswith("/console/") else (
-                best_effort if topic == "/psm/servo_cp" else deep)
-            self.node.create_subscription(message_class(type_name), topic,
-                                          self._keeper(topic), qos, raw=True)
+        for topic in READY_TOPICS[self.name]:
+            self.node.create_subscription(message_class(SITE_TOPICS[self.name][topic]), topic,
+                                          lambda _, topic=topic: self.heard.add(topic),
+                                          STATE_QOS)
 
-    def _keeper(self, topic: str):
-        store = self.messages[topic]
-
-        def keep(data: bytes) -> None:
-            if not self.frozen:
-                store.append((time.time_ns(), data))  # ROS clock, as header stamps
-        return keep
-
-    def count(self, topic: str) -> int:
-        return len(self.messages[topic])
+    def recording(self) -> bool:
+        """Whether the site's recorder has joined its DDS graph."""
+        return RECORDER_NODE_NAME in self.node.get_node_names()
 
 
-@dataclass
-class Site:
-    """One DDS domain of the session: its node processes and what the demo records there."""
-
-    name: str
-    domain_id: int
-    nodes: list[tuple[NodeSpec, list[str]]]
-    topics: dict[str, str]
-    group: NodeGroup | None = None
-    recorder: Recorder | None = None
-    executor: object = None
-
-
-def plan_sites(options: DemoOptions, config: Path, domain_id: int,
-               bridge_config: Path) -> list[Site]:
-    """The master and the patient site, on two DDS domains joined only by their bridges."""
+def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config: Path,
+               replay: bool = False) -> list[Site]:
+    """The master and the patient site, on two DDS domains joined only by their bridges; in a
+    replay without the virtual surgeon (a bag player stands in for it)."""
     params = ["--params-file", str(config)]
     surgeon = ["-p", f"task:={options.task}", "-p", f"seed:={options.seed}"]
     # Fast DDS accepts domain ids up to 232.
@@ -166,9 +151,10 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int,
     sites = []
     for name, domain in zip(SITES, (domain_id, patient_domain), strict=True):
         nodes = [(spec, params + (surgeon if spec.name == "virtual_surgeon" else []))
-                 for spec in nodes_of_site(name)]
+                 for spec in nodes_of_site(name)
+                 if not (replay and spec.name == "virtual_surgeon")]
         nodes.append((BRIDGE, ["-p", f"role:={name}", "-p", f"config_file:={bridge_config}"]))
-        sites.append(Site(name, domain, nodes, SITE_TOPICS[name]))
+        sites.append(Site(name, domain, nodes))
     return sites
 
 
@@ -278,15 +264,24 @@ def run_demo(options: DemoOptions, say=print) -> dict:
         outage_timeline(options.outages, LINK_NAMES)
     except ValueError as error:
         raise DemoError(str(error)) from None
+    replay = ReplayPlan.of(options.replay) if options.replay else None
+    duration_s = options.duration_s or (replay.span_s if replay else DEFAULT_DURATION_S)
+    if replay:
+        duration_s = min(duration_s, replay.span_s)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
+    scratch = None if options.record else Path(tempfile.mkdtemp(prefix="telesurg-demo-"))
+    bag_root = scratch or out
+    _clear_previous_run(out, say)
     domain_id = pick_domain_id()
     os.environ.update({k: v for k, v in session_environment(domain_id).items()
                        if k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION",
                                 "FASTDDS_DEFAULT_PROFILES_FILE")})
     with contextlib.ExitStack() as stack:
+        if scratch:
+            stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         bridge_config, links = open_links(options, out, stack)
-        sites = plan_sites(options, config, domain_id, bridge_config)
+        sites = plan_sites(options, config, domain_id, bridge_config, replay is not None)
         contexts = []
         for site in sites:
             site.group = NodeGroup(session_environment(site.domain_id),
@@ -296,23 +291,32 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                        signal_handler_options=SignalHandlerOptions.NO)
             contexts.append(context)
             site.executor = SingleThreadedExecutor(context=context)
-            site.recorder = Recorder(context, site.topics)
-            site.executor.add_node(site.recorder.node)
+            site.watch(context)
+            site.executor.add_node(site.node)
             threading.Thread(target=site.executor.spin, daemon=True).start()
         domains = ", ".join(f"{site.name} {site.domain_id}" for site in sites)
         networks = ", ".join(f"{name} {profile}" for name, profile in
                              zip(LINK_NAMES, options.link_profiles, strict=True))
-        say(f"telesurg demo: task {options.task}, {options.duration_s:g} s, seed "
-            f"{options.seed}, DDS domains {domains}, links {networks}, logs in {out / 'logs'}")
+        driver = (f"replay of {replay.master_bag}" if replay else
+                  f"task {options.task}, seed {options.seed}")
+        say(f"telesurg demo: {driver}, {duration_s:g} s, DDS domains {domains}, links "
+            f"{networks}, logs in {out / 'logs'}")
         outages = OutageSchedule(links, options.outages, say)
         groups = [site.group for site in sites]
+        replay_go, stop_replay = threading.Event(), threading.Event()
         try:
             for site in sites:
+                site.group.start_program(RECORDER, [
+                    "record", "--site", site.name, "--out", str(bag_root / BAG_DIRS[site.name]),
+                    "--storage", options.storage])
                 for spec, arguments in site.nodes:
                     site.group.start(spec, arguments)
-            _wait_until_ready(groups, _recorded(sites))
-            operator = Operator(sites[0].recorder.node, say)
+            if replay:  # the recorded surgeon's device, held still until the arm is enabled
+                player = replay.start_player(sites[0].node, replay_go, stop_replay)
+            _wait_until_ready(groups, sites)
+            operator = Operator(sites[0].node, say)
             operator.enable(STARTUP_TIMEOUT_S)
+            replay_go.set()
             say(f"graph up: {', '.join(n.spec.name for g in groups for n in g.nodes)}; "
                 "arm ENABLED; running the task")
             started = time.monotonic()
@@ -320,13 +324,14 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             outages.start()
             cpu_at_start = {id(n): n.cpu_seconds() for g in groups for n in g.nodes}
             helpers_at_start = _helper_cpu_seconds(links)
-            while time.monotonic() - started < options.duration_s:
+            while time.monotonic() - started < duration_s:
+                if replay and not player.is_alive():
+                    break  # the recording has been played to its end
                 _raise_if_dead(groups, "during the session")
                 operator.resume_if_paused(outages.down == set(LINK_NAMES))
                 time.sleep(0.1)
-            for site in sites:
-                site.recorder.frozen = True
             recorded_s = time.monotonic() - started
+            task_ended_ns = time.time_ns()
             cpu_percent = {
                 _node_label(site, n): round(
                     100.0 * (n.cpu_seconds() - cpu_at_start[id(n)]) / recorded_s, 1)
@@ -335,40 +340,62 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 name: round(100.0 * (seconds - helpers_at_start[name]) / recorded_s, 1)
                 for name, seconds in _helper_cpu_seconds(links).items()})
             outages.cancelled.set()
+            stop_replay.set()
             sites[0].group.stop(names=COMMAND_SOURCES)
             _wait_for_final_counters(sites, options)
         finally:
             outages.cancelled.set()
+            stop_replay.set()
             codes = {_node_label(site, n): code for site in sites
                      for n, code in zip(site.group.nodes, site.group.stop().values(),
                                         strict=True)}
             for site, context in zip(sites, contexts, strict=True):
                 site.executor.shutdown()
-                site.recorder.node.destroy_node()
+                site.node.destroy_node()
                 rclpy.try_shutdown(context=context)
-    failed = {name: code for name, code in codes.items() if code not in (0, -signal.SIGINT)}
-    if failed:
-        raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
-    summary = summarize(_recorded(sites), options, recorded_s)
-    summary.update(network_summary(sites[0].recorder.link_states,
-                                   sites[1].recorder.link_states))
-    summary.update(safety_summary(_recorded(sites), sites[1].recorder.link_states, started_ns,
-                                  started_ns + int(recorded_s * 1e9)))
+        failed = {name: code for name, code in codes.items() if code not in (0, -signal.SIGINT)}
+        if failed:
+            raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
+        messages = {site.name: _read_bag(bag_root / BAG_DIRS[site.name], task_ended_ns)
+                    for site in sites}
+    summary = summarize(messages, options, recorded_s)
+    summary.update(network_summary(sites[0].link_states, sites[1].link_states))
+    summary.update(safety_summary(messages, sites[1].link_states, started_ns, task_ended_ns))
+    if replay:
+        summary["replay_of"] = str(options.replay)
+        summary.update(replay.deviation(messages))
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
         raise DemoError("the arm never followed the surgeon (see master_console.log)")
+    if options.report and options.record:
+        from telesurg.report import write_report
+
+        write_report(out, out)
     return summary
 
 
-def _recorded(sites: list[Site]) -> dict:
-    return {site.name: site.recorder.messages for site in sites}
+def _read_bag(path: Path, until_ns: int) -> dict[str, list[tuple[int, bytes]]]:
+    """A site's recording up to the end of the task (stopping the nodes is not the session)."""
+    with BagReader(path) as bag:
+        return {topic: [(t, data) for t, data in messages if t <= until_ns]
+                for topic, messages in bag.read_all().items()}
+
+
+def _clear_previous_run(out: Path, say) -> None:
+    """A run directory holds one run: the bags and report of an earlier one go."""
+    previous = [out / name for name in (*BAG_DIRS.values(), "report.html", "figures")
+                if (out / name).exists()]
+    if previous:
+        say(f"replacing the earlier run in {out}: {', '.join(p.name for p in previous)}")
+    for path in previous:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _helper_cpu_seconds(links) -> dict[str, float]:
     """CPU time of the processes that emulate the network and record the sites."""
     return {"emulated_links": cpu_seconds(links.process.pid),
-            "demo (recorders)": time.process_time()}
+            "demo": time.process_time()}
 
 
 def _node_label(site: Site, node) -> str:
@@ -387,7 +414,7 @@ def _wait_for_final_counters(sites: list[Site], options: DemoOptions) -> None:
     settled_ns = time.time_ns() + int((in_flight_s + 0.3) * 1e9)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S + in_flight_s
     while time.monotonic() < deadline:
-        if all(site.recorder.link_states and site.recorder.link_states[-1][0] > settled_ns
+        if all(site.link_states and site.link_states[-1][0] > settled_ns
                for site in sites):
             return
         time.sleep(0.05)
@@ -401,16 +428,20 @@ def _raise_if_dead(groups: list[NodeGroup], when: str) -> None:
                             f"(code {dead.process.poll()}):\n{dead.log_tail()}")
 
 
-def _wait_until_ready(groups: list[NodeGroup], recorded: dict) -> None:
-    """Wait until the arm reports its pose and the console is ready to engage."""
+def _wait_until_ready(groups: list[NodeGroup], sites: list[Site]) -> None:
+    """Wait until the arm reports its pose, the console is ready to engage and both sites are
+    being recorded."""
+    wanted = {(site.name, topic) for site in sites for topic in READY_TOPICS[site.name]}
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         _raise_if_dead(groups, "at start-up")
-        if recorded["patient"]["/psm/measured_cp"] and recorded["master"]["/console/following"]:
+        heard = {(site.name, topic) for site in sites for topic in site.heard}
+        if wanted <= heard and all(site.recording() for site in sites):
             return
         time.sleep(0.05)
     raise DemoError(f"the node graph did not come up within {STARTUP_TIMEOUT_S:.0f} s "
-                    "(no arm pose, or the console never got master and arm poses); see the logs")
+                    "(no arm pose, the console never got master and arm poses, or a recorder "
+                    "never joined); see the logs")
 
 
 def stamp_ns(message) -> int:
@@ -423,8 +454,8 @@ def decoded(messages: dict, site: str, topic: str) -> list[tuple[int, object]]:
 
     from telesurg.bridge_config import message_class
 
-    cls = message_class(RECORDED_TOPICS[topic])
-    return [(t, deserialize_message(data, cls)) for t, data in messages[site][topic]]
+    cls = message_class(SITE_TOPICS[site][topic])
+    return [(t, deserialize_message(data, cls)) for t, data in messages[site].get(topic, [])]
 
 
 def command_tips(commands) -> list[np.ndarray]:
@@ -449,11 +480,11 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
     changes = [(t, m.data) for t, m in decoded(messages, "master", "/console/following")]
     intervals = following_intervals(changes, command_times[-1] if commands else 0)
     clutches = sum(1 for _, m in decoded(messages, "master", "/console/clutch") if m.data)
-    servo = messages["master"]["/psm/servo_cp"]
+    servo = messages["master"].get("/psm/servo_cp", [])
     arrivals = [(t, stamp_ns(m)) for t, m in decoded(messages, "patient", "/psm/servo_cp")]
     servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
     return {
-        "task": options.task,
+        "task": "replay" if options.replay else options.task,
         "seed": options.seed,
         "duration_s": round(recorded_s, 3),
         "command_rate_hz": round((len(servo) - 1) / servo_span_s, 1) if servo_span_s else 0.0,

@@ -168,3 +168,65 @@ def largest_gap_within(arrivals, intervals) -> int:
             largest = max(largest, arrival - previous[0])
         previous = (arrival, current)
     return largest
+
+
+def path_deviation(reference_ns, reference_positions, replay_ns, replay_positions,
+                   offset_ns: int, search_ns: int = 500_000_000,
+                   step_ns: int = 1_000_000) -> tuple[int, np.ndarray]:
+    """How far a replayed path lies from a reference path, time-aligned: the replay's time t
+    is the reference's t - offset, with offset_ns refined within +-search_ns to the one that
+    minimises the median distance (the two sessions' latencies differ a little). Returns
+    that offset and, for each replay sample inside the reference's time span, its distance
+    to the reference position interpolated at the aligned time."""
+    reference_ns = np.asarray(reference_ns, dtype=np.int64)
+    reference = np.asarray(reference_positions, dtype=float)
+    replay_ns = np.asarray(replay_ns, dtype=np.int64)
+    replay = np.asarray(replay_positions, dtype=float)
+    if reference_ns.size < 2 or replay_ns.size == 0:
+        return offset_ns, np.array([])
+
+    def distances(offset: int) -> np.ndarray:
+        aligned = replay_ns - offset
+        inside = (aligned >= reference_ns[0]) & (aligned <= reference_ns[-1])
+        seconds = (aligned[inside] - reference_ns[0]) * 1e-9
+        grid = (reference_ns - reference_ns[0]) * 1e-9
+        expected = np.column_stack([np.interp(seconds, grid, reference[:, axis])
+                                    for axis in range(reference.shape[1])])
+        return np.linalg.norm(replay[inside] - expected, axis=1)
+
+    def median_distance(offset: int) -> float:
+        found = distances(offset)
+        return float(np.median(found)) if found.size else np.inf
+
+    best = min(range(offset_ns - search_ns, offset_ns + search_ns + 1, step_ns),
+               key=median_distance)
+    return best, distances(best)
+
+
+def in_step_until(reference: list[tuple[int, bool]], replay: list[tuple[int, bool]],
+                  offset_ns: int, from_ns: int, end_ns: int,
+                  tolerance_ns: int = 100_000_000) -> int:
+    """Replay time up to which a replay followed exactly when its reference did: the first
+    moment after from_ns at which one of them has been following and the other not for longer
+    than tolerance_ns, else end_ns. Both are (time, following) changes; the replay's time t
+    is the reference's t - offset_ns. Past that moment (a pause in one session only, say) the
+    arm paths differ for a reason other than the replay's fidelity."""
+    def state_at(changes: list[tuple[int, bool]], t: int) -> bool:
+        state = False
+        for when, following in changes:
+            if when > t:
+                break
+            state = following
+        return state
+
+    shifted = [(t + offset_ns, following) for t, following in reference]
+    moments = sorted({t for t, _ in shifted + replay if from_ns <= t <= end_ns})
+    for moment in moments:
+        if state_at(shifted, moment) == state_at(replay, moment):
+            continue
+        # They differ from here: a mismatch that outlasts the tolerance ends the comparison.
+        settle = moment + tolerance_ns
+        if not any(moment < t <= settle for t, _ in shifted + replay) or \
+                state_at(shifted, settle) != state_at(replay, settle):
+            return moment
+    return end_ns

@@ -72,10 +72,13 @@ class NodeGroup:
         self.nodes: list[NodeProcess] = []
 
     def start(self, spec: NodeSpec, ros_args: list[str]) -> NodeProcess:
+        return self.start_program(spec, ["--ros-args", "-r", f"__node:={spec.name}", *ros_args])
+
+    def start_program(self, spec: NodeSpec, arguments: list[str]) -> NodeProcess:
+        """Start `python -m spec.module ARGUMENTS` (a node, or a command of its own)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
-        command = [sys.executable, "-m", spec.module, "--ros-args",
-                   "-r", f"__node:={spec.name}", *ros_args]
+        command = [sys.executable, "-m", spec.module, *arguments]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 command, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
