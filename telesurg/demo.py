@@ -25,7 +25,7 @@ import numpy as np
 
 from telesurg.bag import BagReader
 from telesurg.bridge_config import LINK_STATE_TOPIC
-from telesurg.graph import BRIDGE, SITES, NodeSpec, nodes_of_site
+from telesurg.graph import BRIDGE, SITE_TOPICS, SITES, NodeSpec, nodes_of_site
 from telesurg.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
 from telesurg.linkem import PROFILES, Outage, outage_timeline
 from telesurg.metrics import (
@@ -40,7 +40,7 @@ from telesurg.metrics import (
 )
 from telesurg.params import ConfigError, load_parameter_file
 from telesurg.processes import NodeGroup, cpu_seconds
-from telesurg.recording import RECORDER_NODE_NAME, SITE_TOPICS
+from telesurg.recording import RECORDER_NODE_NAME
 from telesurg.resources import default_config, fastdds_profile
 from telesurg.session_replay import BAG_DIRS, ReplayPlan
 

@@ -171,28 +171,35 @@ def largest_gap_within(arrivals, intervals) -> int:
 
 
 def path_deviation(reference_ns, reference_positions, replay_ns, replay_positions,
-                   offset_ns: int, search_ns: int = 500_000_000,
-                   step_ns: int = 1_000_000) -> tuple[int, np.ndarray]:
+                   offset_ns: int, search_ns: int = 500_000_000, step_ns: int = 1_000_000,
+                   window_ns: int = 0) -> tuple[int, np.ndarray]:
     """How far a replayed path lies from a reference path, time-aligned: the replay's time t
     is the reference's t - offset, with offset_ns refined within +-search_ns to the one that
     minimises the median distance (the two sessions' latencies differ a little). Returns
     that offset and, for each replay sample inside the reference's time span, its distance
-    to the reference position interpolated at the aligned time."""
+    to the reference position at the aligned time or, with window_ns, the nearest reference
+    position within +-window_ns of it (so that a moment's delay in either session, which
+    shifts the path in time but not in space, does not count as deviation)."""
     reference_ns = np.asarray(reference_ns, dtype=np.int64)
     reference = np.asarray(reference_positions, dtype=float)
     replay_ns = np.asarray(replay_ns, dtype=np.int64)
     replay = np.asarray(replay_positions, dtype=float)
     if reference_ns.size < 2 or replay_ns.size == 0:
         return offset_ns, np.array([])
+    grid = (reference_ns - reference_ns[0]) * 1e-9
 
-    def distances(offset: int) -> np.ndarray:
+    def reference_at(seconds: np.ndarray) -> np.ndarray:
+        return np.stack([np.interp(seconds, grid, reference[:, axis])
+                         for axis in range(reference.shape[1])], axis=-1)
+
+    def distances(offset: int, window: int = 0) -> np.ndarray:
         aligned = replay_ns - offset
         inside = (aligned >= reference_ns[0]) & (aligned <= reference_ns[-1])
         seconds = (aligned[inside] - reference_ns[0]) * 1e-9
-        grid = (reference_ns - reference_ns[0]) * 1e-9
-        expected = np.column_stack([np.interp(seconds, grid, reference[:, axis])
-                                    for axis in range(reference.shape[1])])
-        return np.linalg.norm(replay[inside] - expected, axis=1)
+        shifts = np.arange(-window, window + 1, step_ns) * 1e-9 if window else np.zeros(1)
+        candidates = reference_at(seconds[:, None] + shifts[None, :])  # (samples, shifts, 3)
+        gaps = np.linalg.norm(candidates - replay[inside][:, None, :], axis=2)
+        return gaps.min(axis=1)
 
     def median_distance(offset: int) -> float:
         found = distances(offset)
@@ -200,7 +207,7 @@ def path_deviation(reference_ns, reference_positions, replay_ns, replay_position
 
     best = min(range(offset_ns - search_ns, offset_ns + search_ns + 1, step_ns),
                key=median_distance)
-    return best, distances(best)
+    return best, distances(best, window_ns)
 
 
 def in_step_until(reference: list[tuple[int, bool]], replay: list[tuple[int, bool]],

@@ -19,42 +19,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from telesurg.bag import BagError, BagWriter, make_qos
 from telesurg.bridge_config import message_class
+from telesurg.graph import SITE_TOPICS
 
-_POSE = "geometry_msgs/msg/PoseStamped"
-_JOINTS = "sensor_msgs/msg/JointState"
-_BOOL = "std_msgs/msg/Bool"
-_STRING = "std_msgs/msg/String"
-_DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
-#: Topics both sites have: the commands as the bridges carry them, the safety states and the
-#: bridge's own view of the links.
-_BOTH_SITES = {
-    "/psm/servo_cp": _POSE,
-    "/psm/jaw/servo_jp": _JOINTS,
-    "/psm/state_command": _STRING,
-    "/psm/operating_state": _STRING,
-    "/psm/measured_cp": _POSE,
-    "/console/following": _BOOL,
-    "/console/operator_present": _BOOL,
-    "/safety/status": _STRING,
-    "/bridge/link_state": _DIAGNOSTICS,
-    "/diagnostics": _DIAGNOSTICS,
-}
-#: The contract topics (DESIGN.md) that each site's recording holds.
-SITE_TOPICS = {
-    "master": {
-        "/mtm/measured_cp": _POSE,
-        "/mtm/gripper/measured_js": _JOINTS,
-        "/console/clutch": _BOOL,
-        **_BOTH_SITES,
-    },
-    "patient": {
-        **_BOTH_SITES,
-        "/psm/setpoint_cp": _POSE,
-        "/psm/measured_js": _JOINTS,
-        "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
-        "/joint_states": _JOINTS,
-    },
-}
 #: What the recorder's subscriptions ask for, by the QoS the topic's publishers offer in the
 #: contract: streams best effort (a reliable reader would not match them), states transient
 #: local (so the recording starts with the current state), the rest reliable; deep queues so

@@ -33,6 +33,9 @@ MASTER_BAG_TOPICS = {**SURGEON_TOPICS, "/psm/operating_state": "std_msgs/msg/Str
                      "/console/following": "std_msgs/msg/Bool"}
 PATIENT_BAG_TOPICS = {"/psm/measured_cp": "geometry_msgs/msg/PoseStamped"}
 BAG_DIRS = {"master": "master_bag", "patient": "patient_bag"}
+#: How far from the aligned time a replayed tip position may match the recorded path: the
+#: stalls of a busy machine delay either session by this order, in time but not in space.
+REPLAY_WINDOW_MS = 100.0
 
 
 def _decode(data: bytes, type_name: str):
@@ -124,15 +127,20 @@ class ReplayPlan:
 
     def deviation(self, messages: dict) -> dict:
         """How far the new session's arm tip path (its recorded messages by site and topic)
-        lies from the recorded one: replay_deviation_mm {p50, p99, max}, over the
-        replay_compared_s from the first engagement for which the console followed exactly
-        when it did in the recording (replay_in_step_to_end false if a pause or a stall in
-        one session only ended that early), and the time offset that aligned them."""
+        lies from the recorded one, from the first engagement for replay_compared_s: as long
+        as the console followed exactly when it did in the recording (replay_in_step_to_end
+        false if a pause or a stall in one session only ended that early).
+        replay_deviation_mm: each tip position's distance to the recorded path within
+        REPLAY_WINDOW_MS of the aligned time; replay_deviation_rigid_mm: to the recorded
+        position at the aligned time itself, which also counts the sessions' timing jitter
+        (a 50 ms stall at 20 mm/s is 1 mm); replay_offset_ms: the fitted time offset beyond
+        the alignment on the first engagement."""
         following = messages["master"].get("/console/following", [])
         engaged = first_engagement(following, 0)
         stamps, tips = tip_path(messages["patient"].get("/psm/measured_cp", []))
         if engaged is None or not stamps.size:
-            return {"replay_deviation_mm": percentiles([]), "replay_compared_s": 0.0,
+            return {"replay_deviation_mm": percentiles([]),
+                    "replay_deviation_rigid_mm": percentiles([]), "replay_compared_s": 0.0,
                     "replay_in_step_to_end": False, "replay_offset_ms": None}
         anchor = engaged - self.reference_engage_ns
         end = min(int(stamps[-1]), int(self.reference_ns[-1]) + anchor)
@@ -140,9 +148,13 @@ class ReplayPlan:
                                 anchor, engaged, end)
         # Before the engagement both arms only held their start pose.
         compared = (stamps >= engaged) & (stamps <= in_step)
-        offset, distances = path_deviation(self.reference_ns, self.reference_tips,
-                                           stamps[compared], tips[compared], anchor)
-        return {"replay_deviation_mm": percentiles(distances, 1000.0),
+        paths = (self.reference_ns, self.reference_tips, stamps[compared], tips[compared])
+        offset, rigid = path_deviation(*paths, anchor)
+        _, windowed = path_deviation(*paths, offset, search_ns=0,
+                                     window_ns=int(REPLAY_WINDOW_MS * 1e6))
+        return {"replay_deviation_mm": percentiles(windowed, 1000.0),
+                "replay_deviation_rigid_mm": percentiles(rigid, 1000.0),
+                "replay_window_ms": REPLAY_WINDOW_MS,
                 "replay_compared_s": round((in_step - engaged) * 1e-9, 3),
                 "replay_in_step_to_end": in_step == end,
                 "replay_offset_ms": round((offset - anchor) * 1e-6, 3)}

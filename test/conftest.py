@@ -22,6 +22,13 @@ def ros_env(monkeypatch):
     return env
 
 
+@pytest.fixture(scope="module")
+def ros_env_module():
+    """Environment for node processes on a fresh DDS domain, shared by a module's tests (this
+    process's own environment untouched)."""
+    return session_environment(next(_domains))
+
+
 @pytest.fixture
 def second_domain_id() -> int:
     """Another fresh DDS domain, for a second site."""

@@ -1,0 +1,83 @@
+"""Multi-process: a demo session is recorded as one rosbag2 bag per site that an independent
+MCAP reader accepts, reported, and replayed: a new session driven by the recorded surgeon
+moves the arm along the recorded path."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+
+from telesurg.graph import SITE_TOPICS
+
+# Whole sessions on a shared 2-core machine (see test_session.py).
+pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=1)
+
+
+def run_demo(env, *args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "telesurg.cli", "demo", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory, ros_env_module):
+    out = tmp_path_factory.mktemp("run")
+    result = run_demo(ros_env_module, "--duration", "15", "--seed", "4", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def mcap_messages(bag_dir: Path) -> dict[str, list]:
+    """Every message of a bag's MCAP file by topic, decoded by the mcap packages."""
+    (path,) = bag_dir.glob("*.mcap")
+    found: dict[str, list] = {}
+    with open(path, "rb") as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        for schema, channel, _, message in reader.iter_decoded_messages():
+            found.setdefault(channel.topic, []).append((schema.name, message))
+    return found
+
+
+def test_a_session_leaves_bags_an_independent_reader_accepts_and_a_report(recorded_run):
+    summary = json.loads((recorded_run / "summary.json").read_text())
+    master = mcap_messages(recorded_run / "master_bag")
+    patient = mcap_messages(recorded_run / "patient_bag")
+    for site, found in (("master", master), ("patient", patient)):
+        metadata = (recorded_run / f"{site}_bag" / "metadata.yaml").read_text()
+        for topic, messages in found.items():
+            assert topic in SITE_TOPICS[site]
+            assert {name for name, _ in messages} == {SITE_TOPICS[site][topic]}
+            assert f"name: {topic}" in metadata
+    # The streams of the session are there, as many as the session's own figures say.
+    assert len(patient["/forward_position_controller/commands"]) >= summary["controller_ticks"]
+    assert len(master["/psm/servo_cp"]) >= 0.9 * summary["command_rate_hz"] * 10
+    states = {message.data for _, message in master["/psm/operating_state"]}
+    assert "ENABLED" in states
+    following = [message.data for _, message in master["/console/following"]]
+    assert following.count(True) >= summary["engagements"]
+    tip = patient["/psm/measured_cp"][-1][1].pose.position
+    assert -0.3 < tip.z < 0.0  # the tool tip below the remote center, in metres
+    report = (recorded_run / "report.html").read_text()
+    figures = sorted((recorded_run / "figures").glob("*.png"))
+    assert len(figures) >= 5
+    for figure in figures:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{figure.name}" in report
+
+
+def test_a_replay_of_the_recorded_surgeon_moves_the_arm_along_the_recorded_path(
+        recorded_run, ros_env_module, tmp_path):
+    result = run_demo(ros_env_module, "--replay", str(recorded_run), "--out", str(tmp_path),
+                      "--no-report")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    deviation = summary["replay_deviation_mm"]
+    # The design figure is p99 <= 0.5 mm; the tail here is this shared machine's stalls. A
+    # replay that engaged at another moment, or played another timing, is off by 5-20 mm.
+    assert deviation["p50"] <= 0.3, summary
+    assert deviation["p99"] <= 2.0, summary
+    assert summary["replay_compared_s"] >= 5.0, summary
+    assert summary["engagements"] >= 1
