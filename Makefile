@@ -10,7 +10,15 @@ STAMP := $(VENV)/.telesurg-installed
 
 setup: $(STAMP)
 
+# As root, also the Debian packages of the Gazebo file checks: SDFormat 12 (the parser Gazebo
+# uses) and a compiler for the small checker the tests build. Otherwise those tests skip,
+# naming the packages to install.
+DEBIAN_PACKAGES := g++ pkg-config libsdformat-dev
+
 $(STAMP): requirements.txt setup.py setup.cfg package.xml
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
+	  apt-get update -qq && apt-get install -y -qq $(DEBIAN_PACKAGES); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
 	$(PY) -m pip install --quiet -r requirements.txt

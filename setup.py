@@ -1,10 +1,19 @@
 """ament_python package definition for telesurg (colcon and pip alike)."""
 
 from glob import glob
+from os.path import isfile
 
 from setuptools import find_packages, setup
 
 PACKAGE = "telesurg"
+#: Installed whole under share/telesurg: every file in them, whatever its kind.
+SHARE_FOLDERS = ("launch", "config", "worlds", "description")
+
+
+def share(folder: str) -> tuple[str, list[str]]:
+    return f"share/{PACKAGE}/{folder}", sorted(path for path in glob(f"{folder}/*")
+                                               if isfile(path))
+
 
 setup(
     name=PACKAGE,
@@ -13,9 +22,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
-        (f"share/{PACKAGE}/description", glob("description/*.urdf")),
+        *(share(folder) for folder in SHARE_FOLDERS),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

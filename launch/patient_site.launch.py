@@ -1,9 +1,12 @@
 """Launch the patient site of a two-machine telesurg session (full ROS 2 install).
 
-    ros2 launch telesurg patient_site.launch.py [config:=...] [bridge_config:=...]
+    ros2 launch telesurg patient_site.launch.py [sim:=mujoco|gazebo|none] key_file:=... \
+        link_a_bind:=... [record:=true] [rviz:=true]
 
 Its nodes come from telesurg.graph (the same list `telesurg demo` uses) plus the bridge, the
-only path to the other site. Give each site its own ROS_DOMAIN_ID.
+only path to the other site, and the arm: the MuJoCo simulator node (sim:=mujoco), Gazebo Sim
+with ros2_control (sim:=gazebo, gazebo.launch.py) or a real arm's ros2_control (sim:=none).
+Give each site its own ROS_DOMAIN_ID. `--show-args` lists the arguments.
 """
 
 from telesurg.site_launch import site_launch_description

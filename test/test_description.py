@@ -1,4 +1,8 @@
-"""The arm's URDF (description/psm.urdf) agrees with telesurg.kinematics, as URDF and in MuJoCo."""
+"""The arm's URDF (description/psm.urdf) agrees with telesurg.kinematics, as URDF (read here and
+by yourdfpy, an independent URDF library) and in MuJoCo.
+
+Gazebo's view of the same file (SDFormat's conversion, ros2_control) is test_gazebo_files.py's.
+"""
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -8,11 +12,21 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from telesurg.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
+from telesurg.kinematics import (
+    ARM_JOINT_NAMES,
+    BASE_FRAME,
+    HOME_POSITIONS,
+    JOINT_LIMITS,
+    JOINT_NAMES,
+    forward,
+)
+from telesurg.simulation import ArmSimulation
 
 URDF_PATH = Path(__file__).resolve().parents[1] / "description" / "psm.urdf"
-ROOT_LINK = "psm_base"
+ROOT_LINK = BASE_FRAME
 TIP_LINK = "tool_tip"
+#: The link whose z axis is the instrument shaft (kinematics: after Rz(roll)).
+SHAFT_LINK = "roll_link"
 
 #: Joint type and axis (in the joint frame), as kinematics.py assumes them.
 EXPECTED_JOINTS = {
@@ -72,14 +86,17 @@ def joint_transform(joint: ET.Element, value: float) -> np.ndarray:
     return transform @ motion
 
 
-def urdf_link_pose(robot: ET.Element, link: str, positions: dict[str, float]) -> np.ndarray:
-    """Pose of `link` in the root link, walking the URDF's joints from the link to the root."""
+def urdf_link_pose(robot: ET.Element, link: str, positions: dict[str, float] | None = None
+                   ) -> np.ndarray:
+    """Pose of `link` in the root link, walking the URDF's joints from the link to the root
+    (joint values by name; None: every joint at zero)."""
     parent_joints = {joint.find("child").get("link"): joint for joint in robot.findall("joint")}
     pose = np.eye(4)
     while link in parent_joints:
         joint = parent_joints[link]
-        pose = joint_transform(joint, positions[joint.get("name")]
-                               if joint.get("type") != "fixed" else 0.0) @ pose
+        value = 0.0 if positions is None or joint.get("type") == "fixed" else positions[
+            joint.get("name")]
+        pose = joint_transform(joint, value) @ pose
         link = joint.find("parent").get("link")
     assert link == ROOT_LINK
     return pose
@@ -157,3 +174,64 @@ def test_mujoco_tool_tip_matches_forward_kinematics_without_contacts(model):
         np.testing.assert_allclose(data.xpos[tip.id], expected[:3, 3], atol=1e-6)
         np.testing.assert_allclose(data.xmat[tip.id].reshape(3, 3), expected[:3, :3], atol=1e-6)
         assert data.ncon == 0
+
+
+def test_root_is_the_base_frame_without_inertia(robot):
+    """The kinematics' base frame is the URDF root; KDL (robot_state_publisher) refuses an
+    inertia on the root link."""
+    children = {joint.find("child").get("link") for joint in robot.findall("joint")}
+    (root,) = [link for link in robot.findall("link") if link.get("name") not in children]
+    assert root.get("name") == ROOT_LINK
+    assert root.find("inertial") is None
+
+
+def test_mujoco_simulation_loads_the_urdf_and_holds_home():
+    """The simulator's own model (servos, gravity compensation) still compiles from the file
+    with its Gazebo and ros2_control elements, and holds the start pose."""
+    simulation = ArmSimulation(URDF_PATH, 0.001, HOME_POSITIONS)
+    simulation.command(HOME_POSITIONS)
+    simulation.step(300)
+    np.testing.assert_allclose(simulation.positions(), HOME_POSITIONS, atol=1e-6)
+    assert simulation.model.nu == len(JOINT_NAMES)
+
+
+@pytest.fixture(scope="module")
+def yourdf():
+    yourdfpy = pytest.importorskip(
+        "yourdfpy", reason="yourdfpy is not installed: .venv/bin/pip install -r requirements.txt")
+    return yourdfpy.URDF.load(str(URDF_PATH), build_scene_graph=True, load_meshes=False,
+                              build_collision_scene_graph=False, load_collision_meshes=False)
+
+
+def test_yourdfpy_reads_the_joints_the_kinematics_has(yourdf):
+    assert yourdf.validate()
+    assert yourdf.base_link == ROOT_LINK
+    assert tuple(yourdf.actuated_joint_names) == JOINT_NAMES
+    joints = {joint.name: joint for joint in yourdf.robot.joints}
+    for name in JOINT_NAMES:
+        joint = joints[name]
+        assert joint.type == EXPECTED_JOINTS[name][0], name
+        np.testing.assert_array_equal(joint.axis, EXPECTED_JOINTS[name][1], err_msg=name)
+        expected = JOINT_LIMITS[name]
+        assert (joint.limit.lower, joint.limit.upper, joint.limit.velocity,
+                joint.limit.effort) == (expected.lower, expected.upper, expected.velocity,
+                                        expected.effort), name
+
+
+def test_yourdfpy_forward_kinematics_matches_the_module(yourdf):
+    for positions in random_positions(200, seed=12):
+        yourdf.update_cfg(dict(zip(JOINT_NAMES, positions, strict=True)))
+        tip = yourdf.get_transform(frame_to=TIP_LINK, frame_from=ROOT_LINK)
+        np.testing.assert_allclose(tip, forward(positions[:len(ARM_JOINT_NAMES)]), atol=1e-6)
+
+
+def test_yourdfpy_shaft_pivots_about_the_rcm(yourdf):
+    """Whatever the joints, the instrument shaft's axis passes through the base origin (the
+    RCM), and the wrist pitch axis is `insertion` down the shaft from it."""
+    insertion = JOINT_NAMES.index("outer_insertion")
+    for positions in random_positions(200, seed=13):
+        yourdf.update_cfg(dict(zip(JOINT_NAMES, positions, strict=True)))
+        shaft = yourdf.get_transform(frame_to=SHAFT_LINK, frame_from=ROOT_LINK)
+        wrist, direction = shaft[:3, 3], shaft[:3, 2]
+        assert np.linalg.norm(np.cross(direction, -wrist)) < 1e-9  # RCM on the shaft axis
+        assert np.dot(direction, wrist) == pytest.approx(positions[insertion], abs=1e-9)
