@@ -3,8 +3,9 @@
 Plain Python over the `rosbags` library (no rclpy): the bags are real rosbag2 directories
 (metadata.yaml and one MCAP or sqlite3 file) that `ros2 bag info`, `ros2 bag play` and the MCAP
 tools accept. A BagWriter checkpoints every second (the open chunk written out, metadata.yaml
-rewritten), so a crashed recording loses at most the last second; readers here accept such an
-unclosed bag. Every problem reading a bag is a BagError whose message names the file.
+rewritten and marked as a recording in progress), so a crashed recording loses at most the last
+second; readers here accept such an unclosed bag, while a closed bag cut short is an error.
+Every problem reading a bag is a BagError whose message names the file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from rosbags.interfaces import (
     Qos,
     QosDurability,
@@ -35,6 +37,9 @@ STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 #: package's message wheels come from.
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 CHECKPOINT_PERIOD_S = 1.0
+#: metadata.yaml custom_data of a bag whose recording has not closed it (yet).
+RECORDING_KEY = "telesurg.recording"
+IN_PROGRESS = "in progress"
 
 
 class BagError(Exception):
@@ -71,7 +76,10 @@ class BagWriter:
         self.path = path
         self._writer = Writer(path, version=Writer.VERSION_LATEST,
                               storage_plugin=STORAGES[storage])
-        self._writer.open()
+        try:
+            self._writer.open()
+        except OSError as error:  # e.g. a parent that is a file, or not writable
+            raise BagError(f"{path}: cannot create the bag: {error.strerror}") from None
         self._connections: dict[str, object] = {}
         self._last_checkpoint = time.monotonic()
         self.checkpoint()
@@ -101,13 +109,17 @@ class BagWriter:
             storage.bio.flush()
         else:  # sqlite3
             storage.conn.commit()
-        # rosbags writes metadata.yaml on close; a copy closed over no storage writes it now.
+        # rosbags writes metadata.yaml on close; a copy closed over no storage writes it now,
+        # marked as a recording in progress: a reader then knows that a missing MCAP summary
+        # means a recorder that died, not a file cut short.
+        self._writer.set_custom_data(RECORDING_KEY, IN_PROGRESS)
         shadow = copy.copy(self._writer)
         shadow.storage = _NoStorage(storage.path)
         shadow.close()
         self._last_checkpoint = time.monotonic()
 
     def close(self) -> None:
+        self._writer.custom_data.pop(RECORDING_KEY, None)
         self._writer.close()
 
     @property
@@ -133,6 +145,9 @@ class BagReader:
             if "end magic" not in str(error):
                 raise BagError(f"{self.path}: not a readable rosbag2 bag: {_reason(error)}") \
                     from None
+            if not self._recording_in_progress():
+                raise BagError(f"{self.path}: truncated: its MCAP file ends before the summary "
+                               "a closed bag has, so messages are missing") from None
             self._reader = self._open_unclosed()
         self.topics = {
             c.topic: BagTopic(c.topic, c.msgtype, c.msgcount,
@@ -140,6 +155,16 @@ class BagReader:
             for c in self._reader.connections}
         self.start_ns = self._reader.start_time
         self.end_ns = self._reader.end_time
+
+    def _recording_in_progress(self) -> bool:
+        """Whether metadata.yaml says a telesurg recording had not closed the bag: its
+        recorder died (the bag holds what it wrote up to its last checkpoint)."""
+        try:
+            metadata = yaml.safe_load((self.path / "metadata.yaml").read_text())
+            custom = metadata["rosbag2_bagfile_information"].get("custom_data") or {}
+        except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+            return False
+        return custom.get(RECORDING_KEY) == IN_PROGRESS
 
     @staticmethod
     def _open(path: Path) -> Reader:
@@ -159,7 +184,8 @@ class BagReader:
         if self.path.is_dir() and (self.path / "metadata.yaml").exists():
             shutil.copy(self.path / "metadata.yaml", copy_dir)
         with open(mcap, "rb") as source, open(copy_dir / mcap.name, "wb") as target:
-            target.write(complete_mcap_records(source.read()) + MCAP_CLOSED_END)
+            records = complete_mcap_records(source.read())
+            target.write(records + closed_mcap_end(records))
         self.unclosed = True
         try:
             return self._open(copy_dir if self.path.is_dir() else copy_dir / mcap.name)
@@ -226,6 +252,64 @@ def complete_mcap_records(data: bytes) -> bytes:
         offset += 9 + length
         end = offset
     return data[:end]
+
+
+def closed_mcap_end(records: bytes) -> bytes:
+    """What closes MCAP records cut by complete_mcap_records: a Data End record, a summary of
+    Chunk Index records when every message is in a chunk with its Message Index records (as
+    telesurg's and rosbag2's writers write them), and the footer. With the chunk indexes a
+    reader merges the chunks by time; without them it needs the whole file in time order,
+    which a recording of several topics is not (each topic's queue is written in turn)."""
+    indexes = _mcap_chunk_indexes(records)
+    if not indexes:
+        return MCAP_CLOSED_END
+    data_end = b"\x0f" + struct.pack("<QI", 4, 0)
+    # Statistics (counts left to the reader's scan: only the chunk count is filled in).
+    statistics = struct.pack("<QHIIIIQQI", 0, 0, 0, 0, 0, len(indexes), 0, 0, 0)
+    summary = b"".join(indexes) + b"\x0b" + struct.pack("<Q", len(statistics)) + statistics
+    summary_start = len(records) + len(data_end)
+    return (data_end + summary + b"\x02" + struct.pack("<QQQI", 20, summary_start, 0, 0)
+            + MCAP_MAGIC)
+
+
+def _mcap_chunk_indexes(records: bytes) -> list[bytes]:
+    """Chunk Index records for the chunks of MCAP records; empty if a message is outside a
+    chunk or a chunk has no Message Index records after it (readers skip such chunks)."""
+    chunks: list[list] = []
+    offset = len(MCAP_MAGIC)
+    follows_chunk = False
+    while offset + 9 <= len(records):
+        opcode = records[offset]
+        (length,) = struct.unpack_from("<Q", records, offset + 1)
+        body = offset + 9
+        if opcode == 0x05:
+            return []
+        if opcode == 0x06:
+            start, end, uncompressed, _ = struct.unpack_from("<QQQI", records, body)
+            (name_length,) = struct.unpack_from("<I", records, body + 28)
+            compression = records[body + 32:body + 32 + name_length]
+            (compressed,) = struct.unpack_from("<Q", records, body + 32 + name_length)
+            chunks.append([start, end, offset, 9 + length, {}, 0, compression, compressed,
+                           uncompressed])
+            follows_chunk = True
+        elif opcode == 0x07 and follows_chunk:
+            (channel,) = struct.unpack_from("<H", records, body)
+            chunks[-1][4][channel] = offset
+            chunks[-1][5] += 9 + length
+        else:
+            follows_chunk = False
+        offset = body + length
+    indexes = []
+    for start, end, at, size, index_offsets, index_length, compression, compressed, \
+            uncompressed in chunks:
+        if not index_offsets:
+            return []
+        offsets = b"".join(struct.pack("<HQ", c, o) for c, o in index_offsets.items())
+        body = (struct.pack("<QQQQI", start, end, at, size, len(offsets)) + offsets
+                + struct.pack("<QI", index_length, len(compression)) + compression
+                + struct.pack("<QQ", compressed, uncompressed))
+        indexes.append(b"\x08" + struct.pack("<Q", len(body)) + body)
+    return indexes
 
 
 def _reason(error: Exception) -> str:

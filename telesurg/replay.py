@@ -58,7 +58,9 @@ def check_topics(reader: BagReader, wanted: list[str] | None) -> list[str]:
 def publisher_qos(topic: BagTopic):
     """The QoS the recorded publishers offered (the first of them). Discovery does not carry
     history and depth, so a recording (telesurg's or rosbag2's) says unknown and 0: those
-    become keep-last 1, the latest wins, as every telesurg publisher keeps."""
+    become keep-last 1, the latest wins, as every telesurg publisher keeps. A policy the
+    recording does not know (or manual-by-node liveliness, which ROS 2 no longer offers) is
+    left to the middleware's default."""
     from rclpy.qos import (
         DurabilityPolicy,
         HistoryPolicy,
@@ -70,19 +72,26 @@ def publisher_qos(topic: BagTopic):
     if not topic.qos:
         return QoSProfile(depth=10)
     offered = topic.qos[0]
-    known_history = offered.history in (QosHistory.KEEP_LAST, QosHistory.KEEP_ALL)
+
+    def policy(kind, recorded, usable):
+        return kind(recorded.value) if recorded.name in usable else kind.SYSTEM_DEFAULT
+
     return QoSProfile(
-        history=HistoryPolicy(offered.history.value) if known_history else HistoryPolicy.KEEP_LAST,
+        history=policy(HistoryPolicy, offered.history, ("KEEP_LAST", "KEEP_ALL"))
+        if offered.history != QosHistory.UNKNOWN else HistoryPolicy.KEEP_LAST,
         depth=max(1, offered.depth),
-        reliability=ReliabilityPolicy(offered.reliability.value),
-        durability=DurabilityPolicy(offered.durability.value),
-        liveliness=LivelinessPolicy(offered.liveliness.value))
+        reliability=policy(ReliabilityPolicy, offered.reliability, ("RELIABLE", "BEST_EFFORT")),
+        durability=policy(DurabilityPolicy, offered.durability, ("TRANSIENT_LOCAL", "VOLATILE")),
+        liveliness=policy(LivelinessPolicy, offered.liveliness, ("AUTOMATIC", "MANUAL_BY_TOPIC")))
 
 
 class Player:
     """Publishes topics of an open bag on a node, from start_s into the bag, at rate."""
 
     HOLD_PERIOD_S = 0.004
+    #: How long the publishers stay after the last message: it may still be on its way (in
+    #: shared memory, it is lost when its publisher goes).
+    LINGER_S = 0.5
 
     def __init__(self, node, reader: BagReader, topics: list[str], start_s: float = 0.0,
                  rate: float = 1.0):
@@ -102,10 +111,15 @@ class Player:
         self.publishers[topic].publish(data)
         self.published += 1
 
+    #: After a publisher sees its subscriber, the subscriber may not yet see the publisher
+    #: (discovery is two-way) and would drop what it sends meanwhile.
+    MATCH_SETTLE_S = 0.5
+
     def wait_for_subscribers(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if all(p.get_subscription_count() > 0 for p in self.publishers.values()):
+                time.sleep(self.MATCH_SETTLE_S)
                 return
             time.sleep(0.05)
 
@@ -124,6 +138,15 @@ class Player:
             for topic, data in first.items():
                 self._publish(topic, data)
             time.sleep(self.HOLD_PERIOD_S)
+
+    def linger(self, timeout_s: float = 2.0) -> None:
+        """Let the last messages reach the subscribers before the publishers are destroyed:
+        reliable ones until acknowledged (within timeout_s), every one for LINGER_S."""
+        from rclpy.duration import Duration
+
+        for publisher in self.publishers.values():
+            publisher.wait_for_all_acked(Duration(seconds=timeout_s))
+        time.sleep(self.LINGER_S)
 
     def _publish_latched(self) -> None:
         if not self._latched_published:
@@ -171,6 +194,7 @@ def run_replay(bag_path: Path, rate: float, start_s: float, topics: list[str] | 
                 player.play(threading.Event())
                 if not loop:
                     break
+            player.linger()
     except (BagError, LookupError) as error:
         print(f"telesurg replay: {error}", file=sys.stderr)
         return 2

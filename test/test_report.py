@@ -2,16 +2,18 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 from std_msgs.msg import Bool, String
 
-from telesurg.bag import BagWriter
+from telesurg.bag import IN_PROGRESS, RECORDING_KEY, BagWriter
 from telesurg.metrics import tracking_errors
 from telesurg.report import (
     FIGURES,
@@ -284,12 +286,29 @@ def test_a_bag_without_some_topics_skips_their_figures(tmp_path, capsys):
     assert not (tmp_path / "out" / "figures" / "command_age.png").exists()
 
 
-def test_a_truncated_bag_is_read_up_to_its_last_complete_chunk(run_dir, tmp_path, capsys):
-    # As a recording whose recorder crashed (telesurg.bag reads such bags): the report says so.
+def cut_in_half(run_dir: Path, tmp_path: Path) -> Path:
     bag = tmp_path / "patient_bag"
     shutil.copytree(run_dir / "patient_bag", bag)
     mcap = bag / "patient_bag.mcap"
     mcap.write_bytes(mcap.read_bytes()[:mcap.stat().st_size // 2])
+    return bag
+
+
+def test_a_closed_bag_cut_short_is_refused_in_one_line(run_dir, tmp_path, capsys):
+    bag = cut_in_half(run_dir, tmp_path)
+    assert run_report(bag, tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{bag}: truncated" in error
+
+
+def test_a_recording_whose_recorder_died_is_read_up_to_its_last_chunk(run_dir, tmp_path,
+                                                                      capsys):
+    bag = cut_in_half(run_dir, tmp_path)
+    # What a recorder's last checkpoint leaves in metadata.yaml (telesurg.bag).
+    metadata_path = bag / "metadata.yaml"
+    metadata = yaml.safe_load(metadata_path.read_text())
+    metadata["rosbag2_bagfile_information"]["custom_data"] = {RECORDING_KEY: IN_PROGRESS}
+    metadata_path.write_text(yaml.safe_dump(metadata))
     assert run_report(bag, tmp_path / "out") == 0
     assert "was never closed" in (tmp_path / "out" / "report.html").read_text()
     assert "Traceback" not in capsys.readouterr().err
