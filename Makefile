@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.telesurg-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q test
+
+bench: setup
+	$(VENV)/bin/telesurg bench
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from telesurg.bag import STORAGES, BagError
+from telesurg.bench import BENCHMARKS, RESULTS_PATH
 from telesurg.graph import SITES
 from telesurg.linkem import PROFILES, parse_outage
 from telesurg.operator import STATE_COMMANDS, parse_domain
@@ -43,6 +44,13 @@ def _start(text: str) -> float:
     return value
 
 
+def _benchmark(text: str) -> str:
+    if text != "all" and text not in BENCHMARKS:
+        raise argparse.ArgumentTypeError(f"no benchmark {text!r}: one of all, "
+                                         f"{', '.join(BENCHMARKS)}")
+    return text
+
+
 def _domain(text: str) -> int:
     try:
         return parse_domain(text)
@@ -50,10 +58,14 @@ def _domain(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _add_site_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
+def _add_domain_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", type=_domain, default=None, metavar="N",
                         help="DDS domain id of the site, in [0, 232] (default: ROS_DOMAIN_ID, "
                              "else 0)")
+
+
+def _add_site_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
+    _add_domain_option(parser)
     parser.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="S",
                         help=timeout_help)
 
@@ -116,9 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--out", type=Path, required=True, help="bag directory to create")
     record.add_argument("--storage", choices=tuple(STORAGES), default="mcap",
                         help="storage format (default: mcap)")
-    record.add_argument("--domain", type=_domain, default=None, metavar="N",
-                        help="DDS domain id of the site, in [0, 232] (default: ROS_DOMAIN_ID, "
-                             "else 0)")
+    _add_domain_option(record)
     replay = commands.add_parser(
         "replay", help="publish a recorded bag with its original timing and QoS",
         description="Publish the messages of BAG (a rosbag2 directory, or an .mcap or .db3 "
@@ -139,9 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--wait-subscribers", type=_start, default=0.0, metavar="S",
                         help="first wait up to S seconds until every played topic has a "
                              "subscriber (default: 0, start at once)")
-    replay.add_argument("--domain", type=_domain, default=None, metavar="N",
-                        help="DDS domain id to publish in, in [0, 232] (default: ROS_DOMAIN_ID, "
-                             "else 0)")
+    _add_domain_option(replay)
     report = commands.add_parser(
         "report", help="write report.html with figures from a run directory or a bag",
         description="Read RUN_DIR (master_bag, patient_bag and summary.json of `telesurg "
@@ -152,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("source", type=Path, metavar="RUN_DIR_OR_BAG")
     report.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="where to write report.html (default: RUN_DIR, or beside the bag)")
+    bench = commands.add_parser(
+        "bench", help="measure telesurg against raw UDP, a single link and Zenoh",
+        description="Run benchmarks (all by default, as `make bench` does), print a Markdown "
+                    "table of their figures with the command behind each, and merge them into "
+                    "bench/results.json. overhead: bridge-added latency over raw UDP; "
+                    "throughput: highest sustained command rate per bridge; failover: one of two "
+                    "links lost mid-stream, dual link against single link; freeze: all links "
+                    "cut (network namespaces) to arm held; end_to_end: master device to joint "
+                    "command; zenoh: Eclipse Zenoh on the same emulated links and outage.")
+    bench.add_argument("names", nargs="*", type=_benchmark, metavar="NAME",
+                       help="benchmarks to run: " + ", ".join(BENCHMARKS) + " (default: all)")
+    bench.add_argument("--results", type=Path, default=RESULTS_PATH, metavar="FILE",
+                       help=f"results file to merge into (default: {RESULTS_PATH})")
     commands.add_parser(
         "linkem", add_help=False,
         help="emulate a long-distance link between two UDP endpoints (delay, jitter, loss, "
@@ -225,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_replay(args.bag, args.rate, args.start, args.topics, args.loop, args.domain,
                           args.wait_subscribers)
+    if args.command == "bench":
+        from telesurg.bench import run_bench
+
+        return run_bench(args.names, args.results)
     if args.command == "report":
         from telesurg.report import run_report
 
