@@ -6,7 +6,8 @@ patient site (bridge, safety supervisor, arm controller, MuJoCo simulator), each
 domain, joined only by the two bridges over links a and b. The links run either through the
 demo's emulated-links process (lan, geostationary_satellite, ... profiles; EmulatedLinks cuts
 them) or, with netns=True, over two veth pairs between two network namespaces, the master
-site's processes in one and the patient site's in the other (`ip link set DEV down` cuts them).
+site's processes in one and the patient site's in the other (`ip link set DEV down` cuts them;
+telesurg.bench.sessions, shared with the benchmarks, makes them and picks the DDS domains).
 
 The test process watches both sites through a SiteProbe each: a probe process (site_probe.py)
 on the site's domain, started inside the site's network namespace when there is one (a process,
@@ -32,7 +33,6 @@ import contextlib
 import itertools
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -42,14 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from telesurg.bridge_config import (
-    LINK_STATE_TOPIC,
-    ROLES,
-    default_bridge_config_path,
-    message_class,
+from telesurg.bench.sessions import (
+    Namespaces,
+    NetnsUnavailable,  # noqa: F401 - the fault tests catch it from here
+    pick_domain_pair,
+    start_in_namespace,
 )
+from telesurg.bridge_config import LINK_STATE_TOPIC, message_class
 from telesurg.demo import (
     DEMO_LINK_TIMEOUT_MS,
     DemoOptions,
@@ -69,116 +69,6 @@ STARTUP_TIMEOUT_S = 60.0
 RETRY_S = 0.5  # how often enable / resume are repeated until they take
 ARM_CONTROLLER = "arm_controller"
 FOLLOWING = "following servo commands"  # the arm controller's diagnostic while it follows
-
-
-class NetnsUnavailable(RuntimeError):
-    """Network namespaces cannot be created here; the message says why."""
-
-
-# -- network namespaces ------------------------------------------------------------------------
-
-#: Each link a /30 of its own, only ever inside a session's namespaces: .1 master, .2 patient.
-SUBNETS = {"a": "10.214.1", "b": "10.214.2"}
-PORTS = {"a": 47201, "b": 47202}
-HOSTS = {"master": 1, "patient": 2}
-_namespace_runs = iter(range(10**6))
-
-
-def ip(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True,
-                          timeout=20)
-
-
-def ip_ok(*args: str, stdin: str | None = None) -> None:
-    result = ip(*args, stdin=stdin)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-
-
-class Namespaces:
-    """Two network namespaces, master and patient, joined by veth pairs a and b."""
-
-    def __init__(self):
-        tag = f"{os.getpid() % 100000}{next(_namespace_runs) % 100}"
-        self.names = {role: f"telesurg-fault-{tag}-{role}" for role in ROLES}
-        self.devices = {(link, role): f"tf{link}{role[0]}{tag}" for link in SUBNETS
-                        for role in ROLES}
-        self.created: list[str] = []
-
-    def create(self) -> None:
-        for name in self.names.values():
-            try:
-                result = ip("netns", "add", name)
-            except FileNotFoundError:
-                raise NetnsUnavailable("the ip command (iproute2) is not installed") from None
-            if result.returncode != 0:
-                if not self.created:
-                    raise NetnsUnavailable(f"cannot create network namespaces (needs root): "
-                                           f"ip netns add: {result.stderr.strip()}")
-                raise RuntimeError(f"ip netns add {name}: {result.stderr.strip()}")
-            self.created.append(name)
-            ip_ok("-n", name, "link", "set", "lo", "up")  # each site's DDS runs on loopback
-        for link, subnet in SUBNETS.items():
-            ip_ok("link", "add", self.devices[link, "master"], "netns", self.names["master"],
-                  "type", "veth", "peer", "name", self.devices[link, "patient"],
-                  "netns", self.names["patient"])
-            for role, name in self.names.items():
-                ip_ok("-n", name, "addr", "add", f"{subnet}.{HOSTS[role]}/30",
-                      "dev", self.devices[link, role])
-                ip_ok("-n", name, "link", "set", self.devices[link, role], "up")
-
-    def bridge_config(self, folder: Path, link_timeout_ms: float) -> Path:
-        """The default bridge configuration, each link bound to its veth address and device."""
-        document = yaml.safe_load(default_bridge_config_path().read_text())
-        document["key_file"] = "bridge.key"
-        document["link_timeout_ms"] = link_timeout_ms
-        for link in document["links"]:
-            name = link["name"]
-            for role, other in (ROLES, ROLES[::-1]):
-                link[role] = {"bind": f"{SUBNETS[name]}.{HOSTS[role]}:{PORTS[name]}",
-                              "peer": f"{SUBNETS[name]}.{HOSTS[other]}:{PORTS[name]}",
-                              "interface": self.devices[name, role]}
-        path = folder / "bridge.yaml"
-        path.write_text(yaml.safe_dump(document))
-        return path
-
-    def set_links(self, links, down: bool) -> tuple[int, int]:
-        """Take the master end of the links down (or up) in one `ip -batch`; returns
-        time.time_ns() just before and just after."""
-        commands = "".join(f"link set dev {self.devices[link, 'master']} "
-                           f"{'down' if down else 'up'}\n" for link in links)
-        before = time.time_ns()
-        ip_ok("-n", self.names["master"], "-batch", "-", stdin=commands)
-        return before, time.time_ns()
-
-    def delete(self) -> None:
-        for name in self.created:
-            ip("netns", "del", name)  # destroys the veth pairs with it
-        self.created.clear()
-
-
-def _prepare_node(niceness: int) -> None:
-    """In the child before exec, as telesurg.processes does for the demo's nodes."""
-    die_with_parent()
-    if niceness:
-        with contextlib.suppress(PermissionError):
-            os.setpriority(os.PRIO_PROCESS, 0, niceness)
-
-
-def start_in_namespace(group: NodeGroup, namespace: str, spec, ros_args: list[str]):
-    """NodeGroup.start, inside a network namespace (`ip netns exec` execs: same process)."""
-    group.log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = group.log_dir / f"{spec.name}.log"
-    command = ["ip", "netns", "exec", namespace, sys.executable, "-m", spec.module,
-               "--ros-args", "-r", f"__node:={spec.name}", *ros_args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=group.env, stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True,
-                                   preexec_fn=lambda: _prepare_node(spec.niceness))
-    node = NodeProcess(spec, process, log_path)
-    group.nodes.append(node)
-    return node
 
 
 # -- probes --------------------------------------------------------------------------------------
@@ -403,22 +293,6 @@ def ms(nanoseconds: float) -> float:
     return nanoseconds / MS
 
 
-def pick_domain_pair() -> int:
-    """A DDS domain id d (master) with d + 1 (patient) that no running process uses."""
-    used = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for item in (entry / "environ").read_bytes().split(b"\0"):
-                if item.startswith(b"ROS_DOMAIN_ID="):
-                    with contextlib.suppress(ValueError):
-                        used.add(int(item.split(b"=", 1)[1]))
-    # Fast DDS refuses domain ids above 232; the conftest hands out from 100 on.
-    free = [d for d in range(100, 232) if d not in used and d + 1 not in used]
-    return random.choice(free)
-
-
 # -- the session -----------------------------------------------------------------------------
 
 class Session:
@@ -430,7 +304,7 @@ class Session:
         self.profiles = profiles
         self.task, self.seed = task, seed
         self.say = say
-        self.namespaces: Namespaces | None = Namespaces() if netns else None
+        self.namespaces: Namespaces | None = Namespaces("fault") if netns else None
         self.links = None  # EmulatedLinks, unless in namespaces
         self.groups: dict[str, NodeGroup] = {}
         self.plans: dict[str, dict[str, tuple]] = {}
