@@ -24,22 +24,31 @@ def tracking_errors(setpoints: dict[int, np.ndarray], measured: dict[int, np.nda
     (interpolated between the setpoints around it), so that the age of a measurement when it
     reached the controller does not count as tracking error. Measurements without setpoints
     less than max_gap_s apart around them are skipped."""
-    set_stamps = np.array(sorted(setpoints), dtype=np.int64)
-    if set_stamps.size < 2 or not measured:
-        return np.array([])
-    set_positions = np.array([setpoints[s] for s in set_stamps])
-    stamps = np.array(sorted(measured), dtype=np.int64)
+    set_stamps, stamps = sorted(setpoints), sorted(measured)
+    return tracking_error_series(
+        np.array(set_stamps, dtype=np.int64),
+        np.array([setpoints[s] for s in set_stamps]).reshape(-1, 3),
+        np.array(stamps, dtype=np.int64),
+        np.array([measured[s] for s in stamps]).reshape(-1, 3), max_gap_s)[1]
+
+
+def tracking_error_series(set_stamps: np.ndarray, set_positions: np.ndarray,
+                          stamps: np.ndarray, positions: np.ndarray,
+                          max_gap_s: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """tracking_errors over time, from time-ordered arrays: (the measured stamps kept, their
+    tip distances)."""
+    if set_stamps.size < 2 or not stamps.size:
+        return np.array([], dtype=np.int64), np.array([])
     after = np.searchsorted(set_stamps, stamps)
     inside = (after > 0) & (after < set_stamps.size)
-    stamps, after = stamps[inside], after[inside]
+    stamps, after, positions = stamps[inside], after[inside], positions[inside]
     t0, t1 = set_stamps[after - 1], set_stamps[after]
     close = (t1 - t0) <= max_gap_s * 1e9
-    stamps, after, t0, t1 = stamps[close], after[close], t0[close], t1[close]
+    stamps, after, positions, t0, t1 = (a[close] for a in (stamps, after, positions, t0, t1))
     fraction = ((stamps - t0) / np.maximum(t1 - t0, 1))[:, None]
-    before_positions = set_positions[after - 1]
-    expected = before_positions + fraction * (set_positions[after] - before_positions)
-    actual = np.array([measured[s] for s in stamps]).reshape(-1, 3)
-    return np.linalg.norm(actual - expected, axis=1)
+    before = set_positions[after - 1]
+    expected = before + fraction * (set_positions[after] - before)
+    return stamps, np.linalg.norm(positions - expected, axis=1)
 
 
 def largest_step(positions) -> float:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from telesurg import metrics
 from telesurg.bag import BagError, BagReader
 from telesurg.demo import link_state_values, stamp_ns
 from telesurg.recording import SITE_TOPICS
@@ -180,23 +181,9 @@ def pose_track(poses: list[tuple[int, object]]) -> Track:
 
 def tracking_error_series(setpoint: Track, measured: Track,
                           max_gap_s: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """(measured stamps ns, tip distance m) between each measured pose and the setpoint in
-    force when it was measured, interpolated between the setpoints around it; measurements
-    without setpoints less than max_gap_s apart around them are skipped. The rule of
-    metrics.tracking_errors (the summary's figure), keeping the stamps to draw it over time."""
-    if len(setpoint) < 2 or not len(measured):
-        return np.array([], dtype=np.int64), np.array([])
-    after = np.searchsorted(setpoint.times_ns, measured.times_ns)
-    inside = (after > 0) & (after < len(setpoint))
-    stamps, after = measured.times_ns[inside], after[inside]
-    positions = measured.positions_m[inside]
-    t0, t1 = setpoint.times_ns[after - 1], setpoint.times_ns[after]
-    close = (t1 - t0) <= max_gap_s * 1e9
-    stamps, after, positions, t0, t1 = (a[close] for a in (stamps, after, positions, t0, t1))
-    fraction = ((stamps - t0) / np.maximum(t1 - t0, 1))[:, None]
-    before = setpoint.positions_m[after - 1]
-    expected = before + fraction * (setpoint.positions_m[after] - before)
-    return stamps, np.linalg.norm(positions - expected, axis=1)
+    """(measured stamps ns, tip distance m): the summary's tracking error over time."""
+    return metrics.tracking_error_series(setpoint.times_ns, setpoint.positions_m,
+                                         measured.times_ns, measured.positions_m, max_gap_s)
 
 
 def command_ages(deliveries: list[tuple[int, object]]) -> tuple[np.ndarray, np.ndarray]:
