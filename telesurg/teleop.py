@@ -174,3 +174,31 @@ class TeleopMapping:
         max_change = rate / config.rate_hz
         self._jaw += min(max(target - self._jaw, -max_change), max_change)
         return self._jaw
+
+
+class StallGuard:
+    """Whether a periodic silence check may judge now.
+
+    After this process was itself not running (a stall of a busy machine), its first check
+    comes before the samples that arrived meanwhile are taken, so the last sample it has looks
+    old although the device kept sending. A check later than late_factor periods therefore
+    waits one period; never two in a row, so a device silent through a stall of ours is still
+    caught one period later.
+    """
+
+    def __init__(self, period_s: float, now: float, late_factor: float = 3.0) -> None:
+        self.period_s = period_s
+        self.late_factor = late_factor
+        self.deferred = 0  # checks deferred so far, for the log
+        self._last = now
+        self._deferred_last = False
+
+    def may_judge(self, now: float) -> bool:
+        late = now - self._last > self.late_factor * self.period_s
+        self._last = now
+        if late and not self._deferred_last:
+            self._deferred_last = True
+            self.deferred += 1
+            return False
+        self._deferred_last = False
+        return True

@@ -234,3 +234,24 @@ def test_config_rejects_bad_values_naming_the_field(field, value):
 
 def test_rate_outside_the_filter_range_is_fine_without_the_filter():
     assert TeleopConfig(rate_hz=5000.0, tremor_filter=False).rate_hz == 5000.0
+
+
+def test_stall_guard_defers_one_check_after_a_stall_of_its_own():
+    from telesurg.teleop import StallGuard
+
+    guard = StallGuard(period_s=0.02, now=0.0)
+    assert guard.may_judge(0.02) and guard.may_judge(0.041)  # on time (and a little late)
+    assert not guard.may_judge(0.25)  # 209 ms after the last check: this process was stalled
+    assert guard.may_judge(0.251)  # the queued samples have been taken: judge now
+    assert guard.deferred == 1
+
+
+def test_stall_guard_never_defers_twice_in_a_row():
+    from telesurg.teleop import StallGuard
+
+    guard = StallGuard(period_s=0.02, now=0.0)
+    assert not guard.may_judge(0.5)
+    # Late again (a process stalled over and over): a silent device must still be caught.
+    assert guard.may_judge(1.0)
+    assert not guard.may_judge(1.5)
+    assert guard.deferred == 2

@@ -33,7 +33,7 @@ from telesurg.ros_support import (
     pose_to_matrix,
     run_node,
 )
-from telesurg.teleop import IDLE, MasterInput, TeleopConfig, TeleopMapping
+from telesurg.teleop import IDLE, MasterInput, StallGuard, TeleopConfig, TeleopMapping
 
 #: How often the console checks that the master device and the arm still report.
 WATCHDOG_PERIOD_S = 0.02
@@ -74,6 +74,7 @@ class MasterConsoleNode(Node):
         self._servo.header.frame_id = BASE_FRAME
         self._jaw = JointState(name=[JAW_JOINT_NAME])
         self._following = None
+        self._stall_guard = StallGuard(WATCHDOG_PERIOD_S, self._now())
         self.create_timer(WATCHDOG_PERIOD_S, self._watch_inputs)
         self.get_logger().info(
             f"master_console for a {p.rate_hz:.0f} Hz master, scale {p.scale}, tremor filter "
@@ -111,7 +112,10 @@ class MasterConsoleNode(Node):
             self._arm_jaw = msg.position[msg.name.index(JAW_JOINT_NAME)]
 
     def _watch_inputs(self) -> None:
-        silent = self._silent_input(self._now())
+        now = self._now()
+        if not self._stall_guard.may_judge(now):
+            return
+        silent = self._silent_input(now)
         if silent and self.mapping.following:
             self.mapping.disengage(silent)
             self.get_logger().warning(f"stopped following: {silent}")
