@@ -312,7 +312,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 for spec, arguments in site.nodes:
                     site.group.start(spec, arguments)
             if replay:  # the recorded surgeon's device, held still until the arm is enabled
-                player = replay.start_player(sites[0].node, replay_go, stop_replay)
+                player = replay.start_player(sites[0].node, replay_go, stop_replay, say)
             _wait_until_ready(groups, sites)
             operator = Operator(sites[0].node, say)
             operator.enable(STARTUP_TIMEOUT_S)

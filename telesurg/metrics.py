@@ -5,6 +5,8 @@ Pure Python + numpy. Inputs are plain arrays so the same code serves live sessio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -219,30 +221,78 @@ def path_deviation(reference_ns, reference_positions, replay_ns, replay_position
     return best, distances(best, window_ns)
 
 
-def in_step_until(reference: list[tuple[int, bool]], replay: list[tuple[int, bool]],
-                  offset_ns: int, from_ns: int, end_ns: int,
-                  tolerance_ns: int = 100_000_000) -> int:
-    """Replay time up to which a replay followed exactly when its reference did: the first
-    moment after from_ns at which one of them has been following and the other not for longer
-    than tolerance_ns, else end_ns. Both are (time, following) changes; the replay's time t
-    is the reference's t - offset_ns. Past that moment (a pause in one session only, say) the
-    arm paths differ for a reason other than the replay's fidelity."""
-    def state_at(changes: list[tuple[int, bool]], t: int) -> bool:
-        state = False
-        for when, following in changes:
-            if when > t:
-                break
-            state = following
-        return state
+@dataclass(frozen=True)
+class FollowingStretch:
+    """A stretch of replay time in which both sessions' consoles followed."""
+    start_ns: int
+    end_ns: int
+    #: After a lasting difference in following (one session paused or stopped following and
+    #: re-engaged while the other went on) the two arms no longer stand at the same place:
+    #: the teleoperation is incremental, so from a common engage on they move alike, but from
+    #: where each was. Such a stretch is compared relative to where it starts.
+    rebased: bool
 
+
+def clipped_intervals(changes: list[tuple[int, bool]], from_ns: int,
+                      end_ns: int) -> list[tuple[int, int]]:
+    """following_intervals of time-ordered changes, clipped to [from_ns, end_ns]."""
+    return [(max(s, from_ns), min(e, end_ns)) for s, e in following_intervals(changes, end_ns)
+            if e > from_ns and s < end_ns]
+
+
+def command_gaps(intervals: list[tuple[int, int]], command_ns, gap_ns: int,
+                 settle_ns: int) -> list[tuple[int, int]]:
+    """The gaps of more than gap_ns in a console's commands within its following intervals,
+    each with settle_ns after it: the arm stood (a stall of the console, its bridge or its
+    device) although the console still said following, then caught up."""
+    commands = np.sort(np.asarray(command_ns, dtype=np.int64))
+    gaps = []
+    for start, end in intervals:
+        inside = commands[(commands > start) & (commands < end)]
+        moments = np.concatenate(([start], inside, [end]))
+        gaps += [(int(before), int(after) + settle_ns)
+                 for before, after in zip(moments[:-1], moments[1:], strict=True)
+                 if after - before > gap_ns]
+    return gaps
+
+
+def following_stretches(reference: list[tuple[int, bool]], replay: list[tuple[int, bool]],
+                        offset_ns: int, from_ns: int, end_ns: int,
+                        tolerance_ns: int = 100_000_000, shortest_ns: int = 50_000_000,
+                        excluded: list[tuple[int, int]] = ()
+                        ) -> tuple[list[FollowingStretch], int]:
+    """The stretches from from_ns to end_ns (replay time; the replay's time t is the
+    reference's t - offset_ns) in which both the reference and the replay followed, at least
+    shortest_ns long, and the number of lasting differences: moments at which one followed
+    and the other not for longer than tolerance_ns (an engage 30 ms later in one session
+    is timing, not a difference). Every stretch after the first lasting difference is
+    rebased. The excluded (start, end) intervals are cut out of the stretches: moments not to
+    compare (command gaps) that are no difference in following."""
     shifted = [(t + offset_ns, following) for t, following in reference]
-    moments = sorted({t for t, _ in shifted + replay if from_ns <= t <= end_ns})
-    for moment in moments:
-        if state_at(shifted, moment) == state_at(replay, moment):
-            continue
-        # They differ from here: a mismatch that outlasts the tolerance ends the comparison.
-        settle = moment + tolerance_ns
-        if not any(moment < t <= settle for t, _ in shifted + replay) or \
-                state_at(shifted, settle) != state_at(replay, settle):
-            return moment
-    return end_ns
+    ours = clipped_intervals(shifted, from_ns, end_ns)
+    theirs = clipped_intervals(replay, from_ns, end_ns)
+    both = [(max(a, c), min(b, d)) for a, b in ours for c, d in theirs if max(a, c) < min(b, d)]
+    # Where exactly one follows: the symmetric difference of the two interval sets.
+    edges = sorted({from_ns, end_ns, *(t for span in ours + theirs for t in span)})
+    lasting, run_start = [], None
+    for left, right in zip(edges, edges[1:], strict=False):
+        middle = (left + right) // 2
+        differ = (any(a <= middle < b for a, b in ours)
+                  != any(c <= middle < d for c, d in theirs))
+        if differ and run_start is None:
+            run_start = left
+        if not differ and run_start is not None:
+            if left - run_start > tolerance_ns:
+                lasting.append(run_start)
+            run_start = None
+    if run_start is not None and end_ns - run_start > tolerance_ns:
+        lasting.append(run_start)
+    first_difference = min(lasting, default=None)
+    for cut_start, cut_end in sorted(excluded):
+        both = [piece for start, end in both
+                for piece in ((start, min(end, cut_start)), (max(start, cut_end), end))
+                if piece[0] < piece[1]]
+    stretches = [FollowingStretch(start, end, first_difference is not None
+                                  and first_difference <= start)
+                 for start, end in both if end - start >= shortest_ns]
+    return stretches, len(lasting)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rosbags.interfaces import QosDurability, QosHistory
@@ -94,13 +94,18 @@ class Player:
     LINGER_S = 0.5
 
     def __init__(self, node, reader: BagReader, topics: list[str], start_s: float = 0.0,
-                 rate: float = 1.0):
+                 rate: float = 1.0,
+                 intercept: dict[str, Callable[[bytes], None]] | None = None):
+        """intercept: topics whose recorded messages go to a function instead of being
+        published as they are (its owner publishes on self.publishers[topic] when it wants)."""
         from telesurg.bridge_config import message_class
 
         self.reader = reader
         self.topics = topics
         self.start_ns = reader.start_ns + int(start_s * 1e9)
         self.rate = rate
+        self.intercept = intercept or {}
+        self.position_ns = self.start_ns  # the bag time played up to
         self.published = 0
         self._latched_published = False
         self.publishers = {t: node.create_publisher(message_class(reader.topics[t].type), t,
@@ -108,6 +113,9 @@ class Player:
                            for t in topics}
 
     def _publish(self, topic: str, data: bytes) -> None:
+        if topic in self.intercept:
+            self.intercept[topic](data)
+            return
         self.publishers[topic].publish(data)
         self.published += 1
 
@@ -158,11 +166,13 @@ class Player:
         """Publish from the start to the end of the bag with the recorded timing (or until
         stop is set)."""
         self._publish_latched()
+        play_start = time.monotonic()
         for due, topic, data in schedule(self.reader.messages(self.topics, self.start_ns),
-                                         self.start_ns, self.rate, time.monotonic()):
+                                         self.start_ns, self.rate, play_start):
             delay = due - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 return
+            self.position_ns = self.start_ns + int((due - play_start) * self.rate * 1e9)
             self._publish(topic, data)
         self._latched_published = False  # a loop starts again with the states at the start
 

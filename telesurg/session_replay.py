@@ -11,14 +11,23 @@ fits best.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from telesurg.bag import BagError, BagReader
-from telesurg.metrics import in_step_until, path_deviation, percentiles
+from telesurg.metrics import (
+    FollowingStretch,
+    clipped_intervals,
+    command_gaps,
+    following_stretches,
+    path_deviation,
+    percentiles,
+)
 from telesurg.replay import Player
+from telesurg.surgeon import PresenceRetry
 
 #: What the surgeon's hands and feet publish: the topics a replay plays.
 SURGEON_TOPICS = {
@@ -27,15 +36,24 @@ SURGEON_TOPICS = {
     "/console/clutch": "std_msgs/msg/Bool",
     "/console/operator_present": "std_msgs/msg/Bool",
 }
+PRESENCE_TOPIC, CLUTCH_TOPIC = "/console/operator_present", "/console/clutch"
+PEDAL_TOPICS = (PRESENCE_TOPIC, CLUTCH_TOPIC)
 #: The master bag also needs the arm's state and the console's following, to find the start
 #: and the first engagement.
 MASTER_BAG_TOPICS = {**SURGEON_TOPICS, "/psm/operating_state": "std_msgs/msg/String",
-                     "/console/following": "std_msgs/msg/Bool"}
+                     "/console/following": "std_msgs/msg/Bool",
+                     "/psm/servo_cp": "geometry_msgs/msg/PoseStamped"}
 PATIENT_BAG_TOPICS = {"/psm/measured_cp": "geometry_msgs/msg/PoseStamped"}
 BAG_DIRS = {"master": "master_bag", "patient": "patient_bag"}
 #: How far from the aligned time a replayed tip position may match the recorded path: the
 #: stalls of a busy machine delay either session by this order, in time but not in space.
 REPLAY_WINDOW_MS = 100.0
+#: After a gap in a console's commands, how long its arm is given to catch up before the
+#: comparison resumes (at the arm controller's 0.1 m/s a 2 mm step, the most a console sends
+#: without disengaging, takes 20 ms).
+CATCH_UP_MS = 50.0
+#: How often the replay works the operator-present pedal.
+PEDAL_PERIOD_S = 0.01
 
 
 def _decode(data: bytes, type_name: str):
@@ -57,6 +75,10 @@ def tip_path(messages: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]
     return stamps[order], points[order]
 
 
+def receive_times(messages: list[tuple[int, bytes]]) -> np.ndarray:
+    return np.array([t for t, _ in messages], dtype=np.int64)
+
+
 def following_changes(following: list[tuple[int, bytes]]) -> list[tuple[int, bool]]:
     return [(t, _decode(data, "std_msgs/msg/Bool").data) for t, data in following]
 
@@ -67,6 +89,90 @@ def first_engagement(following: list[tuple[int, bytes]], after_ns: int) -> int |
                  if t >= after_ns and _decode(data, "std_msgs/msg/Bool").data), None)
 
 
+def following_at(changes: list[tuple[int, bool]], t_ns: int) -> bool:
+    """Whether (time, following) changes say following at t_ns."""
+    state = False
+    for when, following in changes:
+        if when > t_ns:
+            break
+        state = following
+    return state
+
+
+class ReplayedPresence:
+    """The operator-present pedal as a replay works it: the recorded pedal, and the
+    surgeon's deliberate re-press (PresenceRetry) when this session's console stopped
+    following for patience_s while the recorded one went on (a stall of this session's
+    master console, say). The console itself never re-engages on its own; a replay without
+    this would stay disengaged to the end, since the recording holds no press for it."""
+
+    def __init__(self, patience_s: float = 0.3, release_s: float = 0.2) -> None:
+        self._retry = PresenceRetry(patience_s=patience_s, release_s=release_s)
+
+    @property
+    def presses(self) -> int:
+        return self._retry.presses
+
+    def pedal(self, t: float, recorded_pedal: bool, recorded_clutch: bool,
+              recorded_following: bool, following: bool) -> bool:
+        # Not following where the recording did not follow either is as recorded.
+        return self._retry.operator_present(t, recorded_pedal, recorded_clutch,
+                                            following or not recorded_following)
+
+
+class ReplaySurgeon:
+    """The recorded surgeon's pedals, played: the clutch as recorded; the operator-present
+    pedal as ReplayedPresence works it, published at once on a recorded change (in order
+    with the device samples around it: the console engages on the sample after a press) and
+    checked every PEDAL_PERIOD_S for a re-press."""
+
+    def __init__(self, node, reference_following: list[tuple[int, bool]], say) -> None:
+        from std_msgs.msg import Bool
+
+        from telesurg.ros_support import STATE_QOS
+
+        self.player: Player | None = None
+        self._reference_following = reference_following
+        self._say = say
+        self._recorded = dict.fromkeys(PEDAL_TOPICS, False)
+        self._presence = ReplayedPresence()
+        self._pressed: bool | None = None
+        self._lock = threading.Lock()
+        self._following = threading.Event()
+        node.create_subscription(
+            Bool, "/console/following",
+            lambda msg: self._following.set() if msg.data else self._following.clear(),
+            STATE_QOS)
+
+    def taker(self, topic: str):
+        def take(data: bytes) -> None:
+            self._recorded[topic] = _decode(data, SURGEON_TOPICS[topic]).data
+            if topic == CLUTCH_TOPIC:
+                self.player.publishers[topic].publish(data)
+            self.work_pedal()
+        return take
+
+    def work_pedal(self) -> None:
+        from std_msgs.msg import Bool
+
+        with self._lock:
+            presses = self._presence.presses
+            down = self._presence.pedal(
+                time.monotonic(), self._recorded[PRESENCE_TOPIC], self._recorded[CLUTCH_TOPIC],
+                following_at(self._reference_following, self.player.position_ns),
+                self._following.is_set())
+            if self._presence.presses != presses:
+                self._say("  replay: the console stopped following where the recording went "
+                          "on; pressed operator-present again, as the surgeon would")
+            if down != self._pressed:
+                self.player.publishers[PRESENCE_TOPIC].publish(Bool(data=down))
+                self._pressed = down
+
+    def run(self, playing: threading.Thread, stop: threading.Event) -> None:
+        while playing.is_alive() and not stop.wait(PEDAL_PERIOD_S):
+            self.work_pedal()
+
+
 @dataclass(frozen=True)
 class ReplayPlan:
     run_dir: Path
@@ -75,6 +181,7 @@ class ReplayPlan:
     span_s: float         # from there to the end of the recording
     reference_engage_ns: int
     reference_following: list   # (receive time ns, following) at the master site
+    reference_commands: np.ndarray  # receive times (ns) of the console's /psm/servo_cp
     reference_ns: np.ndarray
     reference_tips: np.ndarray
 
@@ -90,7 +197,8 @@ class ReplayPlan:
                                "write them)")
         with BagReader(bags["master"]) as master:
             master.require(MASTER_BAG_TOPICS)
-            recorded = master.read_all(["/psm/operating_state", "/console/following"])
+            recorded = master.read_all(["/psm/operating_state", "/console/following",
+                                        "/psm/servo_cp"])
             enabled = next((t for t, data in recorded["/psm/operating_state"]
                             if _decode(data, "std_msgs/msg/String").data == "ENABLED"), None)
             if enabled is None:
@@ -106,16 +214,20 @@ class ReplayPlan:
             patient.require(PATIENT_BAG_TOPICS)
             stamps, tips = tip_path(patient.read_all(["/psm/measured_cp"])["/psm/measured_cp"])
         return cls(run_dir, bags["master"], start_s, span_s, engaged,
-                   following_changes(recorded["/console/following"]), stamps, tips)
+                   following_changes(recorded["/console/following"]),
+                   receive_times(recorded["/psm/servo_cp"]), stamps, tips)
 
-    def start_player(self, node, go: threading.Event,
-                     stop: threading.Event) -> threading.Thread:
+    def start_player(self, node, go: threading.Event, stop: threading.Event,
+                     say=print) -> threading.Thread:
         """Play the recorded surgeon on node (in the master site's domain) in a thread: the
         device held at its pose at the start until go is set (the session is up and the arm
         ENABLED, as it was at the start), then with the recorded timing to the end of the
         recording or until stop is set."""
         reader = BagReader(self.master_bag)
-        player = Player(node, reader, list(SURGEON_TOPICS), self.start_s)
+        surgeon = ReplaySurgeon(node, self.reference_following, say)
+        player = Player(node, reader, list(SURGEON_TOPICS), self.start_s,
+                        intercept={topic: surgeon.taker(topic) for topic in PEDAL_TOPICS})
+        surgeon.player = player
 
         def play() -> None:
             with reader:
@@ -123,38 +235,89 @@ class ReplayPlan:
                 player.play(stop)
         thread = threading.Thread(target=play, name="demo-replay", daemon=True)
         thread.start()
+        threading.Thread(target=surgeon.run, args=(thread, stop), name="demo-replay-pedal",
+                         daemon=True).start()
         return thread
 
     def deviation(self, messages: dict) -> dict:
         """How far the new session's arm tip path (its recorded messages by site and topic)
-        lies from the recorded one, from the first engagement for replay_compared_s: as long
-        as the console followed exactly when it did in the recording (replay_in_step_to_end
-        false if a pause or a stall in one session only ended that early).
+        lies from the recorded one, over the stretches from the first engagement on in which
+        both consoles followed (replay_compared_s of the reference's replay_following_s).
+
         replay_deviation_mm: each tip position's distance to the recorded path within
         REPLAY_WINDOW_MS of the aligned time; replay_deviation_rigid_mm: to the recorded
         position at the aligned time itself, which also counts the sessions' timing jitter
         (a 50 ms stall at 20 mm/s is 1 mm); replay_offset_ms: the fitted time offset beyond
-        the alignment on the first engagement."""
+        the alignment on the first engagement. replay_differences counts the moments at which
+        one console followed and the other not for over 100 ms (a pause of one session
+        only): every stretch after the first of them starts with the arms at different places
+        and is compared relative to its start (replay_rebased_stretches of
+        replay_stretches); replay_in_step_to_end says there was none."""
         following = messages["master"].get("/console/following", [])
         engaged = first_engagement(following, 0)
         stamps, tips = tip_path(messages["patient"].get("/psm/measured_cp", []))
         if engaged is None or not stamps.size:
             return {"replay_deviation_mm": percentiles([]),
                     "replay_deviation_rigid_mm": percentiles([]), "replay_compared_s": 0.0,
+                    "replay_following_s": 0.0, "replay_stretches": 0,
+                    "replay_rebased_stretches": 0, "replay_differences": 0,
                     "replay_in_step_to_end": False, "replay_offset_ms": None}
         anchor = engaged - self.reference_engage_ns
         end = min(int(stamps[-1]), int(self.reference_ns[-1]) + anchor)
-        in_step = in_step_until(self.reference_following, following_changes(following),
-                                anchor, engaged, end)
-        # Before the engagement both arms only held their start pose.
-        compared = (stamps >= engaged) & (stamps <= in_step)
-        paths = (self.reference_ns, self.reference_tips, stamps[compared], tips[compared])
-        offset, rigid = path_deviation(*paths, anchor)
-        _, windowed = path_deviation(*paths, offset, search_ns=0,
-                                     window_ns=int(REPLAY_WINDOW_MS * 1e6))
-        return {"replay_deviation_mm": percentiles(windowed, 1000.0),
-                "replay_deviation_rigid_mm": percentiles(rigid, 1000.0),
+        changes = following_changes(following)
+        shifted = [(t + anchor, f) for t, f in self.reference_following]
+        # Where either console's commands stopped, its arm stood: not compared.
+        gap, catch_up = int(REPLAY_WINDOW_MS * 1e6), int(CATCH_UP_MS * 1e6)
+        stood = (command_gaps(clipped_intervals(changes, engaged, end),
+                              receive_times(messages["master"].get("/psm/servo_cp", [])),
+                              gap, catch_up)
+                 + command_gaps(clipped_intervals(shifted, engaged, end),
+                                self.reference_commands + anchor, gap, catch_up))
+        stretches, differences = following_stretches(
+            self.reference_following, changes, anchor, engaged, end, excluded=stood)
+        reference = (self.reference_ns, self.reference_tips)
+        # The time offset is fitted where the arms should stand at the same places.
+        absolute = _inside(stamps, [s for s in stretches if not s.rebased])
+        offset = (path_deviation(*reference, stamps[absolute], tips[absolute], anchor)[0]
+                  if absolute.any() else anchor)
+        windowed, rigid = [], []
+        for stretch in stretches:
+            inside = _inside(stamps, [stretch])
+            points = tips[inside]
+            if stretch.rebased:
+                points = points - (_position_at(stamps, tips, stretch.start_ns)
+                                   - _position_at(*reference, stretch.start_ns - offset))
+            paths = (*reference, stamps[inside], points, offset)
+            windowed.append(path_deviation(*paths, search_ns=0,
+                                           window_ns=int(REPLAY_WINDOW_MS * 1e6))[1])
+            rigid.append(path_deviation(*paths, search_ns=0)[1])
+        reference_following = clipped_intervals(shifted, engaged, end)
+        return {"replay_deviation_mm": percentiles(_joined(windowed), 1000.0),
+                "replay_deviation_rigid_mm": percentiles(_joined(rigid), 1000.0),
                 "replay_window_ms": REPLAY_WINDOW_MS,
-                "replay_compared_s": round((in_step - engaged) * 1e-9, 3),
-                "replay_in_step_to_end": in_step == end,
+                "replay_compared_s": round(sum(s.end_ns - s.start_ns for s in stretches) * 1e-9,
+                                           3),
+                "replay_following_s": round(sum(e - s for s, e in reference_following) * 1e-9,
+                                            3),
+                "replay_stretches": len(stretches),
+                "replay_rebased_stretches": sum(s.rebased for s in stretches),
+                "replay_differences": differences,
+                "replay_in_step_to_end": differences == 0,
                 "replay_offset_ms": round((offset - anchor) * 1e-6, 3)}
+
+
+def _inside(stamps: np.ndarray, stretches: list[FollowingStretch]) -> np.ndarray:
+    inside = np.zeros(stamps.shape, dtype=bool)
+    for stretch in stretches:
+        inside |= (stamps >= stretch.start_ns) & (stamps <= stretch.end_ns)
+    return inside
+
+
+def _position_at(stamps: np.ndarray, points: np.ndarray, t_ns: int) -> np.ndarray:
+    seconds = (stamps - stamps[0]) * 1e-9
+    at = (t_ns - stamps[0]) * 1e-9
+    return np.array([np.interp(at, seconds, points[:, axis]) for axis in range(3)])
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.array([])

@@ -34,7 +34,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from std_msgs.msg import Bool, String
 
 from telesurg.bag import TYPESTORE, BagError, BagReader, BagTopic, BagWriter, make_qos
-from telesurg.metrics import in_step_until, path_deviation
+from telesurg.metrics import command_gaps, following_stretches, path_deviation
 from telesurg.replay import check_topics, latched_before, publisher_qos, schedule
 
 MS = 1_000_000
@@ -172,25 +172,151 @@ def test_path_deviation_finds_the_time_offset_and_the_distance_to_the_reference(
     assert distances.size == 0
 
 
-def test_in_step_until_the_first_lasting_difference_in_following():
+def spans(stretches):
+    return [(s.start_ns, s.end_ns, s.rebased) for s in stretches]
+
+
+def test_following_stretches_where_both_follow_rebased_after_a_lasting_difference():
     offset = 2 * S
     reference = [(1 * S, True), (3 * S, False), (4 * S, True)]
     replay = [(t + offset, following) for t, following in reference]
-    end = 10 * S
-    assert in_step_until(reference, replay, offset, 0, end) == end
-    # The replay pauses for 500 ms that the reference did not: in step up to the pause.
+    end = 12 * S
+    stretches, differences = following_stretches(reference, replay, offset, 0, end)
+    assert spans(stretches) == [(3 * S, 5 * S, False), (6 * S, end, False)]
+    assert differences == 0
+    # The replay stops following for 500 ms that the reference followed through (a stall
+    # of its console): compared on both sides, and after it relative to where it starts.
     paused = sorted(replay + [(offset + 5 * S, False), (offset + 5_500 * MS, True)])
-    assert in_step_until(reference, paused, offset, 0, end) == offset + 5 * S
+    stretches, differences = following_stretches(reference, paused, offset, 0, end)
+    assert spans(stretches) == [(3 * S, 5 * S, False), (6 * S, 7 * S, False),
+                                (7_500 * MS, end, True)]
+    assert differences == 1
     # The reference pauses, the replay does not: the same.
-    assert in_step_until(sorted(reference + [(5 * S, False), (5_500 * MS, True)]), replay,
-                         offset, 0, end) == offset + 5 * S
-    # Engaging 50 ms late is within the 100 ms tolerance; 150 ms late is not.
+    stretches, differences = following_stretches(
+        sorted(reference + [(5 * S, False), (5_500 * MS, True)]), replay, offset, 0, end)
+    assert spans(stretches)[-1] == (7_500 * MS, end, True) and differences == 1
+    # Engaging 50 ms late is timing within the 100 ms tolerance; 150 ms late is a difference.
     late = [(t + offset + (50 * MS if t == 4 * S else 0), f) for t, f in reference]
-    assert in_step_until(reference, late, offset, 0, end) == end
+    stretches, differences = following_stretches(reference, late, offset, 0, end)
+    assert spans(stretches)[-1] == (6_050 * MS, end, False) and differences == 0
     later = [(t + offset + (150 * MS if t == 4 * S else 0), f) for t, f in reference]
-    assert in_step_until(reference, later, offset, 0, end) == offset + 4 * S
+    stretches, differences = following_stretches(reference, later, offset, 0, end)
+    assert spans(stretches)[-1] == (6_150 * MS, end, True) and differences == 1
     # Differences before from_ns do not count.
-    assert in_step_until(reference, later, offset, offset + 5 * S, end) == end
+    stretches, differences = following_stretches(reference, later, offset, 7 * S, end)
+    assert spans(stretches) == [(7 * S, end, False)] and differences == 0
+
+
+def test_following_stretches_leave_out_excluded_moments_and_the_shortest_pieces():
+    changes = [(1 * S, True)]
+    stretches, differences = following_stretches(
+        changes, changes, 0, 0, 5 * S, excluded=[(2 * S, 2_500 * MS), (4_980 * MS, 6 * S)])
+    # A command gap cut out is no difference in following; 20 ms left at the end is too short.
+    assert spans(stretches) == [(1 * S, 2 * S, False), (2_500 * MS, 4_980 * MS, False)]
+    assert differences == 0
+
+
+def test_command_gaps_are_the_silences_of_a_following_console_with_its_catch_up():
+    commands = np.array([1_000, 1_004, 1_008, 1_200, 1_204, 1_290], dtype=np.int64) * MS
+    following = [(1_000 * MS, 1_300 * MS), (2_000 * MS, 2_500 * MS)]
+    gaps = command_gaps(following, commands, gap_ns=100 * MS, settle_ns=50 * MS)
+    # 192 ms without a command while following, then 50 ms to catch up; the second interval
+    # had no command at all. The 86 ms gap and the time not following are not gaps.
+    assert gaps == [(1_008 * MS, 1_250 * MS), (2_000 * MS, 2_550 * MS)]
+
+
+def recorded_session(stamps_ns, tips, following, commands_ns):
+    """A session's messages as the demo reads them from its bags (receive time, bytes)."""
+    def tip(t, point):
+        message = PoseStamped()
+        message.header.stamp.sec, message.header.stamp.nanosec = divmod(int(t), S)
+        message.pose.position.x, message.pose.position.y, message.pose.position.z = point
+        return int(t), serialize_message(message)
+
+    return {"master": {"/console/following": [(t, serialize_message(Bool(data=f)))
+                                              for t, f in following],
+                       "/psm/servo_cp": [(int(t), b"") for t in commands_ns]},
+            "patient": {"/psm/measured_cp": [tip(t, p) for t, p in zip(stamps_ns, tips,
+                                                                       strict=True)]}}
+
+
+def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause():
+    from telesurg.session_replay import ReplayPlan
+
+    stamps = START_NS + np.arange(0, 10_000, 10, dtype=np.int64) * MS  # 100 Hz tips, 10 s
+    path = reference_path(stamps)
+    path[stamps < START_NS + 1 * S] = path[stamps >= START_NS + 1 * S][0]  # held until 1 s
+    engage = START_NS + 1 * S
+    commands = np.arange(engage, stamps[-1], 4 * MS)
+    plan = ReplayPlan(Path("run"), Path("run/master_bag"), 0.0, 10.0, engage,
+                      [(engage, True)], commands, stamps, path)
+
+    # The same session again, 3 s later: in step to the end, on the path.
+    later = 3 * S
+    same = recorded_session(stamps + later, path, [(engage + later, True)], commands + later)
+    figures = plan.deviation(same)
+    assert figures["replay_deviation_mm"]["max"] < 1e-6
+    assert figures["replay_in_step_to_end"] and figures["replay_differences"] == 0
+    assert figures["replay_compared_s"] == pytest.approx(9.0, abs=0.02)
+    assert figures["replay_following_s"] == pytest.approx(9.0, abs=0.02)
+
+    # 1 mm off along z: 1 mm.
+    off = plan.deviation(recorded_session(stamps + later, path + [0.0, 0.0, 0.001],
+                                          [(engage + later, True)], commands + later))
+    assert off["replay_deviation_mm"]["p50"] == pytest.approx(1.0, abs=1e-3)
+
+    # The replay's console stops following from 4 s to 4.5 s (its arm stands) and is engaged
+    # again: from there on its arm moves alike, 0.5 s of motion behind where the recording's
+    # was. Compared relative to that start, it is on the path again.
+    pause, resume = START_NS + 4 * S, START_NS + 4_500 * MS
+    paused = path.copy()
+    standing = (stamps >= pause) & (stamps < resume)
+    paused[standing] = path[stamps == pause][0]
+    after = stamps >= resume
+    paused[after] = path[after] - (path[stamps == resume][0] - path[stamps == pause][0])
+    replay = recorded_session(
+        stamps + later, paused,
+        [(engage + later, True), (pause + later, False), (resume + later, True)],
+        commands[(commands < pause) | (commands >= resume)] + later)
+    figures = plan.deviation(replay)
+    assert figures["replay_deviation_mm"]["max"] < 1e-6
+    assert (figures["replay_stretches"], figures["replay_rebased_stretches"]) == (2, 1)
+    assert figures["replay_differences"] == 1 and not figures["replay_in_step_to_end"]
+    assert figures["replay_compared_s"] == pytest.approx(8.5, abs=0.02)
+    # Without the rebase the second stretch would be off by the motion of that half second.
+    gap_mm = 1000 * np.linalg.norm(path[stamps == resume][0] - path[stamps == pause][0])
+    assert gap_mm > 10
+
+
+def test_replayed_presence_presses_again_only_where_the_recording_went_on_following():
+    from telesurg.session_replay import ReplayedPresence
+
+    presence = ReplayedPresence(patience_s=0.3, release_s=0.2)
+
+    def pedal(t, recorded_following, following, recorded_pedal=True, clutch=False):
+        return presence.pedal(t, recorded_pedal, clutch, recorded_following, following)
+
+    # Not following where the recording did not follow either (a pause in both): as recorded,
+    # for as long as it lasts.
+    assert all(pedal(t, False, False) for t in (0.0, 0.5, 1.0, 2.0))
+    assert not pedal(2.1, False, False, recorded_pedal=False)
+    # Clutched: as recorded.
+    assert all(pedal(t, True, False, clutch=True) for t in (3.0, 4.0, 4.9))
+    # This session stopped following while the recording went on: after 0.3 s the pedal is
+    # lifted for 0.2 s, then pressed again (the console re-engages only on a fresh press).
+    assert pedal(5.0, True, False) and pedal(5.19, True, False)
+    assert not pedal(5.21, True, False) and not pedal(5.4, True, False)
+    assert pedal(5.42, True, False) and presence.presses == 1
+    # Following again: nothing more to do.
+    assert pedal(6.0, True, True) and pedal(9.0, True, True) and presence.presses == 1
+
+
+def test_following_at_reads_the_state_in_force():
+    from telesurg.session_replay import following_at
+
+    changes = [(10, True), (20, False), (30, True)]
+    assert [following_at(changes, t) for t in (5, 10, 15, 20, 29, 30, 99)] == \
+        [False, True, True, False, False, True, True]
 
 
 # -- the command, on bags as `ros2 bag record` writes them ---------------------------------

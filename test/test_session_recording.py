@@ -68,11 +68,6 @@ def test_a_session_leaves_bags_an_independent_reader_accepts_and_a_report(record
         assert f"figures/{figure.name}" in report
 
 
-# A replay is a second whole session whose figures a stall in either session spoils: on this
-# saturated 2-core machine a pause right after the first engagement left 0.2 s to compare in
-# four runs in a row. Issue 5 stays open on it; until then a failure here is reported, not
-# fatal (xfail, not strict).
-@pytest.mark.xfail(strict=False, reason="replay fidelity under this machine's stalls (issue 5)")
 def test_a_replay_of_the_recorded_surgeon_moves_the_arm_along_the_recorded_path(
         recorded_run, ros_env_module, tmp_path):
     result = run_demo(ros_env_module, "--replay", str(recorded_run), "--out", str(tmp_path),
@@ -80,12 +75,12 @@ def test_a_replay_of_the_recorded_surgeon_moves_the_arm_along_the_recorded_path(
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     deviation = summary["replay_deviation_mm"]
-    # The design figure is p99 <= 0.5 mm, met here only when neither session stalls (0.47 mm
-    # seen); with this shared machine's stalls p50 0.35 mm and p99 1.3 mm have been seen. A
-    # replay that engaged at another moment, or played another timing, is off by 5-20 mm.
-    assert deviation["p50"] <= 1.0, summary
-    assert deviation["p99"] <= 4.0, summary
-    # Compared until one session paused where the other did not: a stall's pause can come
-    # early in either (4.3 s of 14 seen); a replay that never followed compares nothing.
-    assert summary["replay_compared_s"] >= 1.0, summary
-    assert summary["engagements"] >= 1
+    # The design figure is p99 <= 0.5 mm (0.31-0.35 mm seen here, with and without a stall
+    # of either session); the test's bound is wider, for a machine busier still. A replay
+    # that engaged at another moment, or played another timing, is off by 5-20 mm.
+    assert deviation["p50"] <= 0.5, summary
+    assert deviation["p99"] <= 1.0, summary
+    # Compared wherever both consoles followed: a stall's pause in one session takes out
+    # about a second around it, a replay that stopped following for good most of the run.
+    assert summary["replay_compared_s"] >= 0.6 * summary["replay_following_s"], summary
+    assert summary["replay_following_s"] >= 10.0, summary
