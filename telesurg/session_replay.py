@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,56 +122,55 @@ class ReplayedPresence:
 
 
 class ReplaySurgeon:
-    """The recorded surgeon's pedals, played: the clutch as recorded; the operator-present
-    pedal as ReplayedPresence works it, published at once on a recorded change (in order
-    with the device samples around it: the console engages on the sample after a press) and
-    checked every PEDAL_PERIOD_S for a re-press."""
+    """The recorded surgeon's pedals, played through publish(topic, pressed): the clutch as
+    recorded; the operator-present pedal as ReplayedPresence works it, published at once on
+    a recorded change (in order with the device samples around it: the console engages on
+    the sample after a press) and, between changes, whenever work_pedal is called (every
+    PEDAL_PERIOD_S) for a re-press. Thread-safe."""
 
-    def __init__(self, node, reference_following: list[tuple[int, bool]], say) -> None:
-        from std_msgs.msg import Bool
-
-        from telesurg.ros_support import STATE_QOS
-
-        self.player: Player | None = None
+    def __init__(self, reference_following: list[tuple[int, bool]],
+                 publish: Callable[[str, bool], None], say=print, clock=time.monotonic) -> None:
         self._reference_following = reference_following
+        self._publish = publish
         self._say = say
-        self._recorded = dict.fromkeys(PEDAL_TOPICS, False)
+        self._clock = clock
+        # Nothing is pressed until the recording says how the pedals stand: a pedal held at
+        # the start, published as released first, would be a fresh press and engage.
+        self._recorded: dict[str, bool | None] = dict.fromkeys(PEDAL_TOPICS)
         self._presence = ReplayedPresence()
         self._pressed: bool | None = None
+        self._following = False
         self._lock = threading.Lock()
-        self._following = threading.Event()
-        node.create_subscription(
-            Bool, "/console/following",
-            lambda msg: self._following.set() if msg.data else self._following.clear(),
-            STATE_QOS)
 
-    def taker(self, topic: str):
-        def take(data: bytes) -> None:
-            self._recorded[topic] = _decode(data, SURGEON_TOPICS[topic]).data
-            if topic == CLUTCH_TOPIC:
-                self.player.publishers[topic].publish(data)
-            self.work_pedal()
-        return take
+    def set_following(self, following: bool) -> None:
+        """What this session's console says on /console/following."""
+        self._following = following
 
-    def work_pedal(self) -> None:
-        from std_msgs.msg import Bool
-
+    def take(self, topic: str, pressed: bool, position_ns: int) -> None:
+        """A recorded pedal message, played at position_ns into the recording."""
         with self._lock:
+            self._recorded[topic] = pressed
+            if topic == CLUTCH_TOPIC:
+                self._publish(topic, pressed)
+        self.work_pedal(position_ns)
+
+    def work_pedal(self, position_ns: int) -> None:
+        """Publish the operator-present pedal if it changes now, at position_ns into the
+        recording."""
+        with self._lock:
+            if self._recorded[PRESENCE_TOPIC] is None:
+                return
             presses = self._presence.presses
             down = self._presence.pedal(
-                time.monotonic(), self._recorded[PRESENCE_TOPIC], self._recorded[CLUTCH_TOPIC],
-                following_at(self._reference_following, self.player.position_ns),
-                self._following.is_set())
+                self._clock(), self._recorded[PRESENCE_TOPIC],
+                bool(self._recorded[CLUTCH_TOPIC]),
+                following_at(self._reference_following, position_ns), self._following)
             if self._presence.presses != presses:
                 self._say("  replay: the console stopped following where the recording went "
                           "on; pressed operator-present again, as the surgeon would")
             if down != self._pressed:
-                self.player.publishers[PRESENCE_TOPIC].publish(Bool(data=down))
+                self._publish(PRESENCE_TOPIC, down)
                 self._pressed = down
-
-    def run(self, playing: threading.Thread, stop: threading.Event) -> None:
-        while playing.is_alive() and not stop.wait(PEDAL_PERIOD_S):
-            self.work_pedal()
 
 
 @dataclass(frozen=True)
@@ -222,21 +222,36 @@ class ReplayPlan:
         """Play the recorded surgeon on node (in the master site's domain) in a thread: the
         device held at its pose at the start until go is set (the session is up and the arm
         ENABLED, as it was at the start), then with the recorded timing to the end of the
-        recording or until stop is set."""
+        recording or until stop is set; its pedals through a ReplaySurgeon."""
+        from std_msgs.msg import Bool
+
+        from telesurg.ros_support import STATE_QOS
+
         reader = BagReader(self.master_bag)
-        surgeon = ReplaySurgeon(node, self.reference_following, say)
+        surgeon = ReplaySurgeon(
+            self.reference_following,
+            lambda topic, pressed: player.publishers[topic].publish(Bool(data=pressed)), say)
+
+        def taker(topic: str):
+            return lambda data: surgeon.take(topic, _decode(data, SURGEON_TOPICS[topic]).data,
+                                             player.position_ns)
+
         player = Player(node, reader, list(SURGEON_TOPICS), self.start_s,
-                        intercept={topic: surgeon.taker(topic) for topic in PEDAL_TOPICS})
-        surgeon.player = player
+                        intercept={topic: taker(topic) for topic in PEDAL_TOPICS})
+        node.create_subscription(Bool, "/console/following",
+                                 lambda msg: surgeon.set_following(msg.data), STATE_QOS)
 
         def play() -> None:
             with reader:
                 player.hold(lambda: go.is_set() or stop.is_set())
                 player.play(stop)
+
+        def work_pedal() -> None:
+            while thread.is_alive() and not stop.wait(PEDAL_PERIOD_S):
+                surgeon.work_pedal(player.position_ns)
         thread = threading.Thread(target=play, name="demo-replay", daemon=True)
         thread.start()
-        threading.Thread(target=surgeon.run, args=(thread, stop), name="demo-replay-pedal",
-                         daemon=True).start()
+        threading.Thread(target=work_pedal, name="demo-replay-pedal", daemon=True).start()
         return thread
 
     def deviation(self, messages: dict) -> dict:

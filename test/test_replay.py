@@ -311,6 +311,37 @@ def test_replayed_presence_presses_again_only_where_the_recording_went_on_follow
     assert pedal(6.0, True, True) and pedal(9.0, True, True) and presence.presses == 1
 
 
+def test_the_replayed_surgeon_never_presses_a_pedal_held_at_the_start_and_presses_again():
+    from telesurg.session_replay import CLUTCH_TOPIC, PRESENCE_TOPIC, ReplaySurgeon
+
+    now = [0.0]
+    published, said = [], []
+    surgeon = ReplaySurgeon([(5 * S, True)], lambda topic, down: published.append((topic, down)),
+                            said.append, clock=lambda: now[0])
+    # Before the recording says how the pedals stand, nothing: a released pedal published
+    # first and the held one after would be a fresh press, and engage at the wrong moment.
+    surgeon.work_pedal(0)
+    assert published == []
+    surgeon.take(CLUTCH_TOPIC, False, 0)
+    surgeon.take(PRESENCE_TOPIC, True, 0)
+    assert published == [(CLUTCH_TOPIC, False), (PRESENCE_TOPIC, True)]
+    # The recorded surgeon engages at 5 s; this console follows, then stops at 6 s (a stall of
+    # its own) while the recording goes on: after 0.3 s the pedal is lifted, then pressed.
+    surgeon.set_following(True)
+    for t in np.arange(5.0, 6.0, 0.01):
+        now[0] = t
+        surgeon.work_pedal(int(t * S))
+    surgeon.set_following(False)
+    for t in np.arange(6.0, 6.6, 0.01):
+        now[0] = t
+        surgeon.work_pedal(int(t * S))
+    assert published[2:] == [(PRESENCE_TOPIC, False), (PRESENCE_TOPIC, True)]
+    assert len(said) == 1 and "pressed operator-present again" in said[0]
+    # A recorded release goes out at once.
+    surgeon.take(PRESENCE_TOPIC, False, int(6.6 * S))
+    assert published[-1] == (PRESENCE_TOPIC, False)
+
+
 def test_following_at_reads_the_state_in_force():
     from telesurg.session_replay import following_at
 
