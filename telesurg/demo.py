@@ -526,6 +526,13 @@ def print_summary(summary: dict, say=print) -> None:
     say(f"  clutch presses {summary['clutch_presses']}; arm motion while not following "
         f"{summary['motion_while_not_following_mm']} mm; first goal after an engage "
         f"{summary['engage_offset_mm']} mm from the held arm")
+    if "replay_deviation_mm" in summary:
+        deviation = summary["replay_deviation_mm"]
+        say(f"  replay: tip path p50 {deviation['p50']} mm, p99 {deviation['p99']} mm, max "
+            f"{deviation['max']} mm from the recorded one; compared {summary['replay_compared_s']}"
+            f" s of the {summary['replay_following_s']} s it followed, "
+            f"{summary['replay_differences']} differences in following "
+            f"({summary['replay_rebased_stretches']} stretches compared from their start)")
 
 
 def link_state_values(message) -> dict[str, tuple[str, dict[str, str]]]:
