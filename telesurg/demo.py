@@ -136,8 +136,12 @@ class Site:
                                           STATE_QOS)
 
     def recording(self) -> bool:
-        """Whether the site's recorder has joined its DDS graph."""
-        return RECORDER_NODE_NAME in self.node.get_node_names()
+        """Whether the site's recorder subscribes to every topic of the site, as this node
+        has discovered (a recorder that has only joined the graph missed a run's first
+        pedal presses once, discovering their publisher seconds later)."""
+        return all(any(info.node_name == RECORDER_NODE_NAME
+                       for info in self.node.get_subscriptions_info_by_topic(topic))
+                   for topic in SITE_TOPICS[self.name])
 
 
 def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config: Path,
@@ -312,7 +316,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 for spec, arguments in site.nodes:
                     site.group.start(spec, arguments)
             if replay:  # the recorded surgeon's device, held still until the arm is enabled
-                player = replay.start_player(sites[0].node, replay_go, stop_replay, say)
+                player, replayer = replay.start_player(sites[0].node, replay_go, stop_replay, say)
             _wait_until_ready(groups, sites)
             operator = Operator(sites[0].node, say)
             operator.enable(STARTUP_TIMEOUT_S)
@@ -363,7 +367,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     summary.update(safety_summary(messages, sites[1].link_states, started_ns, task_ended_ns))
     if replay:
         summary["replay_of"] = str(options.replay)
-        summary.update(replay.deviation(messages))
+        summary.update(replay.deviation(messages, replayer.played_at_ns))
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:

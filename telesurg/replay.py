@@ -106,6 +106,7 @@ class Player:
         self.rate = rate
         self.intercept = intercept or {}
         self.position_ns = self.start_ns  # the bag time played up to
+        self.played_at_ns: int | None = None  # the system time at which start_ns was played
         self.published = 0
         self._latched_published = False
         self.publishers = {t: node.create_publisher(message_class(reader.topics[t].type), t,
@@ -167,6 +168,8 @@ class Player:
         stop is set)."""
         self._publish_latched()
         play_start = time.monotonic()
+        if self.played_at_ns is None:
+            self.played_at_ns = time.time_ns()
         for due, topic, data in schedule(self.reader.messages(self.topics, self.start_ns),
                                          self.start_ns, self.rate, play_start):
             delay = due - time.monotonic()

@@ -184,6 +184,7 @@ class ReplayPlan:
     reference_commands: np.ndarray  # receive times (ns) of the console's /psm/servo_cp
     reference_ns: np.ndarray
     reference_tips: np.ndarray
+    start_ns: int         # the bag time of start_s
 
     @classmethod
     def of(cls, run_dir: Path) -> ReplayPlan:
@@ -215,10 +216,10 @@ class ReplayPlan:
             stamps, tips = tip_path(patient.read_all(["/psm/measured_cp"])["/psm/measured_cp"])
         return cls(run_dir, bags["master"], start_s, span_s, engaged,
                    following_changes(recorded["/console/following"]),
-                   receive_times(recorded["/psm/servo_cp"]), stamps, tips)
+                   receive_times(recorded["/psm/servo_cp"]), stamps, tips, enabled)
 
     def start_player(self, node, go: threading.Event, stop: threading.Event,
-                     say=print) -> threading.Thread:
+                     say=print) -> tuple[threading.Thread, Player]:
         """Play the recorded surgeon on node (in the master site's domain) in a thread: the
         device held at its pose at the start until go is set (the session is up and the arm
         ENABLED, as it was at the start), then with the recorded timing to the end of the
@@ -252,9 +253,9 @@ class ReplayPlan:
         thread = threading.Thread(target=play, name="demo-replay", daemon=True)
         thread.start()
         threading.Thread(target=work_pedal, name="demo-replay-pedal", daemon=True).start()
-        return thread
+        return thread, player
 
-    def deviation(self, messages: dict) -> dict:
+    def deviation(self, messages: dict, played_at_ns: int | None) -> dict:
         """How far the new session's arm tip path (its recorded messages by site and topic)
         lies from the recorded one, over the stretches from the first engagement on in which
         both consoles followed (replay_compared_s of the reference's replay_following_s).
@@ -263,7 +264,7 @@ class ReplayPlan:
         REPLAY_WINDOW_MS of the aligned time; replay_deviation_rigid_mm: to the recorded
         position at the aligned time itself, which also counts the sessions' timing jitter
         (a 50 ms stall at 20 mm/s is 1 mm); replay_offset_ms: the fitted time offset beyond
-        the alignment on the first engagement. replay_differences counts the moments at which
+        the alignment. replay_differences counts the moments at which
         one console followed and the other not for over 100 ms (a pause of one session
         only): every stretch after the first of them starts with the arms at different places
         and is compared relative to its start (replay_rebased_stretches of
@@ -277,7 +278,14 @@ class ReplayPlan:
                     "replay_following_s": 0.0, "replay_stretches": 0,
                     "replay_rebased_stretches": 0, "replay_differences": 0,
                     "replay_in_step_to_end": False, "replay_offset_ms": None}
-        anchor = engaged - self.reference_engage_ns
+        # Aligned by the player's clock: the recording's start was played at played_at_ns
+        # (the consoles may engage at different moments, if one stalls or the recorder
+        # joined late and missed a press); else on the first engagement.
+        anchor = (played_at_ns - self.start_ns if played_at_ns is not None
+                  else engaged - self.reference_engage_ns)
+        # From the first engagement of either (an earlier one in the recording is a
+        # difference too: its arm moved first).
+        engaged = min(engaged, self.reference_engage_ns + anchor)
         end = min(int(stamps[-1]), int(self.reference_ns[-1]) + anchor)
         changes = following_changes(following)
         shifted = [(t + anchor, f) for t, f in self.reference_following]

@@ -249,12 +249,16 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
     engage = START_NS + 1 * S
     commands = np.arange(engage, stamps[-1], 4 * MS)
     plan = ReplayPlan(Path("run"), Path("run/master_bag"), 0.0, 10.0, engage,
-                      [(engage, True)], commands, stamps, path)
+                      [(engage, True)], commands, stamps, path, START_NS)
 
     # The same session again, 3 s later: in step to the end, on the path.
     later = 3 * S
     same = recorded_session(stamps + later, path, [(engage + later, True)], commands + later)
-    figures = plan.deviation(same)
+    # Aligned by the player's clock (the recording's start played 3 s later) or, without
+    # it, on the first engagement: the same.
+    for played_at in (START_NS + later, None):
+        figures = plan.deviation(same, played_at)
+        assert figures["replay_deviation_mm"]["max"] < 1e-6
     assert figures["replay_deviation_mm"]["max"] < 1e-6
     assert figures["replay_in_step_to_end"] and figures["replay_differences"] == 0
     assert figures["replay_compared_s"] == pytest.approx(9.0, abs=0.02)
@@ -262,7 +266,8 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
 
     # 1 mm off along z: 1 mm.
     off = plan.deviation(recorded_session(stamps + later, path + [0.0, 0.0, 0.001],
-                                          [(engage + later, True)], commands + later))
+                                          [(engage + later, True)], commands + later),
+                         START_NS + later)
     assert off["replay_deviation_mm"]["p50"] == pytest.approx(1.0, abs=1e-3)
 
     # The replay's console stops following from 4 s to 4.5 s (its arm stands) and is engaged
@@ -278,11 +283,23 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
         stamps + later, paused,
         [(engage + later, True), (pause + later, False), (resume + later, True)],
         commands[(commands < pause) | (commands >= resume)] + later)
-    figures = plan.deviation(replay)
+    figures = plan.deviation(replay, START_NS + later)
     assert figures["replay_deviation_mm"]["max"] < 1e-6
     assert (figures["replay_stretches"], figures["replay_rebased_stretches"]) == (2, 1)
     assert figures["replay_differences"] == 1 and not figures["replay_in_step_to_end"]
     assert figures["replay_compared_s"] == pytest.approx(8.5, abs=0.02)
+    # The replay engages 0.9 s after the recording did (its recorder had joined late and missed
+    # the press): aligned by the player's clock, it is compared from there, relative.
+    late = engage + 900 * MS
+    behind = path.copy()
+    behind[stamps < late] = path[stamps == engage][0]
+    behind[stamps >= late] -= path[stamps == late][0] - path[stamps == engage][0]
+    figures = plan.deviation(recorded_session(stamps + later, behind, [(late + later, True)],
+                                              commands[commands >= late] + later),
+                             START_NS + later)
+    assert figures["replay_deviation_mm"]["max"] < 1e-6
+    assert figures["replay_rebased_stretches"] == figures["replay_stretches"] == 1
+    assert figures["replay_compared_s"] == pytest.approx(8.1, abs=0.02)
     # Without the rebase the second stretch would be off by the motion of that half second.
     gap_mm = 1000 * np.linalg.norm(path[stamps == resume][0] - path[stamps == pause][0])
     assert gap_mm > 10
