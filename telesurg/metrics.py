@@ -181,6 +181,17 @@ def largest_gap_within(arrivals, intervals) -> int:
     return largest
 
 
+def path_at(stamps_ns, points, at_ns) -> np.ndarray:
+    """A path's positions (time-ordered stamps, one point per row) at the times at_ns (any
+    shape; the result has one more axis), interpolated, held at the path's ends."""
+    stamps_ns = np.asarray(stamps_ns, dtype=np.int64)
+    points = np.asarray(points, dtype=float)
+    grid = (stamps_ns - stamps_ns[0]) * 1e-9
+    at = (np.asarray(at_ns, dtype=np.int64) - stamps_ns[0]) * 1e-9
+    return np.stack([np.interp(at, grid, points[:, axis]) for axis in range(points.shape[1])],
+                    axis=-1)
+
+
 def path_deviation(reference_ns, reference_positions, replay_ns, replay_positions,
                    offset_ns: int, search_ns: int = 500_000_000, step_ns: int = 1_000_000,
                    window_ns: int = 0) -> tuple[int, np.ndarray]:
@@ -197,18 +208,14 @@ def path_deviation(reference_ns, reference_positions, replay_ns, replay_position
     replay = np.asarray(replay_positions, dtype=float)
     if reference_ns.size < 2 or replay_ns.size == 0:
         return offset_ns, np.array([])
-    grid = (reference_ns - reference_ns[0]) * 1e-9
-
-    def reference_at(seconds: np.ndarray) -> np.ndarray:
-        return np.stack([np.interp(seconds, grid, reference[:, axis])
-                         for axis in range(reference.shape[1])], axis=-1)
 
     def distances(offset: int, window: int = 0) -> np.ndarray:
         aligned = replay_ns - offset
         inside = (aligned >= reference_ns[0]) & (aligned <= reference_ns[-1])
-        seconds = (aligned[inside] - reference_ns[0]) * 1e-9
-        shifts = np.arange(-window, window + 1, step_ns) * 1e-9 if window else np.zeros(1)
-        candidates = reference_at(seconds[:, None] + shifts[None, :])  # (samples, shifts, 3)
+        shifts = (np.arange(-window, window + 1, step_ns, dtype=np.int64) if window
+                  else np.zeros(1, dtype=np.int64))
+        # (samples, shifts, 3)
+        candidates = path_at(reference_ns, reference, aligned[inside][:, None] + shifts[None, :])
         gaps = np.linalg.norm(candidates - replay[inside][:, None, :], axis=2)
         return gaps.min(axis=1)
 

@@ -24,6 +24,7 @@ from telesurg.metrics import (
     clipped_intervals,
     command_gaps,
     following_stretches,
+    path_at,
     path_deviation,
     percentiles,
 )
@@ -308,8 +309,8 @@ class ReplayPlan:
             inside = _inside(stamps, [stretch])
             points = tips[inside]
             if stretch.rebased:
-                points = points - (_position_at(stamps, tips, stretch.start_ns)
-                                   - _position_at(*reference, stretch.start_ns - offset))
+                points = points - (path_at(stamps, tips, stretch.start_ns)
+                                   - path_at(*reference, stretch.start_ns - offset))
             paths = (*reference, stamps[inside], points, offset)
             windowed.append(path_deviation(*paths, search_ns=0,
                                            window_ns=int(REPLAY_WINDOW_MS * 1e6))[1])
@@ -334,12 +335,6 @@ def _inside(stamps: np.ndarray, stretches: list[FollowingStretch]) -> np.ndarray
     for stretch in stretches:
         inside |= (stamps >= stretch.start_ns) & (stamps <= stretch.end_ns)
     return inside
-
-
-def _position_at(stamps: np.ndarray, points: np.ndarray, t_ns: int) -> np.ndarray:
-    seconds = (stamps - stamps[0]) * 1e-9
-    at = (t_ns - stamps[0]) * 1e-9
-    return np.array([np.interp(at, seconds, points[:, axis]) for axis in range(3)])
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
