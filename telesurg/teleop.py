@@ -189,7 +189,7 @@ class StallGuard:
     def __init__(self, period_s: float, now: float, late_factor: float = 3.0) -> None:
         self.period_s = period_s
         self.late_factor = late_factor
-        self.deferred = 0  # checks deferred so far, for the log
+        self.deferred = 0  # checks deferred so far, for the console's log
         self._last = now
         self._deferred_last = False
 

@@ -114,6 +114,10 @@ class MasterConsoleNode(Node):
     def _watch_inputs(self) -> None:
         now = self._now()
         if not self._stall_guard.may_judge(now):
+            self.get_logger().info(
+                f"watchdog ran late: this console was stalled; judging the inputs after the "
+                f"samples queued meanwhile (stalls so far: {self._stall_guard.deferred})",
+                throttle_duration_sec=5.0)
             return
         silent = self._silent_input(now)
         if silent and self.mapping.following:
