@@ -10,7 +10,7 @@ the patient site's nodes on sim time. patient_site.launch.py and telesurg.launch
 for sim:=gazebo.
 """
 
-from telesurg.site_launch import gazebo_launch_description
+from telesurg.bringup.descriptions import gazebo_launch_description
 
 
 def generate_launch_description():

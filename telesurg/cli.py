@@ -7,11 +7,11 @@ import signal
 import sys
 from pathlib import Path
 
-from telesurg.bag import STORAGES, BagError
+from telesurg.bags.storage import STORAGES, BagError
 from telesurg.bench import BENCHMARKS, RESULTS_PATH
-from telesurg.graph import SITES
-from telesurg.linkem import PROFILES, parse_outage
-from telesurg.operator import STATE_COMMANDS, parse_domain
+from telesurg.contract.graph import SITES
+from telesurg.linkem.model import PROFILES, parse_outage
+from telesurg.session.operator_cli import STATE_COMMANDS, parse_domain
 
 LINK_PROFILES = tuple(PROFILES)
 
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["linkem"]:  # the relay has its own options and help
-        from telesurg.relay import main as relay_main
+        from telesurg.linkem.relay import main as relay_main
 
         return relay_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -230,19 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keygen":
         return _keygen(args)
     if args.command == "state":
-        from telesurg.operator import run_state
+        from telesurg.session.operator_cli import run_state
 
         return run_state(args.state_command, args.domain, args.timeout)
     if args.command == "status":
-        from telesurg.operator import run_status
+        from telesurg.session.operator_cli import run_status
 
         return run_status(args.domain, args.once, args.timeout)
     if args.command == "record":
-        from telesurg.recording import run_record
+        from telesurg.bags.recorder import run_record
 
         return run_record(args.site, args.out, args.storage, args.domain)
     if args.command == "replay":
-        from telesurg.replay import run_replay
+        from telesurg.bags.player import run_replay
 
         return run_replay(args.bag, args.rate, args.start, args.topics, args.loop, args.domain,
                           args.wait_subscribers)
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_bench(args.names, args.results)
     if args.command == "report":
-        from telesurg.report import run_report
+        from telesurg.analysis.report import run_report
 
         return run_report(args.source, args.out)
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _keygen(args) -> int:
-    from telesurg.wire import write_key
+    from telesurg.bridge.wire import write_key
 
     if args.path.exists() and not args.force:
         print(f"telesurg keygen: {args.path} exists; not replacing a key the other site may "
@@ -276,7 +276,7 @@ def _keygen(args) -> int:
 
 
 def _demo(args) -> int:
-    from telesurg.demo import DemoError, DemoOptions, print_summary, run_demo
+    from telesurg.session.demo import DemoError, DemoOptions, print_summary, run_demo
 
     options = DemoOptions(task=args.task, duration_s=args.duration, seed=args.seed,
                           out=args.out, config=args.config,

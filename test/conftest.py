@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from telesurg import bridge_config
-from telesurg.demo import session_environment
+from telesurg.bridge import config as bridge_config
+from telesurg.session.demo import session_environment
 
 # Fast DDS refuses domain ids above 232 (UDP port arithmetic): stay within [100, 232].
 _domains = itertools.cycle(range(100 + os.getpid() % 40 * 3, 233))

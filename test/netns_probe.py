@@ -25,7 +25,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from telesurg.ros_support import STATE_QOS, STREAM_QOS
+from telesurg.ros.node import STATE_QOS, STREAM_QOS
 
 SERVO_TOPIC = "/psm/servo_cp"
 _print_lock = threading.Lock()

@@ -1,12 +1,12 @@
 """A full two-site telesurg session as real processes, for multi-process fault tests.
 
-Brings up what `telesurg demo` brings up (telesurg.demo: open_links, plan_sites, the nodes of
-telesurg.graph in NodeGroups): the master site (virtual surgeon, master console, bridge) and the
-patient site (bridge, safety supervisor, arm controller, MuJoCo simulator), each on its own DDS
-domain, joined only by the two bridges over links a and b. The links run either through the
-demo's emulated-links process (lan, geostationary_satellite, ... profiles; EmulatedLinks cuts
-them) or, with netns=True, over two veth pairs between two network namespaces, the master
-site's processes in one and the patient site's in the other (`ip link set DEV down` cuts them;
+Brings up what `telesurg demo` brings up (telesurg.session.demo: open_links, plan_sites, the nodes
+of telesurg.contract.graph in NodeGroups): the master site (virtual surgeon, master console,
+bridge) and the patient site (bridge, safety supervisor, arm controller, MuJoCo simulator), each on
+its own DDS domain, joined only by the two bridges over links a and b. The links run either through
+the demo's emulated-links process (lan, geostationary_satellite, ... profiles; EmulatedLinks cuts
+them) or, with netns=True, over two veth pairs between two network namespaces, the master site's
+processes in one and the patient site's in the other (`ip link set DEV down` cuts them;
 telesurg.bench.sessions, shared with the benchmarks, makes them and picks the DDS domains).
 
 The test process watches both sites through a SiteProbe each: a probe process (site_probe.py)
@@ -43,14 +43,18 @@ from pathlib import Path
 
 import numpy as np
 
+from telesurg.analysis.metrics import largest_step
+from telesurg.arm.kinematics import ARM_JOINT_NAMES, BASE_FRAME, forward
 from telesurg.bench.sessions import (
     Namespaces,
     NetnsUnavailable,  # noqa: F401 - the fault tests catch it from here
     pick_domain_pair,
     start_in_namespace,
 )
-from telesurg.bridge_config import LINK_STATE_TOPIC, message_class
-from telesurg.demo import (
+from telesurg.bridge.config import LINK_STATE_TOPIC, message_class
+from telesurg.bridge.wire import write_key
+from telesurg.contract.resources import default_config
+from telesurg.session.demo import (
     DEMO_LINK_TIMEOUT_MS,
     DemoOptions,
     open_links,
@@ -58,11 +62,7 @@ from telesurg.demo import (
     session_environment,
     stamp_ns,
 )
-from telesurg.kinematics import ARM_JOINT_NAMES, BASE_FRAME, forward
-from telesurg.metrics import largest_step
-from telesurg.processes import NodeGroup, NodeProcess, die_with_parent
-from telesurg.resources import default_config
-from telesurg.wire import write_key
+from telesurg.session.processes import NodeGroup, NodeProcess, die_with_parent
 
 MS = 1_000_000  # ns
 STARTUP_TIMEOUT_S = 60.0

@@ -32,8 +32,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from telesurg.bridge_config import message_class
-from telesurg.ros_support import STATE_QOS, STREAM_QOS
+from telesurg.bridge.config import message_class
+from telesurg.ros.node import STATE_QOS, STREAM_QOS
 
 QOS = {
     # Recording: deep, so that a burst while the probe waits for a core is not lost.

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from telesurg.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
-from telesurg.kinematics import HOME_POSITIONS, JOINT_LIMITS, JOINT_NAMES, forward
+from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_LIMITS, JOINT_NAMES, forward
+from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
 
 RATE = 1000.0
 DT = 1.0 / RATE

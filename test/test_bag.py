@@ -19,7 +19,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.interfaces import QosDurability, QosReliability
 from std_msgs.msg import Bool, Int64
 
-from telesurg.bag import TYPESTORE, BagError, BagReader, BagWriter, make_qos
+from telesurg.bags.storage import TYPESTORE, BagError, BagReader, BagWriter, make_qos
 
 POSE = "geometry_msgs/msg/PoseStamped"
 BOOL = "std_msgs/msg/Bool"
@@ -158,7 +158,7 @@ CRASHING_WRITER = textwrap.dedent("""
     from pathlib import Path
     from rclpy.serialization import serialize_message
     from std_msgs.msg import Int64
-    from telesurg.bag import BagWriter, make_qos
+    from telesurg.bags.storage import BagWriter, make_qos
 
     bag, storage, seconds, log = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
     writer = BagWriter(bag, storage)

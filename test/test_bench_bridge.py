@@ -19,7 +19,7 @@ from telesurg.bench.bridge_pair import (
     read_command,
 )
 from telesurg.bench.stream import PAYLOAD_BYTES
-from telesurg.bridge_core import header_stamp_ns
+from telesurg.bridge.core import header_stamp_ns
 
 
 @pytest.fixture(scope="module")

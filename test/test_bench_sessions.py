@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from telesurg.arm_control import ArmController, ArmControllerConfig
+from telesurg.arm.kinematics import HOME_POSITIONS, forward
 from telesurg.bench.end_to_end import (
     DIRECTIONS,
     STEP_INTERVAL_S,
@@ -19,8 +19,8 @@ from telesurg.bench.end_to_end import (
     step_latencies,
 )
 from telesurg.bench.freeze import FOLLOWING, PAUSED_HOLD, lost_report, trial_figures
-from telesurg.kinematics import HOME_POSITIONS, forward
-from telesurg.teleop import MasterInput, TeleopConfig, TeleopMapping
+from telesurg.master.teleop import MasterInput, TeleopConfig, TeleopMapping
+from telesurg.patient.arm_control import ArmController, ArmControllerConfig
 
 MS = 1_000_000
 

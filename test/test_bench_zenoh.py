@@ -8,7 +8,7 @@ import pytest
 
 from telesurg.bench import zenoh_link
 from telesurg.bench.stream import make_payload
-from telesurg.linkem import PROFILES
+from telesurg.linkem.model import PROFILES
 
 pytest.importorskip("zenoh", reason="eclipse-zenoh is not installed (pip install "
                                     "-r requirements.txt): the zenoh benchmark cannot run")

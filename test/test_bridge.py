@@ -19,13 +19,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from telesurg.demo import session_environment
-from telesurg.graph import NodeSpec
-from telesurg.linkem import PROFILES
-from telesurg.processes import NodeGroup
-from telesurg.relay import LinkRelay
-from telesurg.ros_support import STATE_QOS, STREAM_QOS
-from telesurg.wire import PROTOCOL_VERSION, MessageKind, write_key
+from telesurg.bridge.wire import PROTOCOL_VERSION, MessageKind, write_key
+from telesurg.contract.graph import NodeSpec
+from telesurg.linkem.model import PROFILES
+from telesurg.linkem.relay import LinkRelay
+from telesurg.ros.node import STATE_QOS, STREAM_QOS
+from telesurg.session.demo import session_environment
+from telesurg.session.processes import NodeGroup
 
 DISCOVERY_TIMEOUT_S = 20.0
 

@@ -8,8 +8,8 @@ import yaml
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import JointState
 
-from telesurg import bridge_config
-from telesurg.bridge_config import (
+from telesurg.bridge import config as bridge_config
+from telesurg.bridge.config import (
     ROLES,
     SEQUENCE_ELEMENTS,
     STRING_CHARS,
@@ -20,8 +20,8 @@ from telesurg.bridge_config import (
     message_class,
     worst_case_cdr_bytes,
 )
-from telesurg.params import ConfigError
-from telesurg.wire import max_message_bytes
+from telesurg.bridge.wire import max_message_bytes
+from telesurg.contract.params import ConfigError
 
 DEFAULT = yaml.safe_load(default_bridge_config_path().read_text())
 

@@ -10,9 +10,9 @@ import pytest
 from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 
-from telesurg.bridge_config import load_bridge_config
-from telesurg.bridge_core import BridgeCore, _Link, echo, header_stamp_ns
-from telesurg.wire import MessageKind, WireCodec, max_payload_bytes, write_key
+from telesurg.bridge.config import load_bridge_config
+from telesurg.bridge.core import BridgeCore, _Link, echo, header_stamp_ns
+from telesurg.bridge.wire import MessageKind, WireCodec, max_payload_bytes, write_key
 
 
 def wait_for(condition, timeout_s=5.0):

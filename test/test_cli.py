@@ -2,8 +2,8 @@
 
 import stat
 
+from telesurg.bridge.wire import load_key
 from telesurg.cli import main
-from telesurg.wire import load_key
 
 
 def test_help_lists_every_command(capsys):

@@ -3,7 +3,7 @@
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from telesurg.demo import DemoError, network_summary
+from telesurg.session.demo import DemoError, network_summary
 
 
 def report(overall: dict, links: dict) -> DiagnosticArray:

@@ -1,5 +1,5 @@
-"""The arm's URDF (description/psm.urdf) agrees with telesurg.kinematics, as URDF (read here and
-by yourdfpy, an independent URDF library) and in MuJoCo.
+"""The arm's URDF (description/psm.urdf) agrees with telesurg.arm.kinematics, as URDF (read here
+and by yourdfpy, an independent URDF library) and in MuJoCo.
 
 Gazebo's view of the same file (SDFormat's conversion, ros2_control) is test_gazebo_files.py's.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from telesurg.kinematics import (
+from telesurg.arm.kinematics import (
     ARM_JOINT_NAMES,
     BASE_FRAME,
     HOME_POSITIONS,
@@ -20,7 +20,7 @@ from telesurg.kinematics import (
     JOINT_NAMES,
     forward,
 )
-from telesurg.simulation import ArmSimulation
+from telesurg.arm.simulation import ArmSimulation
 
 URDF_PATH = Path(__file__).resolve().parents[1] / "description" / "psm.urdf"
 ROOT_LINK = BASE_FRAME

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from telesurg.emulated_links import EmulatedLinks
+from telesurg.linkem.emulator import EmulatedLinks
 
 
 def udp_socket():

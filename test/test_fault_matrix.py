@@ -60,7 +60,7 @@ SETTLE_NS = 100 * MS
 RE_ENGAGE_WINDOW_NS = 500 * MS
 OBSERVE_NS = 1000 * MS
 ATTEMPTS = 3
-#: The design deadlines the figures are compared with (config/telesurg.yaml, telesurg.demo).
+#: The design deadlines the figures are compared with (config/telesurg.yaml, session.demo).
 LINK_TIMEOUT_MS = 100.0  # DEMO_LINK_TIMEOUT_MS: the sessions' bridges
 LINK_STATE_TIMEOUT_MS = 300.0
 SUPERVISOR_TIMEOUT_MS = 250.0

@@ -22,9 +22,7 @@ import yaml
 from scipy.spatial.transform import Rotation
 from test_description import random_positions, urdf_link_pose
 
-from telesurg.arm_control import ArmController, ArmControllerConfig
-from telesurg.graph import SITE_TOPICS
-from telesurg.kinematics import (
+from telesurg.arm.kinematics import (
     ARM_JOINT_NAMES,
     BASE_FRAME,
     HOME_POSITIONS,
@@ -32,8 +30,10 @@ from telesurg.kinematics import (
     JOINT_NAMES,
     forward,
 )
-from telesurg.params import defaults
-from telesurg.simulation import ArmSimulation
+from telesurg.arm.simulation import ArmSimulation
+from telesurg.contract.graph import SITE_TOPICS
+from telesurg.contract.params import defaults
+from telesurg.patient.arm_control import ArmController, ArmControllerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 URDF_PATH = ROOT / "description" / "psm.urdf"
@@ -381,7 +381,7 @@ def test_rviz_shows_the_arm_in_its_base_frame(rviz, robot):
 
 
 def test_rviz_shows_setpoint_and_measured_tool_tip_poses_as_published(rviz):
-    from telesurg.ros_support import STATE_QOS
+    from telesurg.ros.node import STATE_QOS
 
     poses = displays(rviz, "Pose")
     topics = [display["Topic"]["Value"] for display in poses]

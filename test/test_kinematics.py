@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.spatial.transform import Rotation
 
-from telesurg.kinematics import (
+from telesurg.arm.kinematics import (
     ARM_JOINT_NAMES,
     HOME_POSITIONS,
     JAW_JOINT_NAME,

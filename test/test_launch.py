@@ -1,6 +1,6 @@
 """The launch files start exactly the package's nodes and named dependencies, with installed
 files. `launch` and `launch_ros` are not on PyPI, so most checks read the sources (AST) and the
-pure telesurg.launch_support; where `launch` and `launch_ros` import (a full ROS 2 install with
+pure telesurg.bringup.plan; where `launch` and `launch_ros` import (a full ROS 2 install with
 telesurg built), each LaunchDescription is also built and visited."""
 
 import ast
@@ -18,15 +18,15 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from telesurg import launch_support as support
-from telesurg.bridge_config import LINK_OVERRIDES, parse_link_overrides
-from telesurg.graph import BRIDGE, SESSION_NODES, SITE_TOPICS, SITES, nodes_of_site
-from telesurg.kinematics import JOINT_NAMES
-from telesurg.params import NODE_PARAMETERS, ROS_BUILTIN_PARAMETERS
+from telesurg.arm.kinematics import JOINT_NAMES
+from telesurg.bridge.config import LINK_OVERRIDES, parse_link_overrides
+from telesurg.bringup import plan as support
+from telesurg.contract.graph import BRIDGE, SESSION_NODES, SITE_TOPICS, SITES, nodes_of_site
+from telesurg.contract.params import NODE_PARAMETERS, ROS_BUILTIN_PARAMETERS
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_DIR = ROOT / "launch"
-SITE_LAUNCH = ROOT / "telesurg" / "site_launch.py"
+SITE_LAUNCH = ROOT / "telesurg" / "bringup" / "descriptions.py"
 LAUNCH_FILES = sorted(LAUNCH_DIR.glob("*.launch.py"))
 #: Where launch files are built: site_launch.py, and the launch files that call it.
 SOURCES = [SITE_LAUNCH, *LAUNCH_FILES]
@@ -149,7 +149,7 @@ def test_every_launch_file_compiles_and_returns_a_site_launch_description(launch
     assert isinstance(statement, ast.Return)
     assert ast.unparse(statement.value) == ENTRY_POINTS[launch_file.name]
     imports = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imports == {"telesurg.site_launch"}
+    assert imports == {"telesurg.bringup.descriptions"}
 
 
 def test_the_four_launch_files_exist():
@@ -476,11 +476,11 @@ def stand_in_launch(monkeypatch, tmp_path):
     import ament_index_python.packages
     monkeypatch.setattr(ament_index_python.packages, "get_package_share_directory",
                         lambda package: str(share / package))
-    monkeypatch.delitem(sys.modules, "telesurg.site_launch", raising=False)
+    monkeypatch.delitem(sys.modules, "telesurg.bringup.descriptions", raising=False)
     yield share
     # Forget the module built over the stand-ins (and the package's attribute naming it).
-    sys.modules.pop("telesurg.site_launch", None)
-    vars(sys.modules["telesurg"]).pop("site_launch", None)
+    sys.modules.pop("telesurg.bringup.descriptions", None)
+    vars(sys.modules["telesurg.bringup"]).pop("descriptions", None)
 
 
 def _kind(entity) -> str:
@@ -706,7 +706,7 @@ def test_gazebo_chain_needs_each_step_to_succeed_where_launch_imports():
     _launch_or_skip()
     from launch.actions import EmitEvent, LogInfo
 
-    from telesurg import site_launch
+    from telesurg.bringup import descriptions as site_launch
 
     on_exit = site_launch._after_success("spawning x", ["next"])
     assert on_exit(SimpleNamespace(returncode=0), None) == ["next"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telesurg.link_health import (
+from telesurg.bridge.link_health import (
     LinkHealth,
     LinkHealthConfig,
     LinkMonitor,

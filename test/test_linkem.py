@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from telesurg.linkem import (
+from telesurg.linkem.model import (
     PROFILES,
     GilbertElliott,
     LinkModel,

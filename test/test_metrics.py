@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from telesurg.metrics import (
+from telesurg.analysis.metrics import (
     LatencyHistogram,
     engage_offsets,
     following_intervals,

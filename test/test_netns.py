@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from telesurg.bridge_config import ROLES, default_bridge_config_path
-from telesurg.demo import session_environment
-from telesurg.graph import BRIDGE, NodeSpec
-from telesurg.processes import NodeGroup, NodeProcess, die_with_parent
-from telesurg.wire import write_key
+from telesurg.bridge.config import ROLES, default_bridge_config_path
+from telesurg.bridge.wire import write_key
+from telesurg.contract.graph import BRIDGE, NodeSpec
+from telesurg.session.demo import session_environment
+from telesurg.session.processes import NodeGroup, NodeProcess, die_with_parent
 
 PROBE_SCRIPT = Path(__file__).with_name("netns_probe.py")
 PROBE = NodeSpec("netns_probe", "", "", "both", "test/netns_probe.py")

@@ -16,10 +16,12 @@ import time
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-from telesurg import operator
 from telesurg.cli import main
-from telesurg.demo import session_environment
-from telesurg.operator import (
+from telesurg.contract.resources import default_config
+from telesurg.patient.safety import Command
+from telesurg.session import operator_cli as operator
+from telesurg.session.demo import session_environment
+from telesurg.session.operator_cli import (
     LINK_STATE_TOPIC,
     OPERATING_STATE_TOPIC,
     STATUS_TOPIC,
@@ -35,8 +37,6 @@ from telesurg.operator import (
     parse_status,
     resolve_domain,
 )
-from telesurg.resources import default_config
-from telesurg.safety import Command
 
 CLI_TIMEOUT_S = 20.0  # the command's own wait for the site: discovery takes 0.5-3.5 s here
 DISCOVERY_TIMEOUT_S = 20.0
@@ -228,8 +228,8 @@ def start_cli(args, domain: int, env_domain: int) -> subprocess.Popen:
 
 @contextlib.contextmanager
 def supervisor(tmp_path, env, ros_args=()):
-    from telesurg.graph import NodeSpec
-    from telesurg.processes import NodeGroup
+    from telesurg.contract.graph import NodeSpec
+    from telesurg.session.processes import NodeGroup
 
     group = NodeGroup(env, tmp_path / "logs")
     node = group.start(NodeSpec("safety_supervisor", "safety_supervisor",
@@ -309,8 +309,8 @@ class FakePatientSite:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Bool, String
 
-        from telesurg.kinematics import HOME_POSITIONS, JOINT_NAMES
-        from telesurg.ros_support import STATE_QOS, STREAM_QOS
+        from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
+        from telesurg.ros.node import STATE_QOS, STREAM_QOS
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain)

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 import yaml
 
-from telesurg.params import NODE_PARAMETERS, ConfigError, defaults, load_parameter_file
-from telesurg.resources import default_config
+from telesurg.contract.params import NODE_PARAMETERS, ConfigError, defaults, load_parameter_file
+from telesurg.contract.resources import default_config
 
 
 def write(tmp_path, text, name="params.yaml"):
@@ -97,7 +97,7 @@ def test_node_process_exits_naming_bad_key_and_file(tmp_path, node, key, value, 
 
 
 def test_generated_default_file_round_trips_to_the_defaults(tmp_path):
-    from telesurg.params import default_parameter_file
+    from telesurg.contract.params import default_parameter_file
 
     path = write(tmp_path, default_parameter_file())
     loaded = load_parameter_file(path)

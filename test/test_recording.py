@@ -19,8 +19,8 @@ from rosbags.interfaces import QosDurability, QosReliability
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
-from telesurg.bag import BagReader
-from telesurg.ros_support import STATE_QOS, STREAM_QOS
+from telesurg.bags.storage import BagReader
+from telesurg.ros.node import STATE_QOS, STREAM_QOS
 
 DISCOVERY_TIMEOUT_S = 20.0  # discovery takes 0.5-3.5 s here; the recorder also imports rclpy
 STOP_TIMEOUT_S = 20.0

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from telesurg.linkem import PROFILES, LinkProfile, Outage
-from telesurg.relay import THREAD_NAME, LinkRelay, main
+from telesurg.linkem.model import PROFILES, LinkProfile, Outage
+from telesurg.linkem.relay import THREAD_NAME, LinkRelay, main
 
 LOOPBACK = "127.0.0.1"
 RECEIVE_TIMEOUT_S = 2.0

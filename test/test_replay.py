@@ -33,9 +33,9 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import StoragePlugin, Writer
 from std_msgs.msg import Bool, String
 
-from telesurg.bag import TYPESTORE, BagError, BagReader, BagTopic, BagWriter, make_qos
-from telesurg.metrics import command_gaps, following_stretches, path_deviation
-from telesurg.replay import check_topics, latched_before, publisher_qos, schedule
+from telesurg.analysis.metrics import command_gaps, following_stretches, path_deviation
+from telesurg.bags.player import check_topics, latched_before, publisher_qos, schedule
+from telesurg.bags.storage import TYPESTORE, BagError, BagReader, BagTopic, BagWriter, make_qos
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -241,7 +241,7 @@ def recorded_session(stamps_ns, tips, following, commands_ns):
 
 
 def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause():
-    from telesurg.session_replay import ReplayPlan
+    from telesurg.session.playback import ReplayPlan
 
     stamps = START_NS + np.arange(0, 10_000, 10, dtype=np.int64) * MS  # 100 Hz tips, 10 s
     path = reference_path(stamps)
@@ -306,7 +306,7 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
 
 
 def test_replayed_presence_presses_again_only_where_the_recording_went_on_following():
-    from telesurg.session_replay import ReplayedPresence
+    from telesurg.session.playback import ReplayedPresence
 
     presence = ReplayedPresence(patience_s=0.3, release_s=0.2)
 
@@ -329,7 +329,7 @@ def test_replayed_presence_presses_again_only_where_the_recording_went_on_follow
 
 
 def test_the_replayed_surgeon_never_presses_a_pedal_held_at_the_start_and_presses_again():
-    from telesurg.session_replay import CLUTCH_TOPIC, PRESENCE_TOPIC, ReplaySurgeon
+    from telesurg.session.playback import CLUTCH_TOPIC, PRESENCE_TOPIC, ReplaySurgeon
 
     now = [0.0]
     published, said = [], []
@@ -360,7 +360,7 @@ def test_the_replayed_surgeon_never_presses_a_pedal_held_at_the_start_and_presse
 
 
 def test_following_at_reads_the_state_in_force():
-    from telesurg.session_replay import following_at
+    from telesurg.session.playback import following_at
 
     changes = [(10, True), (20, False), (30, True)]
     assert [following_at(changes, t) for t in (5, 10, 15, 20, 29, 30, 99)] == \

@@ -13,9 +13,8 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 from std_msgs.msg import Bool, String
 
-from telesurg.bag import IN_PROGRESS, RECORDING_KEY, BagWriter
-from telesurg.metrics import tracking_errors
-from telesurg.report import (
+from telesurg.analysis.metrics import tracking_errors
+from telesurg.analysis.report import (
     FIGURES,
     Track,
     flatten,
@@ -30,6 +29,7 @@ from telesurg.report import (
     transitions,
     write_report,
 )
+from telesurg.bags.storage import IN_PROGRESS, RECORDING_KEY, BagWriter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MS = 1_000_000
@@ -247,7 +247,7 @@ def test_tracking_error_series_agrees_with_the_summary_metric():
 
 def test_the_figures_data_reflects_the_recording(report, run_dir):
     # A figure's data comes from the same extraction: checked through it on the real bags.
-    from telesurg.report import extract_session, find_sources, load_recording
+    from telesurg.analysis.report import extract_session, find_sources, load_recording
 
     recording = load_recording(find_sources(run_dir).bags)
     session = extract_session(recording, SUMMARY)
@@ -304,7 +304,7 @@ def test_a_closed_bag_cut_short_is_refused_in_one_line(run_dir, tmp_path, capsys
 def test_a_recording_whose_recorder_died_is_read_up_to_its_last_chunk(run_dir, tmp_path,
                                                                       capsys):
     bag = cut_in_half(run_dir, tmp_path)
-    # What a recorder's last checkpoint leaves in metadata.yaml (telesurg.bag).
+    # What a recorder's last checkpoint leaves in metadata.yaml (telesurg.bags.storage).
     metadata_path = bag / "metadata.yaml"
     metadata = yaml.safe_load(metadata_path.read_text())
     metadata["rosbag2_bagfile_information"]["custom_data"] = {RECORDING_KEY: IN_PROGRESS}

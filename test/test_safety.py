@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telesurg.kinematics import ARM_JOINT_NAMES, HOME_POSITIONS
-from telesurg.safety import (
+from telesurg.arm.kinematics import ARM_JOINT_NAMES, HOME_POSITIONS
+from telesurg.patient.safety import (
     FAULT_CAUSES,
     Cause,
     Command,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from telesurg.resources import default_config
+from telesurg.contract.resources import default_config
 
 # Whole sessions on a shared 2-core machine: a stalled process now and then stretches a tail
 # figure past its bound. A case that fails runs once more; one that fails twice is a defect.

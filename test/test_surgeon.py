@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from telesurg.surgeon import TASKS, SurgeonSample, VirtualSurgeon
+from telesurg.master.surgeon import TASKS, SurgeonSample, VirtualSurgeon
 
 RATE_HZ = 200.0
 
@@ -134,7 +134,7 @@ def test_pedal_states_are_plain_bools_that_ros_messages_serialise():
 
 
 def test_presence_retry_presses_again_only_when_the_console_stopped_following():
-    from telesurg.surgeon import PresenceRetry
+    from telesurg.master.surgeon import PresenceRetry
 
     retry = PresenceRetry(patience_s=1.0, release_s=0.2)
     times = np.arange(0.0, 5.0, 0.01)

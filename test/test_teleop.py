@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from telesurg.rotations import homogeneous
-from telesurg.teleop import MasterInput, TeleopConfig, TeleopMapping
+from telesurg.arm.rotations import homogeneous
+from telesurg.master.teleop import MasterInput, TeleopConfig, TeleopMapping
 
 ARM_POSE = homogeneous(Rotation.from_euler("xyz", [0.3, -0.2, 1.1]).as_matrix(),
                        [0.05, -0.02, -0.12])
@@ -237,7 +237,7 @@ def test_rate_outside_the_filter_range_is_fine_without_the_filter():
 
 
 def test_stall_guard_defers_one_check_after_a_stall_of_its_own():
-    from telesurg.teleop import StallGuard
+    from telesurg.master.teleop import StallGuard
 
     guard = StallGuard(period_s=0.02, now=0.0)
     assert guard.may_judge(0.02) and guard.may_judge(0.041)  # on time (and a little late)
@@ -247,7 +247,7 @@ def test_stall_guard_defers_one_check_after_a_stall_of_its_own():
 
 
 def test_stall_guard_never_defers_twice_in_a_row():
-    from telesurg.teleop import StallGuard
+    from telesurg.master.teleop import StallGuard
 
     guard = StallGuard(period_s=0.02, now=0.0)
     assert not guard.may_judge(0.5)

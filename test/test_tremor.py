@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from telesurg.tremor import TremorFilter, design_figures
+from telesurg.master.tremor import TremorFilter, design_figures
 
 # The sharp band edges ring down with a 1.4 s time constant: wait 5.5 of them (-48 dB).
 SETTLE_S = 8.0

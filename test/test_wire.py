@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telesurg.wire import (
+from telesurg.bridge.wire import (
     MAX_DATAGRAM_BYTES,
     AuthenticationFailed,
     BadVersion,

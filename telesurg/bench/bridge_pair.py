@@ -39,14 +39,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from telesurg.analysis.metrics import percentiles
 from telesurg.bench import Result
 from telesurg.bench.stream import StreamStats, paced
-from telesurg.bridge_config import default_bridge_config_path, free_udp_ports, load_bridge_config
-from telesurg.bridge_core import BridgeCore
-from telesurg.emulated_links import EmulatedLinks
-from telesurg.link_health import LinkState
-from telesurg.metrics import percentiles
-from telesurg.wire import load_key, write_key
+from telesurg.bridge.config import default_bridge_config_path, free_udp_ports, load_bridge_config
+from telesurg.bridge.core import BridgeCore
+from telesurg.bridge.link_health import LinkState
+from telesurg.bridge.wire import load_key, write_key
+from telesurg.linkem.emulator import EmulatedLinks
 
 SERVO_TOPIC = "/psm/servo_cp"
 LINK_NAMES = ("a", "b")
@@ -216,7 +216,7 @@ class _RosTopicEnd:
     was lost after it."""
 
     def __init__(self, spec: RosTopic, deliver: Deliver):
-        from telesurg.demo import session_environment
+        from telesurg.session.demo import session_environment
 
         os.environ.update(session_environment(spec.domain_id))  # read by rclpy.init below
         import rclpy
@@ -225,8 +225,8 @@ class _RosTopicEnd:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from telesurg.bridge_config import LINK_STATE_TOPIC
-        from telesurg.ros_support import STATE_QOS, STREAM_QOS
+        from telesurg.bridge.config import LINK_STATE_TOPIC
+        from telesurg.ros.node import STATE_QOS, STREAM_QOS
 
         self._rclpy = rclpy
         self._context = rclpy.Context()

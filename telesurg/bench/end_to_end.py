@@ -2,15 +2,15 @@
 master sample (/mtm/measured_cp at the master site) to the joint command it causes
 (/forward_position_controller/commands at the patient site), both links on the lan profile.
 
-The session is `telesurg demo`'s (telesurg.demo: plan_sites, open_links) with a probe in place
-of the virtual surgeon. Nothing carries a master sample's stamp through (the console stamps
-/psm/servo_cp with its own time; joint commands have no header), so the probe correlates by
-motion: it streams a still master at the console's rate, engages like a surgeon (operator-present
-pedal released, then pressed once the arm is ENABLED), and every STEP_INTERVAL_S moves the master
-by STEP_M, in turn +x, +y, -x, -y: each step is orthogonal to the one before, whose ringing
-through the tremor filter would otherwise add to it. A step's response is the first joint
-command whose tool tip (forward kinematics) moved at least THRESHOLD_FRACTION of the expected
-tip step (scale x STEP_M) along the step's direction from the last command before the step.
+The session is `telesurg demo`'s (telesurg.session.demo: plan_sites, open_links) with a probe in
+place of the virtual surgeon. Nothing carries a master sample's stamp through (the console stamps
+/psm/servo_cp with its own time; joint commands have no header), so the probe correlates by motion:
+it streams a still master at the console's rate, engages like a surgeon (operator-present pedal
+released, then pressed once the arm is ENABLED), and every STEP_INTERVAL_S moves the master by
+STEP_M, in turn +x, +y, -x, -y: each step is orthogonal to the one before, whose ringing through
+the tremor filter would otherwise add to it. A step's response is the first joint command whose
+tool tip (forward kinematics) moved at least THRESHOLD_FRACTION of the expected tip step (scale x
+STEP_M) along the step's direction from the last command before the step.
 
 The tremor filter (an 8-12 Hz band-stop) passes a step's edge at once: its first output sample
 is 91 % of the step, then it rings at the band edges, so the first command after the step
@@ -35,17 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
+from telesurg.analysis.metrics import percentiles
+from telesurg.arm.kinematics import forward
 from telesurg.bench import Result, Row
 from telesurg.bench.sessions import cpu_note, pick_domain_pair, run_measurer, start_sites
-from telesurg.demo import DemoOptions, open_links, plan_sites, stamp_ns
-from telesurg.graph import SESSION_NODES
-from telesurg.kinematics import forward
-from telesurg.linkem import PROFILES
-from telesurg.metrics import percentiles
-from telesurg.params import load_parameter_file
-from telesurg.resources import default_config
-from telesurg.ros_support import STATE_QOS, STREAM_QOS, PeriodicLoop
-from telesurg.surgeon import PresenceRetry
+from telesurg.contract.graph import SESSION_NODES
+from telesurg.contract.params import load_parameter_file
+from telesurg.contract.resources import default_config
+from telesurg.linkem.model import PROFILES
+from telesurg.master.surgeon import PresenceRetry
+from telesurg.ros.node import STATE_QOS, STREAM_QOS, PeriodicLoop
+from telesurg.session.demo import DemoOptions, open_links, plan_sites, stamp_ns
 
 STEPS = 100
 STEP_INTERVAL_S = 0.6  # the tremor filter's ringing has decayed to ~4 % by then

@@ -30,7 +30,7 @@ from telesurg.bench.bridge_pair import (
     bridge_ends,
     pooled_latency_ms,
 )
-from telesurg.linkem import PROFILES
+from telesurg.linkem.model import PROFILES
 
 RATE_HZ = 1000.0
 PROFILE = "fiber_transcontinental"

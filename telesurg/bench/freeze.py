@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from telesurg.analysis.metrics import percentiles
 from telesurg.bench import Result, Row
 from telesurg.bench.sessions import (
     Namespaces,
@@ -46,17 +47,16 @@ from telesurg.bench.sessions import (
     run_measurer,
     start_sites,
 )
-from telesurg.bridge_config import LINK_STATE_TOPIC
-from telesurg.demo import (
+from telesurg.bridge.config import LINK_STATE_TOPIC
+from telesurg.bridge.wire import write_key
+from telesurg.contract.resources import default_config
+from telesurg.session.demo import (
     DEMO_LINK_TIMEOUT_MS,
     DemoOptions,
     link_state_values,
     plan_sites,
     stamp_ns,
 )
-from telesurg.metrics import percentiles
-from telesurg.resources import default_config
-from telesurg.wire import write_key
 
 TRIALS = 30
 MAX_ATTEMPTS = 40  # a trial excluded (e.g. a clutch at the cut) is run again, up to this many

@@ -101,9 +101,9 @@ def topic_to_topic(pair: SitePair, folder: Path, rate_hz: float, duration_s: flo
     """Trials from a publisher in the master site's DDS domain to a subscriber in the patient
     site's, through two bridge node processes joined by two loopback links; and the CPU % of
     each bridge node while the stream flows."""
-    from telesurg.demo import session_environment
-    from telesurg.graph import BRIDGE
-    from telesurg.processes import NodeGroup
+    from telesurg.contract.graph import BRIDGE
+    from telesurg.session.demo import session_environment
+    from telesurg.session.processes import NodeGroup
 
     master_domain = random.randrange(10, 99)  # as the demo's: apart from the tests' 100-232
     domains = {MASTER: master_domain, PATIENT: master_domain + 1}

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from telesurg.bridge_config import ROLES, default_bridge_config_path
-from telesurg.demo import session_environment
-from telesurg.processes import NodeGroup, NodeProcess, _prepare_child, cpu_seconds
+from telesurg.bridge.config import ROLES, default_bridge_config_path
+from telesurg.session.demo import session_environment
+from telesurg.session.processes import NodeGroup, NodeProcess, _prepare_child, cpu_seconds
 
 #: Each link a /30 of its own, only ever inside a session's namespaces: .1 master, .2 patient.
 SUBNETS = {"a": "10.214.1", "b": "10.214.2"}
@@ -184,9 +184,9 @@ def cpu_note(cpu: dict) -> str:
 
 def start_sites(sites, out: Path, stack: contextlib.ExitStack,
                 namespaces: Namespaces | None = None) -> list[NodeGroup]:
-    """Start every node of the planned sites (telesurg.demo.plan_sites), each site inside its
-    namespace if there are namespaces: a NodeGroup per site, logging to out/logs/SITE, stopped
-    when the stack closes."""
+    """Start every node of the planned sites (telesurg.session.demo.plan_sites), each site
+    inside its namespace if there are namespaces: a NodeGroup per site, logging to out/logs/SITE,
+    stopped when the stack closes."""
     groups = []
     for site in sites:
         group = NodeGroup(session_environment(site.domain_id), out / "logs" / site.name)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from telesurg.metrics import percentiles
+from telesurg.analysis.metrics import percentiles
 
 #: A geometry_msgs/PoseStamped in CDR with a short frame id is about this long.
 PAYLOAD_BYTES = 200

@@ -148,7 +148,7 @@ class _Peer:
     """One Zenoh peer process, its stderr in log_path."""
 
     def __init__(self, role: str, arguments: list[str], log_path: Path):
-        from telesurg.processes import die_with_parent
+        from telesurg.session.processes import die_with_parent
 
         self.role = role
         self.log_path = log_path
@@ -232,9 +232,9 @@ def zenoh_stream(profile: str, links: tuple[str, ...], rate_hz: float, duration_
     sending_link, the link the publisher sent on at the start, and links_at_end, how many
     links its session had at the end.
     """
-    from telesurg.bridge_config import free_udp_ports
-    from telesurg.emulated_links import EmulatedLinks
-    from telesurg.linkem import PROFILES
+    from telesurg.bridge.config import free_udp_ports
+    from telesurg.linkem.emulator import EmulatedLinks
+    from telesurg.linkem.model import PROFILES
 
     ports = free_udp_ports(2 * len(links))
     publisher_ports, subscriber_ports = ports[::2], ports[1::2]
@@ -286,7 +286,7 @@ def zenoh_stream(profile: str, links: tuple[str, ...], rate_hz: float, duration_
 def _combined(rounds: list[tuple[dict, list]]) -> dict:
     """One variant's figures over its rounds: latency percentiles of every round's commands
     together; lost, largest gap and the outage figures as medians, with each round's."""
-    from telesurg.metrics import percentiles
+    from telesurg.analysis.metrics import percentiles
 
     figures = [round_figures for round_figures, _ in rounds]
     combined = {"latency_ms": percentiles([
@@ -324,7 +324,7 @@ def _dropped(figures: dict) -> str:
 
 
 def _notes(figures: dict, version: str) -> list[str]:
-    from telesurg.linkem import PROFILES
+    from telesurg.linkem.model import PROFILES
 
     one, two, tuned = (figures[name] for name in ZENOH_VARIANTS)
     sending = two["sending_link_per_round"] + tuned["sending_link_per_round"]
@@ -365,7 +365,7 @@ def _notes(figures: dict, version: str) -> list[str]:
 def _telesurg_round(sites, folder: Path, seed: int) -> tuple[dict, list]:
     """telesurg's bridge pair on links a and b, link a cut as in the Zenoh rounds."""
     from telesurg.bench.bridge_pair import DRAIN_S, bridge_ends
-    from telesurg.linkem import PROFILES
+    from telesurg.linkem.model import PROFILES
 
     with bridge_ends(folder, links=2, profile=PROFILE, seed=seed) as (master, patient,
                                                                        emulated):

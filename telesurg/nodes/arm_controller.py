@@ -20,9 +20,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, Header, String
 
-from telesurg.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
-from telesurg.kinematics import BASE_FRAME, JOINT_NAMES, forward
-from telesurg.ros_support import (
+from telesurg.arm.kinematics import BASE_FRAME, JOINT_NAMES, forward
+from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
+from telesurg.ros.node import (
     CONTROLLER_COMMAND_QOS,
     STATE_QOS,
     STREAM_QOS,

@@ -11,7 +11,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
-from telesurg.bridge_config import (
+from telesurg.bridge.config import (
     DIAGNOSTICS_TOPIC,
     LINK_OVERRIDES,
     LINK_STATE_TOPIC,
@@ -20,17 +20,17 @@ from telesurg.bridge_config import (
     load_bridge_config,
     message_class,
 )
-from telesurg.bridge_core import BridgeCore
-from telesurg.link_health import HealthSnapshot, LinkState, OverallState
-from telesurg.params import ConfigError
-from telesurg.ros_support import (
+from telesurg.bridge.core import BridgeCore
+from telesurg.bridge.link_health import HealthSnapshot, LinkState, OverallState
+from telesurg.bridge.wire import KeyFileError, load_key
+from telesurg.contract.params import ConfigError
+from telesurg.ros.node import (
     STATE_QOS,
     STREAM_QOS,
     PeriodicLoop,
     declare_parameters,
     run_node,
 )
-from telesurg.wire import KeyFileError, load_key
 
 #: An all-zero key: what both bridges use when run insecure, so they still understand each
 #: other. Anyone can read and forge such traffic.

@@ -23,8 +23,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
-from telesurg.kinematics import BASE_FRAME, JAW_JOINT_NAME, JOINT_LIMITS
-from telesurg.ros_support import (
+from telesurg.arm.kinematics import BASE_FRAME, JAW_JOINT_NAME, JOINT_LIMITS
+from telesurg.master.teleop import IDLE, MasterInput, StallGuard, TeleopConfig, TeleopMapping
+from telesurg.ros.node import (
     STATE_QOS,
     STREAM_QOS,
     declare_parameters,
@@ -33,7 +34,6 @@ from telesurg.ros_support import (
     pose_to_matrix,
     run_node,
 )
-from telesurg.teleop import IDLE, MasterInput, StallGuard, TeleopConfig, TeleopMapping
 
 #: How often the console checks that the master device and the arm still report.
 WATCHDOG_PERIOD_S = 0.02

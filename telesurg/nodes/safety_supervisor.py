@@ -3,8 +3,8 @@
 Watches the links (/bridge/link_state), the command stream (/psm/servo_cp: staleness, one-way
 age from the console's stamp, tip steps), the console (/console/following and
 /console/operator_present, bridged from the master site) and the arm (/psm/measured_js), and
-takes operator commands on /psm/state_command. The rules are telesurg.safety's; this node only
-feeds them and publishes:
+takes operator commands on /psm/state_command. The rules are telesurg.patient.safety's; this
+node only feeds them and publishes:
 
 - /psm/operating_state (DISABLED, ENABLED, PAUSED, FAULT): on every change, and repeated at
   heartbeat_rate_hz as the heartbeat the arm controller holds without;
@@ -27,9 +27,10 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
-from telesurg.bridge_config import DIAGNOSTICS_TOPIC, LINK_STATE_TOPIC
-from telesurg.kinematics import ARM_JOINT_NAMES
-from telesurg.ros_support import (
+from telesurg.arm.kinematics import ARM_JOINT_NAMES
+from telesurg.bridge.config import DIAGNOSTICS_TOPIC, LINK_STATE_TOPIC
+from telesurg.patient.safety import OperatingState, SafetyConfig, SafetySupervisor
+from telesurg.ros.node import (
     STATE_QOS,
     STREAM_QOS,
     PeriodicLoop,
@@ -37,7 +38,6 @@ from telesurg.ros_support import (
     is_valid_stamp,
     run_node,
 )
-from telesurg.safety import OperatingState, SafetyConfig, SafetySupervisor
 
 STATUS_TOPIC = "/safety/status"
 STATUS_PERIOD_S = 0.5  # status and diagnostics repeat this often (and go out on any change)

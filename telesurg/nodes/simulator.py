@@ -14,15 +14,15 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-from telesurg.kinematics import HOME_POSITIONS, JOINT_NAMES
-from telesurg.resources import arm_urdf
-from telesurg.ros_support import (
+from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
+from telesurg.arm.simulation import ArmSimulation
+from telesurg.contract.resources import arm_urdf
+from telesurg.ros.node import (
     STREAM_QOS,
     PeriodicLoop,
     declare_parameters,
     run_node,
 )
-from telesurg.simulation import ArmSimulation
 
 #: Most physics steps taken in one loop tick: a stalled process catches up (the real arm would
 #: have moved meanwhile) but beyond a quarter second it drops time rather than race.

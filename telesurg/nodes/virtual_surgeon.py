@@ -14,7 +14,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
-from telesurg.ros_support import (
+from telesurg.arm.rotations import homogeneous
+from telesurg.master.surgeon import PresenceRetry, VirtualSurgeon
+from telesurg.ros.node import (
     STATE_QOS,
     STREAM_QOS,
     PeriodicLoop,
@@ -22,8 +24,6 @@ from telesurg.ros_support import (
     fill_pose,
     run_node,
 )
-from telesurg.rotations import homogeneous
-from telesurg.surgeon import PresenceRetry, VirtualSurgeon
 
 MASTER_FRAME = "mtm_base"
 

@@ -1,0 +1,342 @@
+"""The bridge between two sites, without ROS: every datagram out on every link, the first copy
+in wins (IEC 62439-3 PRP), heartbeats on every link, and the links' health.
+
+Freshness. Every bridge start draws a new random sender id, and each heartbeat names the peer
+sender it answers. A receiver trusts a sender only once that sender's heartbeat names the
+receiver's own current id: proof that it is alive now, which a recording of an earlier session
+(or of an earlier peer of this one) cannot give. Until then, and for any sender it has since
+replaced, its datagrams are discarded (counted apart from rejected ones, since a restarting
+peer sends them too) and count for nothing: neither delivered nor as signs of a live link. A
+replaced sender is never trusted again, so its recorded traffic cannot be replayed later.
+
+No rclpy: the node hands outgoing payloads (CDR bytes) to send(), and gets incoming ones back
+through a callback from the receive thread. Sockets are plain UDP, one per link, optionally
+bound to a network interface so that each link leaves on its own technology.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from telesurg.analysis.metrics import LatencyHistogram
+from telesurg.bridge.config import BridgeConfig, LinkConfig, QosKind
+from telesurg.bridge.link_health import HealthSnapshot, LinkHealth, LinkHealthConfig, StateChange
+from telesurg.bridge.wire import (
+    MAX_DATAGRAM_BYTES,
+    DropCounters,
+    MessageKind,
+    ReplayWindow,
+    WireCodec,
+    WireError,
+    max_message_bytes,
+    pack_data,
+    unpack_data,
+)
+
+#: Heartbeat payload: per link, the link id, the newest peer heartbeat timestamp heard on it and
+#: how long it was held before this heartbeat left (RTCP's LSR/DLSR), so that each side measures
+#: every link's round trip from heartbeats alone, with every datagram still sent on every link.
+_ECHO = struct.Struct("!BQQ")
+#: Heartbeat payload head: the peer sender id this heartbeat answers (0 before any is heard).
+_ANSWERS = struct.Struct("!Q")
+#: Message header stamp in CDR: after the 4-byte encapsulation, int32 sec and uint32 nanosec.
+_CDR_STAMP = {False: struct.Struct(">iI"), True: struct.Struct("<iI")}
+#: A message rides again in the next datagram only if that leaves this soon after it: a command
+#: recovered later would be too old to act on.
+REDUNDANCY_WINDOW_NS = 100_000_000
+#: Linux SO_TIMESTAMPNS (= SCM_TIMESTAMPNS): the kernel stamps each datagram's arrival
+#: (CLOCK_REALTIME), so that a receive thread slow to read (a busy machine) does not make a link
+#: that delivered on time look silent.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
+#: Longest the receive thread sleeps when no link deadline is due.
+_IDLE_WAIT_S = 0.1
+
+
+@dataclass
+class _Link:
+    index: int  # link id on the wire: position in the configuration, the same at both sites
+    config: LinkConfig
+    sock: socket.socket
+    peer: tuple[str, int]
+    # Newest peer heartbeat heard here: its sender timestamp and our monotonic arrival, in ns.
+    echo: tuple[int, int] = (0, 0)
+    send_errors: int = 0
+
+
+def echo(link: _Link, now_ns: int) -> bytes:
+    """The echo of the newest peer heartbeat heard on link, held since then until now_ns (0 if
+    it arrived after now_ns was read: the receive thread runs meanwhile)."""
+    echoed_ns, arrival_ns = link.echo
+    return _ECHO.pack(link.index, echoed_ns, max(0, now_ns - arrival_ns) if echoed_ns else 0)
+
+
+def header_stamp_ns(cdr: bytes) -> int | None:
+    """The header stamp of a message that starts with a std_msgs/Header, from its CDR bytes;
+    None if there is none (a zero stamp is invalid, as in CRTK)."""
+    if len(cdr) < 12:
+        return None
+    sec, nanosec = _CDR_STAMP[bool(cdr[1] & 1)].unpack_from(cdr, 4)
+    return sec * 1_000_000_000 + nanosec if sec or nanosec else None
+
+
+def open_link_socket(link: LinkConfig) -> socket.socket:
+    """A non-blocking UDP socket bound as the link configuration says."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if link.interface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                            link.interface.encode() + b"\0")
+        sock.bind(link.bind)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError as error:
+        sock.close()
+        raise OSError(f"link {link.name}: cannot bind {link.bind[0]}:{link.bind[1]}"
+                      f"{' on ' + link.interface if link.interface else ''}: "
+                      f"{error.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class BridgeCore:
+    def __init__(self, config: BridgeConfig, key: bytes,
+                 deliver: Callable[[int, bytes], None],
+                 health_changed: Callable[[list[StateChange]], None]):
+        self.config = config
+        self.codec = WireCodec(key)
+        self._deliver = deliver
+        self._health_changed = health_changed
+        self.health = LinkHealth([link.name for link in config.links],
+                                 LinkHealthConfig(link_timeout_ms=config.link_timeout_ms))
+        self.links: list[_Link] = []
+        try:
+            for index, link in enumerate(config.links):
+                peer = (socket.gethostbyname(link.peer[0]), link.peer[1])  # resolve once
+                self.links.append(_Link(index, link, open_link_socket(link), peer))
+        except OSError:
+            for link in self.links:
+                link.sock.close()
+            raise
+        self._by_fileno = {link.sock.fileno(): link for link in self.links}
+        self.peer_id = 0  # the trusted peer sender (0: none yet)
+        self._candidate_id = 0  # the newest untrusted sender heard: the one our heartbeats answer
+        self._replaced_ids: set[int] = set()
+        self._window = ReplayWindow()
+        self.drops = DropCounters()
+        self.sent = 0
+        self.delivered = 0
+        self.duplicates_discarded = 0
+        self.recovered = 0  # lost on every link, delivered from the next datagram's copy
+        self.untrusted_discarded = 0
+        # The latest message of each outgoing state topic, sent again by refresh_states().
+        self._state_topics = frozenset(topic.index for topic in config.outgoing
+                                       if topic.qos == QosKind.STATE)
+        # Commands (streamed, latest wins) counted apart: states are sent again, so the sent
+        # and delivered counts of all messages differ by the refreshes in flight.
+        self._command_topics = frozenset(topic.index for topic in config.outgoing
+                                         if topic.qos == QosKind.COMMAND)
+        self._command_topics_in = frozenset(topic.index for topic in config.incoming
+                                            if topic.qos == QosKind.COMMAND)
+        self.commands_sent = 0
+        self.commands_delivered = 0
+        self._latest_states: dict[int, bytes] = {}
+        # The last message sent: (sequence, topic index, CDR, monotonic ns when sent).
+        self._previous_data: tuple[int, int, bytes, int] | None = None
+        self.oversized = 0
+        # Age of arriving commands (stamp at the other site to arrival here, wall clocks).
+        self._aged_topics = frozenset(topic.index for topic in config.incoming
+                                      if topic.stamped and topic.qos == QosKind.COMMAND)
+        self.command_age = LatencyHistogram()
+        self._sequence = 0
+        self._send_lock = threading.Lock()  # sequences must leave in order on every link
+        self._lock = threading.Lock()  # health, shared by the receive and heartbeat threads
+        self._stop = threading.Event()
+        self._receiver = threading.Thread(target=self._receive_loop, name="bridge_receive",
+                                          daemon=True)
+
+    def start(self) -> None:
+        self._receiver.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._receiver.is_alive():
+            self._receiver.join(timeout=2.0)
+        for link in self.links:
+            link.sock.close()
+
+    # Sending -----------------------------------------------------------------------------
+
+    def send(self, topic_index: int, message: bytes) -> bool:
+        """Send one message's CDR bytes on every link, with the previous message too if it
+        fits; False if the message alone is too large for a datagram."""
+        if len(message) > max_message_bytes():
+            self.oversized += 1
+            return False
+        with self._send_lock:
+            self._send_data(topic_index, message)
+            if topic_index in self._state_topics:
+                self._latest_states[topic_index] = message
+        if topic_index in self._command_topics:
+            self.commands_sent += 1
+        return True
+
+    def refresh_states(self) -> None:
+        """Send every state topic's latest message again. A state is sent once, on change; one
+        lost with both links down would leave the other site with a stale value for good.
+        Under the send lock, so that a newer value sent meanwhile cannot be overtaken."""
+        with self._send_lock:
+            for topic_index, message in self._latest_states.items():
+                self._send_data(topic_index, message)
+
+    def _send_data(self, topic_index: int, message: bytes) -> None:
+        """Needs _send_lock."""
+        now_ns = time.monotonic_ns()
+        previous = self._previous_data
+        recent = previous is not None and now_ns - previous[3] <= REDUNDANCY_WINDOW_NS
+        sequence = self._send_everywhere(MessageKind.DATA, topic_index,
+                                         pack_data(message, previous[:3] if recent else None))
+        self._previous_data = (sequence, topic_index, message, now_ns)
+        self.sent += 1
+
+    def send_heartbeat(self) -> None:
+        now_ns = time.monotonic_ns()
+        answers = _ANSWERS.pack(self.peer_id or self._candidate_id)
+        echoes = b"".join(echo(link, now_ns) for link in self.links)
+        with self._send_lock:
+            self._send_everywhere(MessageKind.HEARTBEAT, 0, answers + echoes)
+
+    def _send_everywhere(self, kind: MessageKind, topic_index: int, payload: bytes) -> int:
+        """Send under the next sequence number on every link; returns it. Needs _send_lock:
+        sequences must leave in order on every link."""
+        self._sequence += 1
+        timestamp_ns = time.monotonic_ns()
+        for link in self.links:
+            datagram = self.codec.encode(kind, link.index, self._sequence, timestamp_ns,
+                                         topic_index, payload)
+            try:
+                link.sock.sendto(datagram, link.peer)
+            except OSError:
+                # A link whose interface is down: the other links carry the datagram.
+                link.send_errors += 1
+        return self._sequence
+
+    # Receiving ---------------------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        sockets = [link.sock for link in self.links]
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                deadline = self.health.next_deadline(now)
+            wait = _IDLE_WAIT_S if deadline is None else min(_IDLE_WAIT_S, deadline - now)
+            try:
+                ready, _, _ = select.select(sockets, [], [], max(0.0, wait))
+            except (OSError, ValueError):
+                return  # sockets closed: shutting down
+            for sock in ready:
+                self._drain(self._by_fileno[sock.fileno()])
+            with self._lock:
+                changes = self.health.update(time.monotonic())
+            if changes:
+                self._health_changed(changes)
+
+    def _drain(self, link: _Link) -> None:
+        realtime_to_monotonic_ns = time.monotonic_ns() - time.time_ns()
+        while True:
+            try:
+                datagram, ancillary, _, _ = link.sock.recvmsg(MAX_DATAGRAM_BYTES + 1,
+                                                              _ANCILLARY_BYTES)
+            except OSError:  # nothing left to read (BlockingIOError), or closed
+                return
+            now_ns = time.monotonic_ns()
+            arrival_ns = now_ns
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                    seconds, nanoseconds = _TIMESPEC.unpack(data)
+                    arrival_ns = min(now_ns, seconds * 1_000_000_000 + nanoseconds
+                                     + realtime_to_monotonic_ns)
+            self._receive(link, datagram, arrival_ns)
+
+    def _receive(self, link: _Link, raw: bytes, arrival_ns: int) -> None:
+        try:
+            datagram = self.codec.decode(raw)
+        except WireError as error:
+            self.drops.record(error.reason)
+            return
+        if datagram.link_id != link.index:
+            self.drops.record("wrong link")  # authentic, but relabelled or misrouted
+            return
+        if datagram.sender_id != self.peer_id and not self._trust(datagram):
+            self.untrusted_discarded += 1
+            return
+        if datagram.kind == MessageKind.DATA:
+            try:
+                message, previous = unpack_data(datagram.payload)
+            except WireError as error:
+                self.drops.record(error.reason)
+                return
+        fresh = self._window.accept(datagram.sequence)
+        now = arrival_ns * 1e-9
+        with self._lock:
+            monitor = self.health.links[link.config.name]
+            counted = monitor.on_datagram(now, datagram.sequence, datagram.timestamp_ns,
+                                          len(raw))
+            # A heartbeat too old for the link's window is no round trip of the link now.
+            if counted and datagram.kind == MessageKind.HEARTBEAT:
+                link.echo = (datagram.timestamp_ns, arrival_ns)
+                self._take_echo(link, datagram.payload, now)
+        if datagram.kind == MessageKind.DATA:
+            if previous is not None and self._window.accept(previous[0]):
+                self.recovered += 1
+                self._deliver_data(previous[1], previous[2])
+            if fresh:
+                self._deliver_data(datagram.topic_index, message)
+            else:
+                self.duplicates_discarded += 1
+
+    def _deliver_data(self, topic_index: int, message: bytes) -> None:
+        self.delivered += 1
+        if topic_index in self._command_topics_in:
+            self.commands_delivered += 1
+        if topic_index in self._aged_topics:
+            stamp_ns = header_stamp_ns(message)
+            if stamp_ns is not None:
+                self.command_age.add((time.time_ns() - stamp_ns) * 1e-6)
+        self._deliver(topic_index, message)
+
+    def _trust(self, datagram) -> bool:
+        """Whether a sender other than the trusted peer becomes the trusted peer: only when its
+        heartbeat answers our own id (see the module docstring)."""
+        sender = datagram.sender_id
+        if sender in self._replaced_ids or datagram.kind != MessageKind.HEARTBEAT:
+            return False
+        if len(datagram.payload) < _ANSWERS.size:
+            return False
+        self._candidate_id = sender
+        (answered,) = _ANSWERS.unpack_from(datagram.payload)
+        if answered != self.codec.sender_id:
+            return False
+        if self.peer_id:
+            self._replaced_ids.add(self.peer_id)
+        self.peer_id = sender
+        self._window = ReplayWindow()
+        return True
+
+    def _take_echo(self, link: _Link, payload: bytes, now: float) -> None:
+        """Round trip of this link from the echo of our own heartbeat the peer sent on it."""
+        for offset in range(_ANSWERS.size, len(payload) - _ECHO.size + 1, _ECHO.size):
+            link_index, echoed_ns, held_ns = _ECHO.unpack_from(payload, offset)
+            if link_index == link.index and echoed_ns:
+                self.health.links[link.config.name].on_heartbeat_reply(
+                    now, (echoed_ns + held_ns) * 1e-9)
+
+    def snapshot(self) -> HealthSnapshot:
+        with self._lock:
+            return self.health.snapshot(time.monotonic())

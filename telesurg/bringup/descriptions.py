@@ -1,0 +1,280 @@
+"""The LaunchDescriptions of telesurg (imports launch and launch_ros: full ROS 2 installs only).
+
+- site_launch_description("master" | "patient"): one site of a two-machine session, with its
+  bridge (launch/master_site.launch.py, launch/patient_site.launch.py);
+- session_launch_description(): both sites on one machine, no bridge (launch/telesurg.launch.py);
+- gazebo_launch_description(): Gazebo Sim with the arm under ros2_control, and the patient site
+  once the controllers are active (launch/gazebo.launch.py, included by the other two with
+  sim:=gazebo).
+
+The node lists come from telesurg.contract.graph, the files, controllers and the recording
+command from telesurg.bringup.plan (pure, tested without launch).
+"""
+
+from datetime import datetime
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    ExecuteProcess,
+    GroupAction,
+    IncludeLaunchDescription,
+    LogInfo,
+    RegisterEventHandler,
+)
+from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import (
+    EqualsSubstitution,
+    LaunchConfiguration,
+    NotEqualsSubstitution,
+    TextSubstitution,
+)
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+from launch import LaunchDescription
+from telesurg.bridge.config import LINK_OVERRIDES
+from telesurg.bringup import plan as support
+from telesurg.contract.graph import BRIDGE, SITES, nodes_of_site
+
+#: The links of the installed config/bridge.yaml, whose addresses launch arguments can set.
+LINKS = ("a", "b")
+HELP = {"bind": "this site's HOST:PORT on link {link}",
+        "peer": "the other site's HOST:PORT on link {link}",
+        "interface": "network interface link {link} leaves by (e.g. enp3s0 or wwan0)"}
+#: The bridge's launch arguments, passed on to gazebo.launch.py.
+BRIDGE_ARGUMENTS = ("bridge_config", "key_file",
+                    *(f"link_{link}_{part}" for link in LINKS for part in LINK_OVERRIDES.values()))
+
+
+def share_file(file: support.ShareFile) -> str:
+    """The installed path of a file named in telesurg.bringup.plan."""
+    return file.path(get_package_share_directory(file.package))
+
+
+def _flag(name: str, default: str, description: str) -> DeclareLaunchArgument:
+    return DeclareLaunchArgument(name, default_value=default, choices=["true", "false"],
+                                 description=description)
+
+
+def _sim_is(value: str) -> IfCondition:
+    return IfCondition(EqualsSubstitution(LaunchConfiguration("sim"), value))
+
+
+# Launch arguments ---------------------------------------------------------------------------
+
+def config_arguments() -> list[DeclareLaunchArgument]:
+    return [DeclareLaunchArgument(
+        "config", default_value=share_file(support.PARAMS),
+        description="ROS 2 parameter file for the telesurg nodes (see config/telesurg.yaml)")]
+
+
+def bridge_arguments() -> list[DeclareLaunchArgument]:
+    links = [DeclareLaunchArgument(f"link_{link}_{part}", default_value="",
+                                   description=HELP[part].format(link=link)
+                                   + "; empty keeps bridge_config's")
+             for link in LINKS for part in LINK_OVERRIDES.values()]
+    return [
+        DeclareLaunchArgument(
+            "bridge_config", default_value=share_file(support.BRIDGE_CONFIG),
+            description="Bridge configuration: link addresses (both sites), key file, topics"),
+        DeclareLaunchArgument(
+            "key_file", default_value="",
+            description="Pre-shared key file (telesurg keygen), the same at both sites; empty "
+                        "keeps bridge_config's key_file"),
+        *links,
+    ]
+
+
+def sim_argument() -> DeclareLaunchArgument:
+    return DeclareLaunchArgument(
+        "sim", default_value=support.DEFAULT_SIMULATOR, choices=list(support.SIMULATORS),
+        description="The arm: mujoco (the embedded MuJoCo simulator node), gazebo (Gazebo Sim "
+                    "with ros2_control, gazebo.launch.py) or none (a real arm whose "
+                    "ros2_control publishes /joint_states and takes "
+                    "/forward_position_controller/commands)")
+
+
+def rviz_argument() -> DeclareLaunchArgument:
+    return _flag("rviz", "false", "true: RViz with config/telesurg.rviz (the arm and its frames)")
+
+
+def record_arguments(label: str) -> list[DeclareLaunchArgument]:
+    return [
+        _flag("record", "false",
+              "true: ros2 bag record (MCAP) of the contract topics of this launch's site(s) "
+              "into record_dir"),
+        DeclareLaunchArgument(
+            "record_dir", default_value=support.default_record_dir(label, datetime.now()),
+            description="Directory the recording is written to; it must not exist (the "
+                        "default is new at every launch)"),
+    ]
+
+
+# Actions ------------------------------------------------------------------------------------
+
+def session_nodes(specs, *, use_sim_time: bool = False, condition=None) -> list[Node]:
+    """One Node per graph NodeSpec, with the parameter file (and sim time for Gazebo)."""
+    extra = [{"use_sim_time": True}] if use_sim_time else []
+    return [Node(package="telesurg", executable=spec.executable, name=spec.name,
+                 parameters=[LaunchConfiguration("config"), *extra], output="screen",
+                 condition=condition)
+            for spec in specs]
+
+
+def bridge_node(site: str, *, use_sim_time: bool = False, condition=None) -> Node:
+    """The site's bridge, the only path to the other site."""
+    # Each override parameter is 'a=VALUE b=VALUE'; an empty VALUE keeps the file's. Typed as
+    # strings, so that an empty or numeric-looking value is not read as YAML.
+    overrides = {parameter: ParameterValue([part for i, link in enumerate(LINKS) for part in (
+        TextSubstitution(text=f"{' ' if i else ''}{link}="),
+        LaunchConfiguration(f"link_{link}_{field}"))], value_type=str)
+        for parameter, field in LINK_OVERRIDES.items()}
+    parameters = {"role": site,
+                  "config_file": LaunchConfiguration("bridge_config"),
+                  "key_file": ParameterValue(LaunchConfiguration("key_file"), value_type=str),
+                  **overrides}
+    extra = [{"use_sim_time": True}] if use_sim_time else []
+    return Node(package="telesurg", executable=BRIDGE.executable, name=BRIDGE.name,
+                parameters=[parameters, *extra], output="screen", condition=condition)
+
+
+def robot_state_publisher(*, use_sim_time: bool, condition=None) -> Node:
+    """The arm's URDF on robot_description (which Gazebo's spawn and gz_ros2_control read)
+    and its frames on /tf from /joint_states."""
+    description = support.robot_description(get_package_share_directory(support.PACKAGE))
+    return Node(package="robot_state_publisher", executable="robot_state_publisher",
+                parameters=[{"robot_description": ParameterValue(description, value_type=str),
+                             "use_sim_time": use_sim_time}],
+                output="screen", condition=condition)
+
+
+def rviz_node() -> Node:
+    return Node(package="rviz2", executable="rviz2",
+                arguments=["-d", share_file(support.RVIZ_CONFIG)],
+                parameters=[{"use_sim_time": ParameterValue(
+                    EqualsSubstitution(LaunchConfiguration("sim"), "gazebo"), value_type=bool)}],
+                condition=IfCondition(LaunchConfiguration("rviz")), output="screen")
+
+
+def recorder(sites) -> ExecuteProcess:
+    """`ros2 bag record` of the sites' contract topics, when record:=true."""
+    command = support.record_command(support.contract_topics(sites),
+                                     LaunchConfiguration("record_dir"))
+    return ExecuteProcess(cmd=command, condition=IfCondition(LaunchConfiguration("record")),
+                          output="screen")
+
+
+def patient_actions(*, with_bridge: bool) -> list:
+    """The patient site for each value of `sim`: the simulator node (mujoco) or Gazebo
+    (gazebo.launch.py, which starts the site's nodes on sim time once the controllers are
+    active) or neither (none); with or without its bridge."""
+    simulator, others = support.split_simulator(nodes_of_site("patient"))
+    at_once = session_nodes(others)
+    if with_bridge:
+        at_once.append(bridge_node("patient"))
+    passed = ("config", *(BRIDGE_ARGUMENTS if with_bridge else ()))
+    gazebo = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(share_file(support.GAZEBO_LAUNCH)),
+        launch_arguments=[*((name, LaunchConfiguration(name)) for name in passed),
+                          ("bridge", "true" if with_bridge else "false")],
+        condition=_sim_is("gazebo"))
+    return [
+        *session_nodes([simulator], condition=_sim_is("mujoco")),
+        robot_state_publisher(use_sim_time=False, condition=_sim_is("mujoco")),
+        GroupAction(at_once, condition=IfCondition(
+            NotEqualsSubstitution(LaunchConfiguration("sim"), "gazebo"))),
+        gazebo,
+        rviz_node(),
+    ]
+
+
+def _after_success(what: str, actions: list):
+    """OnProcessExit's on_exit: the actions if the process succeeded, else stop the launch
+    (the patient site never runs against an arm whose controllers are not active)."""
+    def on_exit(event, context):
+        if event.returncode == 0:
+            return actions
+        reason = f"{what} failed (exit code {event.returncode}): the patient site is not started"
+        return [LogInfo(msg=reason), EmitEvent(event=Shutdown(reason=reason))]
+    return on_exit
+
+
+# Launch descriptions ------------------------------------------------------------------------
+
+def site_launch_description(site: str) -> LaunchDescription:
+    """One site of a two-machine session: its nodes (telesurg.contract.graph), its bridge, the
+    patient site's simulation, and the recording of its contract topics."""
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}: one of {', '.join(SITES)}")
+    if site == "patient":
+        arguments = [sim_argument(), rviz_argument()]
+        actions = patient_actions(with_bridge=True)
+    else:
+        arguments = []
+        actions = [*session_nodes(nodes_of_site(site)), bridge_node(site)]
+    return LaunchDescription([
+        *config_arguments(),
+        *bridge_arguments(),
+        *arguments,
+        *record_arguments(site),
+        *actions,
+        recorder([site]),
+    ])
+
+
+def session_launch_description() -> LaunchDescription:
+    """Both sites on one machine and one DDS domain (no bridge)."""
+    return LaunchDescription([
+        *config_arguments(),
+        sim_argument(),
+        rviz_argument(),
+        *record_arguments("session"),
+        *session_nodes(nodes_of_site("master")),
+        *patient_actions(with_bridge=False),
+        recorder(SITES),
+    ])
+
+
+def gazebo_launch_description() -> LaunchDescription:
+    """Gazebo Sim with the world, robot_state_publisher, the arm spawned from
+    robot_description, the /clock bridge and the controller spawners one after the other; once
+    the last controller is active, the patient site's nodes on sim time."""
+    _, others = support.split_simulator(nodes_of_site("patient"))
+    site = [*session_nodes(others, use_sim_time=True),
+            bridge_node("patient", use_sim_time=True,
+                        condition=IfCondition(LaunchConfiguration("bridge")))]
+    spawn = Node(package="ros_gz_sim", executable="create",
+                 arguments=support.spawn_arguments(), output="screen")
+    spawners = [Node(package="controller_manager", executable="spawner",
+                     arguments=support.spawner_arguments(name), output="screen")
+                for name in support.CONTROLLERS]
+    steps = [spawn, *spawners]
+    names = ["spawning the arm", *(f"spawning {name}" for name in support.CONTROLLERS)]
+    # Each step starts when the one before has succeeded; the site once the last has.
+    follow = [*([spawner] for spawner in spawners), site]
+    chain = [RegisterEventHandler(OnProcessExit(target_action=step,
+                                                on_exit=_after_success(name, then)))
+             for step, name, then in zip(steps, names, follow, strict=True)]
+    return LaunchDescription([
+        *config_arguments(),
+        *bridge_arguments(),
+        _flag("bridge", "true", "true: the patient site's bridge as well (false when both sites "
+                                "run on one machine, telesurg.launch.py)"),
+        DeclareLaunchArgument("world", default_value=share_file(support.WORLD),
+                              description="Gazebo world (SDF) the arm is spawned into"),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(share_file(support.GZ_SIM_LAUNCH)),
+            launch_arguments=[("gz_args", ["-r ", LaunchConfiguration("world")]),
+                              ("on_exit_shutdown", "true")]),
+        robot_state_publisher(use_sim_time=True),
+        Node(package="ros_gz_bridge", executable="parameter_bridge",
+             arguments=[support.CLOCK_BRIDGE], output="screen"),
+        *chain,
+        spawn,
+    ])
+

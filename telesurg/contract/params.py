@@ -1,0 +1,273 @@
+"""Every node parameter, declared once: type, default, description and valid range.
+
+Nodes declare their ROS parameters from this table, and parameter files are checked against it
+before a node starts, so that a typo, a wrong type or an out-of-range value stops the node with a
+message naming the key and the file (ROS itself ignores unknown keys silently).
+Pure Python: no rclpy import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+#: Parameters rclpy declares on every node by itself.
+ROS_BUILTIN_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
+
+
+class ConfigError(ValueError):
+    """A parameter file or value that telesurg refuses, with where and why."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: bool | int | float | str
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def range_text(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.low is not None:
+            return f"in [{self.low}, {self.high}]"
+        return ""
+
+    def check(self, value: object, where: str) -> bool | int | float | str:
+        """Return value if it is valid for this parameter, else raise ConfigError naming where."""
+        expected = self.kind
+        # bool is an int subclass in Python: keep them apart, as ROS does.
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            hint = " (write it with a decimal point)" if expected is float and isinstance(
+                value, int) and not isinstance(value, bool) else ""
+            raise ConfigError(
+                f"{where}: '{self.name}' must be {expected.__name__}, got "
+                f"{type(value).__name__} {value!r}{hint}")
+        if expected is float and not math.isfinite(value):
+            raise ConfigError(f"{where}: '{self.name}' must be finite, got {value!r}")
+        if self.low is not None and not self.low <= value <= self.high:
+            raise ConfigError(
+                f"{where}: '{self.name}' = {value!r} is out of range: must be {self.range_text()}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(
+                f"{where}: '{self.name}' = {value!r} is not valid: must be {self.range_text()}")
+        return value
+
+
+NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
+    "virtual_surgeon": (
+        Param("task", "suturing", "Surgical task the virtual surgeon performs.",
+              choices=("suturing", "figure8")),
+        Param("seed", 1, "Seed of the task's random tremor and timing (same seed, same motion).",
+              0, 2**31 - 1),
+        # 250 Hz, not a dVRK's 1 kHz: eight Python processes share two cores in the demo.
+        Param("rate_hz", 250.0, "Rate of master pose samples, as a haptic device would stream.",
+              50.0, 2000.0),
+        Param("tremor_amplitude_m", 0.0003, "Amplitude of the added 8-12 Hz hand tremor.",
+              0.0, 0.002),
+    ),
+    "master_console": (
+        Param("rate_hz", 250.0,
+              "Master device sample rate: one servo command per sample; the tremor filter is "
+              "designed for it.", 200.0, 2000.0),
+        Param("scale", 0.2, "Master to arm motion scale (0.2 is 5:1).", 0.05, 1.0),
+        Param("step_limit_m", 0.002,
+              "Largest arm goal step accepted between two commands; a larger one disengages.",
+              0.0001, 0.02),
+        Param("jaw_rate_rad_s", 2.0, "Jaw speed limit while following.", 0.1, 10.0),
+        Param("jaw_engage_rate_rad_s", 0.5, "Jaw speed limit right after an engage.", 0.05, 10.0),
+        Param("jaw_engage_ramp_s", 1.0, "How long the slower jaw lasts after an engage.",
+              0.0, 5.0),
+        Param("gripper_to_jaw", 1.0, "Jaw angle per master gripper angle.", 0.1, 3.0),
+        Param("tremor_filter", True, "Filter 8-12 Hz physiological tremor out of master motion."),
+        Param("master_timeout_ms", 150.0,
+              "Master pose older than this stops following (device or driver silent).",
+              5.0, 1000.0),
+        Param("arm_timeout_ms", 300.0,
+              "Arm pose older than this prevents engaging (arm not reporting).", 10.0, 5000.0),
+    ),
+    "safety_supervisor": (
+        Param("max_command_age_ms", 200.0,
+              "A servo command older than this on arrival (console stamp to now) pauses the arm; "
+              "about 200 ms is the commonly cited comfortable limit in telesurgery.",
+              20.0, 2000.0),
+        Param("warn_command_age_ms", 100.0,
+              "Command age reported as a warning from here (below max_command_age_ms).",
+              10.0, 2000.0),
+        Param("command_timeout_ms", 250.0,
+              "No servo command for this long while the console is following pauses the arm.",
+              20.0, 5000.0),
+        Param("link_state_timeout_ms", 300.0,
+              "No /bridge/link_state for this long counts as link lost (patient bridge dead).",
+              50.0, 5000.0),
+        Param("step_limit_mm", 2.0,
+              "A commanded tip step larger than this between two commands pauses the arm.",
+              0.1, 50.0),
+        Param("joint_limit_margin", 0.02,
+              "Fraction of each joint's range from a limit that pauses the arm on entry.",
+              0.001, 0.2),
+        # Long: the arm controller already stops commanding after 50 ms without joint states;
+        # this FAULT is the second line, and must not fire on a process stalled for a second
+        # (seen here when a peer killed with SIGKILL left Fast DDS shared-memory ports behind).
+        Param("arm_timeout_ms", 1500.0,
+              "No /psm/measured_js for this long is a FAULT (arm or controller silent).",
+              50.0, 5000.0),
+        Param("presence_grace_ms", 150.0,
+              "The console reported following without the operator for this long pauses the "
+              "arm (the two reports cross the bridge separately).", 10.0, 2000.0),
+        Param("heartbeat_rate_hz", 20.0,
+              "Rate /psm/operating_state is repeated at (also sent on every change); the arm "
+              "controller holds when it stops.", 5.0, 200.0),
+    ),
+    "arm_controller": (
+        Param("rate_hz", 500.0,
+              "Expected /joint_states rate: one control tick runs per message.", 100.0, 2000.0),
+        Param("state_rate_hz", 100.0,
+              "Rate of /psm/measured_cp, /psm/setpoint_cp and /psm/measured_js.", 10.0, 1000.0),
+        Param("command_timeout_ms", 50.0,
+              "Servo commands older than this make the arm hold where it is.", 5.0, 1000.0),
+        Param("joint_states_timeout_ms", 50.0,
+              "Joint states older than this stop the controller commanding (arm silent).",
+              5.0, 1000.0),
+        Param("max_goal_jump_m", 0.005,
+              "A goal farther than this from the current setpoint is refused (arm holds).",
+              0.0005, 0.05),
+        Param("max_tip_speed_m_s", 0.1,
+              "Tool tip speed limit of the setpoint (surgical motion stays well below).",
+              0.01, 0.5),
+        Param("velocity_scale", 1.0, "Fraction of the URDF joint velocity limits used.",
+              0.05, 1.0),
+        Param("supervisor_timeout_ms", 250.0,
+              "No /psm/operating_state for this long makes the arm hold (supervisor silent).",
+              20.0, 5000.0),
+        Param("interpolation_max_s", 0.02,
+              "Longest time a goal is interpolated over (when commands arrive slowly).",
+              0.0, 0.1),
+    ),
+    "bridge": (
+        Param("role", "master", "Which site this bridge serves.", choices=("master", "patient")),
+        Param("config_file", "",
+              "Bridge configuration (links, key file, topics); empty means the installed "
+              "config/bridge.yaml."),
+        Param("key_file", "",
+              "Pre-shared key file; empty means the key_file of the bridge configuration."),
+        Param("link_binds", "",
+              "This site's socket per link, 'a=HOST:PORT b=HOST:PORT'; a link not named keeps "
+              "the configuration's bind."),
+        Param("link_peers", "",
+              "The other site's socket per link, 'a=HOST:PORT b=HOST:PORT'; a link not named "
+              "keeps the configuration's peer."),
+        Param("link_interfaces", "",
+              "Network interface per link, 'a=enp3s0 b=wwan0', so each link leaves by its own "
+              "technology; a link not named keeps the configuration's."),
+        Param("insecure", False,
+              "Run without a key file: no authentication, no secrecy. Only for local "
+              "experiments; both bridges must say so."),
+        Param("link_state_rate_hz", 10.0, "Rate of /bridge/link_state (also sent on change).",
+              1.0, 100.0),
+    ),
+    "simulator": (
+        Param("physics_rate_hz", 1000.0, "MuJoCo physics steps per second (timestep 1/rate).",
+              200.0, 5000.0),
+        Param("publish_rate_hz", 500.0,
+              "Rate of /joint_states; the physics steps in between run in one batch.",
+              50.0, 2000.0),
+        Param("urdf_path", "", "Arm URDF; empty means the installed description/psm.urdf."),
+    ),
+}
+
+
+def defaults(node: str) -> dict[str, bool | int | float | str]:
+    return {param.name: param.default for param in NODE_PARAMETERS[node]}
+
+
+def check_node_values(node: str, values: dict, where: str) -> dict:
+    """Check one node's parameter values against the table; return them."""
+    table = {param.name: param for param in NODE_PARAMETERS[node]}
+    checked = {}
+    for key, value in values.items():
+        if key in ROS_BUILTIN_PARAMETERS:
+            continue
+        if key not in table:
+            raise ConfigError(
+                f"{where}: unknown parameter '{key}' for node '{node}' "
+                f"(known: {', '.join(sorted(table))})")
+        checked[key] = table[key].check(value, where)
+    return checked
+
+
+def read_yaml(path: Path, what: str):
+    """The YAML document in path; ConfigError naming the file if unreadable or not YAML."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read {what}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+
+
+def load_parameter_file(path: str | Path) -> dict[str, dict]:
+    """Read and check a ROS 2 parameter file; return {node name: {parameter: value}}.
+
+    Accepts the ROS layout (`node: {ros__parameters: {...}}`, node names with or without a
+    namespace, `/**` for every node) and refuses anything that is not telesurg's.
+    """
+    path = Path(path)
+    document = read_yaml(path, "parameter file")
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
+    result: dict[str, dict] = {}
+    for section, body in document.items():
+        node = str(section).rstrip("/").rsplit("/", 1)[-1]
+        if node != "**" and node not in NODE_PARAMETERS:
+            raise ConfigError(
+                f"{path}: unknown node '{section}' (known: {', '.join(NODE_PARAMETERS)})")
+        if not isinstance(body, dict) or set(body) != {"ros__parameters"}:
+            raise ConfigError(f"{path}: '{section}' must hold exactly one key, ros__parameters")
+        values = body["ros__parameters"] or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: '{section}.ros__parameters' must be a mapping")
+        targets = NODE_PARAMETERS if node == "**" else (node,)
+        for target in targets:
+            known = {param.name for param in NODE_PARAMETERS[target]} | ROS_BUILTIN_PARAMETERS
+            # A wildcard section sets what each node knows; a key no node knows is an error.
+            own = {k: v for k, v in values.items() if node != "**" or k in known}
+            result.setdefault(target, {}).update(
+                check_node_values(target, own, f"{path}: {section}"))
+        if node == "**":
+            every = set().union(*({p.name for p in ps} for ps in NODE_PARAMETERS.values()))
+            unknown = set(values) - every - ROS_BUILTIN_PARAMETERS
+            if unknown:
+                raise ConfigError(f"{path}: {section}: unknown parameter '{sorted(unknown)[0]}'")
+    return result
+
+
+def default_parameter_file() -> str:
+    """A ROS 2 parameter file with every parameter at its default, each with its description
+    and range: how config/telesurg.yaml was made (`python -m telesurg.contract.params`)."""
+    lines = ["# Parameters of a telesurg session (ROS 2 parameter file).",
+             "# Every parameter, its meaning and valid range are declared once in "
+             "telesurg/contract/params.py;",
+             "# nodes refuse this file if a key is unknown, a type is wrong or a value is out "
+             "of range.",
+             "# Used by `telesurg demo` and by launch/telesurg.launch.py."]
+    for node, params in NODE_PARAMETERS.items():
+        lines += ["", f"{node}:", "  ros__parameters:"]
+        for param in params:
+            limits = f" ({param.range_text()})" if param.range_text() else ""
+            lines.append(f"    # {param.description}{limits}")
+            lines.append(f"    {param.name}: {yaml.safe_dump(param.default).splitlines()[0]}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(default_parameter_file(), end="")
