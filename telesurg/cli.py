@@ -9,7 +9,8 @@ from pathlib import Path
 
 from telesurg.bags.storage import STORAGES, BagError
 from telesurg.bench import BENCHMARKS, RESULTS_PATH
-from telesurg.contract.graph import SITES
+from telesurg.contract.graph import DEFAULT_LINKS
+from telesurg.contract.topics import SITES
 from telesurg.linkem.model import PROFILES, parse_outage
 from telesurg.session.operator_cli import STATE_COMMANDS, parse_domain
 
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ROS 2 parameter file (default: the installed config/telesurg.yaml)")
     demo.add_argument("--profile", choices=LINK_PROFILES, default="lan",
                       help="emulated network of both links (default: lan)")
-    for link in ("a", "b"):
+    for link in DEFAULT_LINKS:
         demo.add_argument(f"--link-{link}", choices=LINK_PROFILES, default=None,
                           help=f"emulated network of link {link} (default: --profile)")
     demo.add_argument("--outage", type=_outage, action="append", default=[],

@@ -25,7 +25,8 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from telesurg.ros.node import STATE_QOS, STREAM_QOS
+from telesurg.contract.topics import Qos
+from telesurg.ros.qos import qos_profile
 
 SERVO_TOPIC = "/psm/servo_cp"
 _print_lock = threading.Lock()
@@ -55,11 +56,12 @@ class Probe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.node.create_subscription(DiagnosticArray, "/bridge/link_state",
-                                      self._on_link_state, STATE_QOS)
+                                      self._on_link_state, qos_profile(Qos.STATE))
         self.received: list[int] = []
         self._received_lock = threading.Lock()
         if role == "master":
-            self.publisher = self.node.create_publisher(PoseStamped, SERVO_TOPIC, STREAM_QOS)
+            self.publisher = self.node.create_publisher(PoseStamped, SERVO_TOPIC,
+                                                        qos_profile(Qos.COMMAND))
         else:  # best effort, as the bridge publishes commands; deep, to keep up with 500 Hz
             self.subscription = self.node.create_subscription(
                 PoseStamped, SERVO_TOPIC, self._on_pose,

@@ -51,9 +51,10 @@ from telesurg.bench.sessions import (
     pick_domain_pair,
     start_in_namespace,
 )
-from telesurg.bridge.config import LINK_STATE_TOPIC, message_class
 from telesurg.bridge.wire import write_key
 from telesurg.contract.resources import default_config
+from telesurg.contract.topics import BRIDGE_LINK_STATE
+from telesurg.ros.messages import message_class
 from telesurg.session.demo import (
     DEMO_LINK_TIMEOUT_MS,
     DemoOptions,
@@ -88,7 +89,7 @@ def probe_topics() -> dict[str, dict[str, Topic]]:
         "patient": {
             "/safety/status": Topic("std_msgs/msg/String", "record_state"),
             "/diagnostics": Topic("diagnostic_msgs/msg/DiagnosticArray", "record_reliable"),
-            LINK_STATE_TOPIC: Topic("diagnostic_msgs/msg/DiagnosticArray", "record_state"),
+            BRIDGE_LINK_STATE.name: Topic("diagnostic_msgs/msg/DiagnosticArray", "record_state"),
             "/console/following": Topic("std_msgs/msg/Bool", "record_state"),
             "/console/operator_present": Topic("std_msgs/msg/Bool", "record_state"),
             "/psm/measured_cp": Topic("geometry_msgs/msg/PoseStamped", "record_reliable",
@@ -101,7 +102,7 @@ def probe_topics() -> dict[str, dict[str, Topic]]:
         "master": {
             "/console/following": Topic("std_msgs/msg/Bool", "record_state"),
             "/psm/operating_state": Topic("std_msgs/msg/String", "record_state"),
-            LINK_STATE_TOPIC: Topic("diagnostic_msgs/msg/DiagnosticArray", "record_state"),
+            BRIDGE_LINK_STATE.name: Topic("diagnostic_msgs/msg/DiagnosticArray", "record_state"),
         },
     }
 
@@ -476,7 +477,7 @@ class Session:
 
     def wait_link(self, site: str, overall: str, since_ns: int, timeout_s: float = 10.0):
         probe = getattr(self, site)
-        return probe.wait_for(LINK_STATE_TOPIC, lambda m: overall_state(m) == overall,
+        return probe.wait_for(BRIDGE_LINK_STATE.name, lambda m: overall_state(m) == overall,
                               timeout_s, f"the {site} bridge to report {overall}", since_ns,
                               check=self.raise_if_dead)
 

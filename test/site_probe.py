@@ -32,8 +32,9 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from telesurg.bridge.config import message_class
-from telesurg.ros.node import STATE_QOS, STREAM_QOS
+from telesurg.contract.topics import Qos
+from telesurg.ros.messages import message_class
+from telesurg.ros.qos import qos_profile
 
 QOS = {
     # Recording: deep, so that a burst while the probe waits for a core is not lost.
@@ -42,8 +43,8 @@ QOS = {
     "record_reliable": QoSProfile(depth=2000, reliability=ReliabilityPolicy.RELIABLE),
     "record_best_effort": QoSProfile(depth=2000, reliability=ReliabilityPolicy.BEST_EFFORT),
     # Publishing, as the nodes do.
-    "state": STATE_QOS,
-    "stream": STREAM_QOS,
+    "state": qos_profile(Qos.STATE),
+    "stream": qos_profile(Qos.COMMAND),
     "event": QoSProfile(depth=10),  # reliable, volatile: /psm/state_command
 }
 _print_lock = threading.Lock()

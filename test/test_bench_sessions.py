@@ -18,11 +18,17 @@ from telesurg.bench.end_to_end import (
     first_responses,
     step_latencies,
 )
-from telesurg.bench.freeze import FOLLOWING, PAUSED_HOLD, lost_report, trial_figures
+from telesurg.bench.freeze import lost_report, trial_figures
+from telesurg.contract.states import ArmHold, HoldCause, OperatingState
 from telesurg.master.teleop import MasterInput, TeleopConfig, TeleopMapping
 from telesurg.patient.arm_control import ArmController, ArmControllerConfig
 
 MS = 1_000_000
+FOLLOWING = ArmHold(False, None, OperatingState.ENABLED)
+
+
+def holding(cause: HoldCause, state: OperatingState = OperatingState.ENABLED) -> ArmHold:
+    return ArmHold(True, cause, state)
 
 
 # -- freeze ------------------------------------------------------------------------------------
@@ -41,9 +47,10 @@ def test_lost_report_is_the_first_lost_after_the_cut_minus_the_freshest_link():
 
 def held_arm(hold_ms: float, paused_hold_ms: float):
     """Decisions and tips of an arm following until the cut at 1000 ms, holding after."""
-    decisions = [(100 * MS, "holding: no command yet"), (200 * MS, FOLLOWING),
-                 (int(hold_ms * MS), "holding: commands stale"),
-                 (int(paused_hold_ms * MS), PAUSED_HOLD)]
+    decisions = [(100 * MS, holding(HoldCause.NO_COMMAND_YET)), (200 * MS, FOLLOWING),
+                 (int(hold_ms * MS), holding(HoldCause.COMMANDS_STALE)),
+                 (int(paused_hold_ms * MS), holding(HoldCause.NOT_ENABLED,
+                                                    OperatingState.PAUSED))]
     # 10 mm/s until the hold, then 3 um of settling, then still.
     tips = [(t * MS, np.array([0.01 * min(t, hold_ms) * 1e-3
                                + (3e-6 if t >= hold_ms + 20 else 0.0), 0.0, 0.0]))

@@ -21,9 +21,10 @@ from std_msgs.msg import String
 
 from telesurg.bridge.wire import PROTOCOL_VERSION, MessageKind, write_key
 from telesurg.contract.graph import NodeSpec
+from telesurg.contract.topics import Qos
 from telesurg.linkem.model import PROFILES
 from telesurg.linkem.relay import LinkRelay
-from telesurg.ros.node import STATE_QOS, STREAM_QOS
+from telesurg.ros.qos import qos_profile
 from telesurg.session.demo import session_environment
 from telesurg.session.processes import NodeGroup
 
@@ -41,7 +42,7 @@ class Site:
         self.executor.add_node(self.node)
         self.link_state = None
         self.node.create_subscription(DiagnosticArray, "/bridge/link_state",
-                                      self._on_link_state, STATE_QOS)
+                                      self._on_link_state, qos_profile(Qos.STATE))
 
     def _on_link_state(self, message):
         self.link_state = {status.hardware_id: status for status in message.status}
@@ -114,15 +115,17 @@ def pose(i: int) -> PoseStamped:
 
 def test_messages_cross_both_ways_and_each_site_sees_its_links(two_sites):
     master, patient, processes, _ = two_sites
-    servo_pub = master.node.create_publisher(PoseStamped, "/psm/servo_cp", STREAM_QOS)
+    servo_pub = master.node.create_publisher(PoseStamped, "/psm/servo_cp",
+                                             qos_profile(Qos.COMMAND))
     received = []
     patient.node.create_subscription(  # best effort, as the bridge publishes commands
         PoseStamped, "/psm/servo_cp", lambda m: received.append(m.pose.position.x),
         QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT))
-    state_pub = patient.node.create_publisher(String, "/psm/operating_state", STATE_QOS)
+    state_pub = patient.node.create_publisher(String, "/psm/operating_state",
+                                              qos_profile(Qos.STATE))
     states = []
     master.node.create_subscription(String, "/psm/operating_state",
-                                    lambda m: states.append(m.data), STATE_QOS)
+                                    lambda m: states.append(m.data), qos_profile(Qos.STATE))
     master.spin_until(lambda: servo_pub.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S,
                       "the master bridge to subscribe /psm/servo_cp")
     patient.spin_until(lambda: patient.node.count_publishers("/psm/servo_cp") > 0
@@ -151,7 +154,7 @@ def test_garbage_is_counted_and_never_published(two_sites):
     master, patient, processes, ports = two_sites
     published = []
     patient.node.create_subscription(PoseStamped, "/psm/servo_cp",
-                                     lambda m: published.append(m), STREAM_QOS)
+                                     lambda m: published.append(m), qos_profile(Qos.COMMAND))
     patient.spin_until(lambda: patient.overall() == "REDUNDANT", DISCOVERY_TIMEOUT_S,
                        "the patient bridge to report both links up")
     rng = random.Random(1)
@@ -218,7 +221,8 @@ def relayed_sites(tmp_path, ros_env, second_domain_id, free_udp_ports, write_bri
 
 def test_losing_one_link_mid_stream_loses_nothing_and_both_lost_is_seen(relayed_sites):
     master, patient, processes, (link_a, link_b) = relayed_sites
-    servo_pub = master.node.create_publisher(PoseStamped, "/psm/servo_cp", STREAM_QOS)
+    servo_pub = master.node.create_publisher(PoseStamped, "/psm/servo_cp",
+                                             qos_profile(Qos.COMMAND))
     master.spin_until(lambda: servo_pub.get_subscription_count() > 0
                       and master.overall() == "REDUNDANT", DISCOVERY_TIMEOUT_S,
                       "the master bridge to subscribe and see both links")

@@ -2,6 +2,7 @@
 files are refused with the file and the key named."""
 
 import copy
+import functools
 
 import pytest
 import yaml
@@ -9,19 +10,21 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import JointState
 
 from telesurg.bridge import config as bridge_config
-from telesurg.bridge.config import (
-    ROLES,
+from telesurg.bridge.config import ROLES, default_bridge_config_path
+from telesurg.bridge.wire import max_message_bytes
+from telesurg.contract.params import ConfigError
+from telesurg.contract.topics import Qos
+from telesurg.ros.messages import (
     SEQUENCE_ELEMENTS,
     STRING_CHARS,
     STRING_IN_SEQUENCE_CHARS,
-    QosKind,
-    default_bridge_config_path,
-    load_bridge_config,
     message_class,
+    message_info,
     worst_case_cdr_bytes,
 )
-from telesurg.bridge.wire import max_message_bytes
-from telesurg.contract.params import ConfigError
+
+load_bridge_config = functools.partial(bridge_config.load_bridge_config,
+                                       message_types=message_info)
 
 DEFAULT = yaml.safe_load(default_bridge_config_path().read_text())
 
@@ -49,8 +52,8 @@ def test_default_file_loads_for_both_roles_with_the_same_topic_indices():
     assert [topic.name for topic in master.incoming] == [
         "/psm/measured_cp", "/psm/operating_state", "/safety/status"]
     assert [topic.qos for topic in master.outgoing + master.incoming] == [
-        QosKind.COMMAND, QosKind.COMMAND, QosKind.EVENT, QosKind.STATE, QosKind.STATE,
-        QosKind.STATE, QosKind.STATE, QosKind.STATE]
+        Qos.COMMAND, Qos.COMMAND, Qos.EVENT, Qos.STATE, Qos.STATE,
+        Qos.STATE, Qos.STATE, Qos.STATE]
     assert [link.name for link in master.links] == [link.name for link in patient.links]
     for mine, theirs in zip(master.links, patient.links, strict=True):
         assert mine.peer == theirs.bind and theirs.peer == mine.bind

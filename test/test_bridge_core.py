@@ -1,6 +1,7 @@
 """The bridge logic without ROS: two BridgeCores on loopback, in this process."""
 
 import dataclasses
+import functools
 import socket
 import struct
 import threading
@@ -10,9 +11,13 @@ import pytest
 from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 
-from telesurg.bridge.config import load_bridge_config
+from telesurg.bridge import config as bridge_config
 from telesurg.bridge.core import BridgeCore, _Link, echo, header_stamp_ns
 from telesurg.bridge.wire import MessageKind, WireCodec, max_payload_bytes, write_key
+from telesurg.ros.messages import message_info
+
+load_bridge_config = functools.partial(bridge_config.load_bridge_config,
+                                       message_types=message_info)
 
 
 def wait_for(condition, timeout_s=5.0):

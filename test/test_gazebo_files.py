@@ -31,8 +31,8 @@ from telesurg.arm.kinematics import (
     forward,
 )
 from telesurg.arm.simulation import ArmSimulation
-from telesurg.contract.graph import SITE_TOPICS
 from telesurg.contract.params import defaults
+from telesurg.contract.topics import SITE_TOPICS
 from telesurg.patient.arm_control import ArmController, ArmControllerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -381,7 +381,8 @@ def test_rviz_shows_the_arm_in_its_base_frame(rviz, robot):
 
 
 def test_rviz_shows_setpoint_and_measured_tool_tip_poses_as_published(rviz):
-    from telesurg.ros.node import STATE_QOS
+    from telesurg.contract.topics import Qos
+    from telesurg.ros.qos import qos_profile
 
     poses = displays(rviz, "Pose")
     topics = [display["Topic"]["Value"] for display in poses]
@@ -391,7 +392,7 @@ def test_rviz_shows_setpoint_and_measured_tool_tip_poses_as_published(rviz):
         assert SITE_TOPICS["patient"][topic["Value"]] == "geometry_msgs/msg/PoseStamped"
         assert display["Enabled"]
         # The arm controller's QoS (reliable, transient local): a matching subscriber.
-        assert topic["Durability Policy"].replace(" ", "_").upper() == STATE_QOS.durability.name
-        assert topic["Reliability Policy"].replace(" ", "_").upper() == (
-            STATE_QOS.reliability.name)
+        state = qos_profile(Qos.STATE)
+        assert topic["Durability Policy"].replace(" ", "_").upper() == state.durability.name
+        assert topic["Reliability Policy"].replace(" ", "_").upper() == state.reliability.name
     assert len({display["Color"] for display in poses}) == len(poses)

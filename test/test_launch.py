@@ -21,8 +21,10 @@ import yaml
 from telesurg.arm.kinematics import JOINT_NAMES
 from telesurg.bridge.config import LINK_OVERRIDES, parse_link_overrides
 from telesurg.bringup import plan as support
-from telesurg.contract.graph import BRIDGE, SESSION_NODES, SITE_TOPICS, SITES, nodes_of_site
+from telesurg.contract.graph import BRIDGE, SESSION_NODES, nodes_of_site
 from telesurg.contract.params import NODE_PARAMETERS, ROS_BUILTIN_PARAMETERS
+from telesurg.contract import topics
+from telesurg.contract.topics import SITE_TOPICS, SITES
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_DIR = ROOT / "launch"
@@ -352,7 +354,9 @@ def test_controllers_file_declares_the_spawned_controllers_on_the_arm_controller
     command_topic = f"/{support.CONTROLLERS[-1]}/commands"
     assert command_topic in SITE_TOPICS["patient"] and "/joint_states" in SITE_TOPICS["patient"]
     for node in ("arm_controller", "simulator"):
-        assert f'"{command_topic}"' in (ROOT / "telesurg" / "nodes" / f"{node}.py").read_text()
+        assert "topics.FORWARD_POSITION_COMMANDS" in (
+            ROOT / "telesurg" / "nodes" / f"{node}.py").read_text()
+    assert topics.FORWARD_POSITION_COMMANDS.name == command_topic
 
 
 def test_gazebo_spawn_clock_bridge_and_spawners():

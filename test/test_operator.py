@@ -310,7 +310,8 @@ class FakePatientSite:
         from std_msgs.msg import Bool, String
 
         from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
-        from telesurg.ros.node import STATE_QOS, STREAM_QOS
+        from telesurg.contract.topics import Qos
+        from telesurg.ros.qos import qos_profile
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain)
@@ -321,12 +322,12 @@ class FakePatientSite:
         self.status = None
         self.node.create_subscription(
             String, STATUS_TOPIC, lambda m: setattr(self, "status", json.loads(m.data)),
-            STATE_QOS)
+            qos_profile(Qos.STATE))
         self._link_pub = self.node.create_publisher(DiagnosticArray, LINK_STATE_TOPIC,
-                                                    STATE_QOS)
+                                                    qos_profile(Qos.STATE))
         self._joints_pub = self.node.create_publisher(JointState, "/psm/measured_js",
-                                                      STREAM_QOS)
-        self.node.create_publisher(Bool, "/console/following", STATE_QOS).publish(
+                                                      qos_profile(Qos.COMMAND))
+        self.node.create_publisher(Bool, "/console/following", qos_profile(Qos.STATE)).publish(
             Bool(data=False))
         self._array = DiagnosticArray
         self._joints = JointState(name=list(JOINT_NAMES), position=HOME_POSITIONS.tolist())

@@ -20,7 +20,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
 from telesurg.bags.storage import BagReader
-from telesurg.ros.node import STATE_QOS, STREAM_QOS
+from telesurg.contract.topics import Qos
+from telesurg.ros.qos import qos_profile
 
 DISCOVERY_TIMEOUT_S = 20.0  # discovery takes 0.5-3.5 s here; the recorder also imports rclpy
 STOP_TIMEOUT_S = 20.0
@@ -28,10 +29,10 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
 #: Master contract topics published here: (type, QoS as the site's publishers offer it).
 TOPICS = {
-    "/mtm/measured_cp": (PoseStamped, STREAM_QOS),
-    "/mtm/gripper/measured_js": (JointState, STREAM_QOS),
-    "/console/clutch": (Bool, STATE_QOS),
-    "/psm/operating_state": (String, STATE_QOS),
+    "/mtm/measured_cp": (PoseStamped, qos_profile(Qos.COMMAND)),
+    "/mtm/gripper/measured_js": (JointState, qos_profile(Qos.COMMAND)),
+    "/console/clutch": (Bool, qos_profile(Qos.STATE)),
+    "/psm/operating_state": (String, qos_profile(Qos.STATE)),
     "/psm/state_command": (String, COMMAND_QOS),
 }
 STREAMS = ("/mtm/measured_cp", "/mtm/gripper/measured_js")

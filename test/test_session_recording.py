@@ -11,7 +11,7 @@ import pytest
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
-from telesurg.contract.graph import SITE_TOPICS
+from telesurg.contract.topics import SITE_TOPICS
 
 # Whole sessions on a shared 2-core machine (see test_session.py).
 pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=1)

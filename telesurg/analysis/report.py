@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from telesurg.analysis import metrics
-from telesurg.bags.recorder import SITE_TOPICS
 from telesurg.bags.storage import BagError, BagReader
+from telesurg.contract import topics
+from telesurg.contract.states import LINK_OVERALL_ID, OperatingState, OverallState
+from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS
 from telesurg.session.demo import link_state_values, stamp_ns
 from telesurg.session.playback import BAG_DIRS
 
@@ -35,18 +37,19 @@ BAG_SUFFIXES = (".mcap", ".db3")
 #: Both sites hold the bridged state topics; where both recorded one, the first site's copy is
 #: drawn (the patient site is where the arm is; the master console decides following).
 PREFERRED_SITES = {
-    "/psm/measured_cp": ("patient",),
-    "/psm/setpoint_cp": ("patient",),
-    "/psm/servo_cp": ("patient",),  # the master's copy is the commands as sent, not delivered
-    "/bridge/link_state": ("patient", "master"),
-    "/safety/status": ("patient", "master"),
-    "/psm/operating_state": ("patient", "master"),
-    "/console/following": ("master", "patient"),
+    topics.PSM_MEASURED_CP.name: (PATIENT,),
+    topics.PSM_SETPOINT_CP.name: (PATIENT,),
+    # The master's copy is the commands as sent, not delivered.
+    topics.PSM_SERVO_CP.name: (PATIENT,),
+    topics.BRIDGE_LINK_STATE.name: (PATIENT, MASTER),
+    topics.SAFETY_STATUS.name: (PATIENT, MASTER),
+    topics.PSM_OPERATING_STATE.name: (PATIENT, MASTER),
+    topics.CONSOLE_FOLLOWING.name: (MASTER, PATIENT),
 }
 #: The topics the master site alone records: a single bag holding one is a master-site bag.
-MASTER_ONLY_TOPICS = set(SITE_TOPICS["master"]) - set(SITE_TOPICS["patient"])
-STATE_COLOURS = {"DISABLED": "#9e9e9e", "ENABLED": "#4caf50", "PAUSED": "#ff9800",
-                 "FAULT": "#e53935"}
+MASTER_ONLY_TOPICS = set(SITE_TOPICS[MASTER]) - set(SITE_TOPICS[PATIENT])
+STATE_COLOURS = {OperatingState.DISABLED: "#9e9e9e", OperatingState.ENABLED: "#4caf50",
+                 OperatingState.PAUSED: "#ff9800", OperatingState.FAULT: "#e53935"}
 LINK_COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown")
 #: How strongly a link's state that is not UP is shaded (DOWN strongest).
 OUTAGE_ALPHA = {"DOWN": 0.35, "DEGRADED": 0.15}
@@ -83,8 +86,8 @@ class Recording:
         return None, []
 
 
-def guess_site(topics) -> str:
-    return "master" if MASTER_ONLY_TOPICS & set(topics) else "patient"
+def guess_site(topic_names) -> str:
+    return MASTER if MASTER_ONLY_TOPICS & set(topic_names) else PATIENT
 
 
 def load_recording(bags: dict[str | None, Path]) -> Recording:
@@ -92,7 +95,7 @@ def load_recording(bags: dict[str | None, Path]) -> Recording:
     topics). Raises BagError naming the bag if it cannot be read or a message decoded."""
     from rclpy.serialization import deserialize_message
 
-    from telesurg.bridge.config import message_class
+    from telesurg.ros.messages import message_class
 
     recording = Recording({}, {}, None, None)
     spans = []
@@ -218,7 +221,7 @@ def link_history(reports: list[tuple[int, object]]) -> LinkHistory:
     for message in sorted((message for _, message in reports), key=stamp_ns):
         time_ns = stamp_ns(message)
         for name, (state, values) in link_state_values(message).items():
-            if name == "overall":
+            if name == LINK_OVERALL_ID:
                 overall.append((time_ns, state))
             else:
                 by_link.setdefault(name, []).append((time_ns, state, values))
@@ -246,7 +249,7 @@ def link_outages(history: LinkHistory, end_ns: int) -> dict[str, list[Interval]]
 
 def lost_intervals(history: LinkHistory, end_ns: int) -> list[Interval]:
     """The intervals the bridge had lost every link (overall LOST)."""
-    return [run for run in state_runs(history.overall, end_ns) if run.state == "LOST"]
+    return [run for run in state_runs(history.overall, end_ns) if run.state == OverallState.LOST]
 
 
 def safety_states(statuses: list[tuple[int, object]]) -> list[tuple[int, str, str]]:
@@ -344,24 +347,24 @@ def extract_session(recording: Recording, summary: dict) -> Session:
         poses = recording.topic(topic)[1]
         return pose_track(poses) if poses else None
 
-    session.measured = track("/psm/measured_cp")
-    session.setpoint = track("/psm/setpoint_cp")
-    session.delivered = track("/psm/servo_cp")
+    session.measured = track(topics.PSM_MEASURED_CP.name)
+    session.setpoint = track(topics.PSM_SETPOINT_CP.name)
+    session.delivered = track(topics.PSM_SERVO_CP.name)
     if session.measured and session.setpoint:
         session.tracking_error = tracking_error_series(session.setpoint, session.measured)
-    deliveries = recording.topic("/psm/servo_cp")[1]
+    deliveries = recording.topic(topics.PSM_SERVO_CP.name)[1]
     if deliveries:
         session.command_age = command_ages(deliveries)
-    site, reports = recording.topic("/bridge/link_state")
+    site, reports = recording.topic(topics.BRIDGE_LINK_STATE.name)
     if reports:
         session.links, session.links_site = link_history(reports), site
-    statuses = safety_states(recording.topic("/safety/status")[1])
+    statuses = safety_states(recording.topic(topics.SAFETY_STATUS.name)[1])
     if statuses:
-        session.states, session.states_topic = statuses, "/safety/status"
-    elif (states := recording.topic("/psm/operating_state")[1]):
+        session.states, session.states_topic = statuses, topics.SAFETY_STATUS.name
+    elif (states := recording.topic(topics.PSM_OPERATING_STATE.name)[1]):
         session.states = operating_states(states)
-        session.states_topic = "/psm/operating_state"
-    following = recording.topic("/console/following")[1]
+        session.states_topic = topics.PSM_OPERATING_STATE.name
+    following = recording.topic(topics.CONSOLE_FOLLOWING.name)[1]
     if following:
         session.following = following_changes(following)
     session.task = task_window(summary, session.transitions())
@@ -554,7 +557,7 @@ def draw_operating_state(session: Session, path: Path) -> str:
                            for state, colour in lane_colours.items() if state in used],
                   fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
         figure.suptitle(f"Operating state ({session.states_topic}) and its transitions")
-    causes = "with the cause of each" if session.states_topic == "/safety/status" else \
+    causes = "with the cause of each" if session.states_topic == topics.SAFETY_STATUS.name else \
         "(no causes recorded: from /psm/operating_state)"
     return (f"The arm's operating state over time and its {counted(len(changes), 'transition')}, "
             f"{causes}" + ("; below it, when the surgeon's console was following."
@@ -591,13 +594,15 @@ class FigureSpec:
 
 
 FIGURES = (
-    FigureSpec("tip_path", "Tip path", (("measured", "/psm/measured_cp"),), draw_tip_path),
+    FigureSpec("tip_path", "Tip path", (("measured", topics.PSM_MEASURED_CP.name),),
+               draw_tip_path),
     FigureSpec("tracking_error", "Tracking error",
-               (("measured", "/psm/measured_cp"), ("setpoint", "/psm/setpoint_cp")),
-               draw_tracking_error),
-    FigureSpec("links", "Links", (("links", "/bridge/link_state"),), draw_links),
+               (("measured", topics.PSM_MEASURED_CP.name),
+                ("setpoint", topics.PSM_SETPOINT_CP.name)), draw_tracking_error),
+    FigureSpec("links", "Links", (("links", topics.BRIDGE_LINK_STATE.name),), draw_links),
     FigureSpec("operating_state", "Operating state",
-               (("states", "/safety/status or /psm/operating_state"),), draw_operating_state),
+               (("states", f"{topics.SAFETY_STATUS.name} or {topics.PSM_OPERATING_STATE.name}"),),
+               draw_operating_state),
     FigureSpec("command_age", "Command age", (("command_age", "/psm/servo_cp (patient site)"),),
                draw_command_age),
 )

@@ -98,7 +98,7 @@ class Player:
                  intercept: dict[str, Callable[[bytes], None]] | None = None):
         """intercept: topics whose recorded messages go to a function instead of being
         published as they are (its owner publishes on self.publishers[topic] when it wants)."""
-        from telesurg.bridge.config import message_class
+        from telesurg.ros.messages import message_class
 
         self.reader = reader
         self.topics = topics

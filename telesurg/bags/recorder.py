@@ -15,34 +15,24 @@ import time
 from pathlib import Path
 
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile
 
 from telesurg.bags.storage import BagError, BagWriter, make_qos
-from telesurg.bridge.config import message_class
-from telesurg.contract.graph import SITE_TOPICS
+from telesurg.contract.topics import SITE_TOPICS, Qos, topic_named
+from telesurg.ros.messages import message_class
+from telesurg.ros.qos import qos_profile
 
-#: What the recorder's subscriptions ask for, by the QoS the topic's publishers offer in the
-#: contract: streams best effort (a reliable reader would not match them), states transient
-#: local (so the recording starts with the current state), the rest reliable; deep queues so
-#: that a busy moment loses nothing.
-_STREAMS = {"/psm/servo_cp", "/psm/jaw/servo_jp", "/mtm/measured_cp", "/mtm/gripper/measured_js",
-            "/joint_states"}
-_STATES = {"/console/following", "/console/operator_present", "/console/clutch",
-           "/psm/operating_state", "/safety/status", "/bridge/link_state", "/psm/measured_cp",
-           "/psm/setpoint_cp", "/psm/measured_js"}
+#: Deep queues, so that a busy moment loses nothing.
 _DEPTH = 1000
 RECORDER_NODE_NAME = "telesurg_recorder"
 
 
 def subscription_qos(topic: str) -> QoSProfile:
-    if topic in _STREAMS:
-        reliability, durability = ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE
-    elif topic in _STATES:
-        reliability, durability = ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL
-    else:
-        reliability, durability = ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=_DEPTH, reliability=reliability,
-                      durability=durability)
+    """What the recorder asks for: the QoS the topic's publishers offer in the contract
+    (streams best effort, which a reliable reader would not match; states transient local, so
+    the recording starts with the current state), deep; another topic reliable, volatile."""
+    contract = topic_named(topic)
+    return qos_profile(contract.qos if contract else Qos.EVENT, depth=_DEPTH)
 
 
 def offered_qos(node: Node, topic: str) -> list:

@@ -44,13 +44,14 @@ from telesurg.bench import Result
 from telesurg.bench.stream import StreamStats, paced
 from telesurg.bridge.config import default_bridge_config_path, free_udp_ports, load_bridge_config
 from telesurg.bridge.core import BridgeCore
-from telesurg.bridge.link_health import LinkState
 from telesurg.bridge.wire import load_key, write_key
+from telesurg.contract import topics
+from telesurg.contract.graph import DEFAULT_LINKS
+from telesurg.contract.states import LINK_OVERALL_ID, LinkState, OverallState
+from telesurg.contract.topics import MASTER, PATIENT
 from telesurg.linkem.emulator import EmulatedLinks
 
-SERVO_TOPIC = "/psm/servo_cp"
-LINK_NAMES = ("a", "b")
-MASTER, PATIENT = "master", "patient"
+SERVO_TOPIC = topics.PSM_SERVO_CP
 LOCALHOST = "127.0.0.1"
 #: A fresh process's DDS discovery on a busy machine, with the bridges' trust handshake.
 READY_TIMEOUT_S = 30.0
@@ -174,9 +175,11 @@ class _BridgeEnd:
     rate. Ready once it trusts its peer and hears it on every link."""
 
     def __init__(self, spec: Bridge, deliver: Deliver):
-        config = load_bridge_config(spec.config_path, spec.role)
+        from telesurg.ros.messages import message_info
+
+        config = load_bridge_config(spec.config_path, spec.role, message_types=message_info)
         self._servo_index = next(topic.index for topic in config.outgoing + config.incoming
-                                 if topic.name == SERVO_TOPIC)
+                                 if topic.name == SERVO_TOPIC.name)
         self.core = BridgeCore(config, load_key(config.key_file),
                                lambda _topic, cdr: deliver(cdr), lambda _changes: None)
         self.core.start()
@@ -220,13 +223,9 @@ class _RosTopicEnd:
 
         os.environ.update(session_environment(spec.domain_id))  # read by rclpy.init below
         import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from telesurg.bridge.config import LINK_STATE_TOPIC
-        from telesurg.ros.node import STATE_QOS, STREAM_QOS
+        from telesurg.ros.qos import publisher, subscription
 
         self._rclpy = rclpy
         self._context = rclpy.Context()
@@ -235,14 +234,12 @@ class _RosTopicEnd:
         self._overall = None
         self._bridge_delivered = 0
         if spec.role == MASTER:
-            self._publisher = self._node.create_publisher(PoseStamped, SERVO_TOPIC, STREAM_QOS)
+            self._publisher = publisher(self._node, SERVO_TOPIC)
         else:
             # A deep queue: a probe slow to take a sample shows as latency, not as loss.
-            self._subscription = self._node.create_subscription(
-                PoseStamped, SERVO_TOPIC, deliver,
-                QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT), raw=True)
-            self._node.create_subscription(DiagnosticArray, LINK_STATE_TOPIC,
-                                           self._on_link_state, STATE_QOS)
+            self._subscription = subscription(self._node, SERVO_TOPIC, deliver, depth=1000,
+                                              raw=True)
+            subscription(self._node, topics.BRIDGE_LINK_STATE, self._on_link_state)
         self._role = spec.role
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
@@ -255,7 +252,8 @@ class _RosTopicEnd:
             self._executor.spin_once(timeout_sec=_POLL_S)
 
     def _on_link_state(self, message) -> None:
-        overall = next(status for status in message.status if status.hardware_id == "overall")
+        overall = next(status for status in message.status
+                       if status.hardware_id == LINK_OVERALL_ID)
         self._overall = overall.message
         self._bridge_delivered = int(next(value.value for value in overall.values
                                           if value.key == "commands_delivered"))
@@ -266,7 +264,8 @@ class _RosTopicEnd:
     def ready(self) -> bool:
         if self._role == MASTER:
             return self._publisher.get_subscription_count() > 0
-        return self._subscription.get_publisher_count() > 0 and self._overall == "REDUNDANT"
+        return (self._subscription.get_publisher_count() > 0
+                and self._overall == OverallState.REDUNDANT)
 
     def counters(self) -> dict[str, int]:
         return {"bridge_delivered": self._bridge_delivered}
@@ -544,7 +543,7 @@ def bridge_ends(folder: Path, links: int = 2, profile: str | None = None, seed: 
     """(master spec, patient spec, emulated links or None) of two bridges joined by links a
     (and b if links is 2), straight on loopback or, with a profile, each link through a relay
     emulating it (EmulatedLinks, seeded from seed: set_down(name, True) cuts a link)."""
-    names = LINK_NAMES[:links]
+    names = DEFAULT_LINKS[:links]
     ports = free_udp_ports(2 * links)
     bridge_ports = {name: ports[2 * i:2 * i + 2] for i, name in enumerate(names)}
     with contextlib.ExitStack() as stack:

@@ -39,12 +39,15 @@ from telesurg.analysis.metrics import percentiles
 from telesurg.arm.kinematics import forward
 from telesurg.bench import Result, Row
 from telesurg.bench.sessions import cpu_note, pick_domain_pair, run_measurer, start_sites
+from telesurg.contract import topics
 from telesurg.contract.graph import SESSION_NODES
 from telesurg.contract.params import load_parameter_file
 from telesurg.contract.resources import default_config
+from telesurg.contract.states import OperatingState, StateCommand
+from telesurg.contract.topics import Qos
 from telesurg.linkem.model import PROFILES
 from telesurg.master.surgeon import PresenceRetry
-from telesurg.ros.node import STATE_QOS, STREAM_QOS, PeriodicLoop
+from telesurg.ros.node import PeriodicLoop
 from telesurg.session.demo import DemoOptions, open_links, plan_sites, stamp_ns
 
 STEPS = 100
@@ -131,8 +134,9 @@ class Probe:
         import rclpy
         from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from std_msgs.msg import Bool, Float64MultiArray, String
+        from std_msgs.msg import Bool, String
+
+        from telesurg.ros.qos import publisher, subscription
 
         self.contexts, self.nodes, self._spinners = [], [], []
         for site, domain in (("master", master_domain), ("patient", patient_domain)):
@@ -144,29 +148,22 @@ class Probe:
             self.contexts.append(context)
             self.nodes.append((node, executor))
         master, patient = self.nodes[0][0], self.nodes[1][0]
-        # Deep queues: a burst while this process waits for a core is not lost.
-        record = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         # DDS's own publish and arrival times (MessageInfo): this process's executor may run a
         # callback late on a busy machine; those stamps are not.
         self.commands: list[tuple[int, int, list[float]]] = []  # (publish, arrival, joints)
         self.servo: list[tuple[int, int, tuple]] = []  # (console stamp, bridge publish, xyz)
         self.following: bool | None = None
-        self.state: str | None = None
-        patient.create_subscription(Float64MultiArray, "/forward_position_controller/commands",
-                                    self._on_command, record)
-        patient.create_subscription(
-            PoseStamped, "/psm/servo_cp", self._on_servo,
-            QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT))
-        patient.create_subscription(String, "/safety/status", self._on_status, latched)
-        master.create_subscription(Bool, "/console/following", self._on_following, latched)
-        self._pose_pub = master.create_publisher(PoseStamped, "/mtm/measured_cp", STREAM_QOS)
-        self._clutch_pub = master.create_publisher(Bool, "/console/clutch", STATE_QOS)
-        self._present_pub = master.create_publisher(Bool, "/console/operator_present",
-                                                    STATE_QOS)
-        self._command_pub = master.create_publisher(String, "/psm/state_command",
-                                                    QoSProfile(depth=10))
+        self.state: OperatingState | None = None
+        # Deep queues: a burst while this process waits for a core is not lost.
+        subscription(patient, topics.FORWARD_POSITION_COMMANDS, self._on_command,
+                     qos=Qos.EVENT, depth=1000)
+        subscription(patient, topics.PSM_SERVO_CP, self._on_servo, depth=1000)
+        subscription(patient, topics.SAFETY_STATUS, self._on_status, depth=10)
+        subscription(master, topics.CONSOLE_FOLLOWING, self._on_following, depth=10)
+        self._pose_pub = publisher(master, topics.MTM_MEASURED_CP)
+        self._clutch_pub = publisher(master, topics.CONSOLE_CLUTCH)
+        self._present_pub = publisher(master, topics.CONSOLE_OPERATOR_PRESENT)
+        self._command_pub = publisher(master, topics.PSM_STATE_COMMAND)
         self._bool, self._string = Bool, String
         self._pose = PoseStamped()
         self._pose.header.frame_id = MASTER_FRAME
@@ -197,7 +194,7 @@ class Probe:
                            (position.x, position.y, position.z)))
 
     def _on_status(self, message) -> None:
-        self.state = json.loads(message.data)["state"]
+        self.state = OperatingState.parse(json.loads(message.data)["state"])
 
     def _on_following(self, message) -> None:
         self.following = message.data
@@ -231,8 +228,8 @@ class Probe:
     def stepping(self) -> bool:
         return self._next_step_ns is not None
 
-    def command(self, text: str) -> None:
-        self._command_pub.publish(self._string(data=text))
+    def command(self, command: StateCommand) -> None:
+        self._command_pub.publish(self._string(data=command))
 
     def close(self) -> None:
         import rclpy
@@ -267,9 +264,9 @@ def measure(config: dict) -> dict:
         def enabled() -> bool:
             nonlocal next_try
             if time.monotonic() >= next_try:
-                probe.command("enable")
+                probe.command(StateCommand.ENABLE)
                 next_try = time.monotonic() + RETRY_S
-            return probe.state == "ENABLED"
+            return probe.state is OperatingState.ENABLED
         _wait(enabled, STARTUP_TIMEOUT_S, "ENABLED", probe)
         # The console arms on a released pedal seen once ENABLED has crossed to it; a press
         # before that costs PresenceRetry's second press, a second later.
@@ -282,9 +279,9 @@ def measure(config: dict) -> dict:
         while probe.stepping():
             # The operator: a pause (a stall read as stale commands) is resumed, and the probe
             # presses the pedal again as a surgeon would; its steps meanwhile are not detected.
-            if probe.state == "PAUSED" and probe.following is False and \
+            if probe.state is OperatingState.PAUSED and probe.following is False and \
                     time.monotonic() >= next_try:
-                probe.command("resume")
+                probe.command(StateCommand.RESUME)
                 resumes += 1
                 next_try = time.monotonic() + RETRY_S
             time.sleep(0.02)
@@ -354,9 +351,9 @@ def _result(measured: dict, cpu: dict, rate_hz: float, scale: float) -> Result:
               "bridges_ms": "console's stamp to the patient bridge's publish (both bridges)",
               "arm_ms": "patient bridge's publish to the arm controller's joint command",
               "delivery_ms": "joint command publish to its arrival at a patient-site reader"}
-    rows = [Row(variant, "/mtm/measured_cp to /forward_position_controller/commands "
-                         "p50 / p99 / max", _triple(end_to_end), f"p99 <= {TARGET_P99_MS:g} ms",
-                met)]
+    rows = [Row(variant, f"{topics.MTM_MEASURED_CP.name} to "
+                         f"{topics.FORWARD_POSITION_COMMANDS.name} p50 / p99 / max",
+                _triple(end_to_end), f"p99 <= {TARGET_P99_MS:g} ms", met)]
     rows += [Row(variant, f"of which: {labels[stage]} p50 / p99 / max",
                  _triple(stages[stage])) for stage in STAGES]
     rows.append(Row(variant, "samples", f"{samples} of {measured['steps']} steps detected, "

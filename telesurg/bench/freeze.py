@@ -47,9 +47,19 @@ from telesurg.bench.sessions import (
     run_measurer,
     start_sites,
 )
-from telesurg.bridge.config import LINK_STATE_TOPIC
 from telesurg.bridge.wire import write_key
+from telesurg.contract import topics
+from telesurg.contract.graph import DEFAULT_LINKS
 from telesurg.contract.resources import default_config
+from telesurg.contract.states import (
+    LINK_OVERALL_ID,
+    ArmHold,
+    OperatingState,
+    OverallState,
+    StateCommand,
+)
+from telesurg.contract.topics import Qos
+from telesurg.patient.safety import Cause
 from telesurg.session.demo import (
     DEMO_LINK_TIMEOUT_MS,
     DemoOptions,
@@ -62,7 +72,6 @@ TRIALS = 30
 MAX_ATTEMPTS = 40  # a trial excluded (e.g. a clutch at the cut) is run again, up to this many
 TRIALS_BUDGET_S = 150.0  # no trial starts later than this after the first; start-up on top
 TASK, SEED = "suturing", 1
-LINKS = ("a", "b")
 #: How long the arm follows before the cut, drawn per trial: cuts fall at every phase of the
 #: task and of the bridges' 100 Hz heartbeats.
 FOLLOW_S = (0.3, 0.7)
@@ -73,10 +82,6 @@ ENGAGE_TIMEOUT_S = 15.0
 HOLD_TIMEOUT_S = 3.0
 RETRY_S = 0.5  # how often resume / enable are repeated until they take
 POLL_S = 0.01
-FOLLOWING = "following servo commands"  # the arm controller's decisions (/diagnostics)
-HOLDING = "holding"
-PAUSED_HOLD = "holding: operating state PAUSED"
-LINK_LOST = "link lost"  # the supervisor's pause cause
 
 
 # -- what a trial measured (pure) ------------------------------------------------------------
@@ -86,27 +91,27 @@ def lost_report(reports, since_ns: int) -> tuple[int, int] | None:
     the bridge last heard any link: the stamp minus the smallest last-heard age of its links).
     reports: (stamp ns, overall state, [last-heard age ms or None per link]), by stamp."""
     for stamp, overall, ages in reports:
-        if stamp >= since_ns and overall == "LOST":
+        if stamp >= since_ns and overall == OverallState.LOST:
             heard = [age for age in ages if age is not None]
             return (stamp, stamp - int(min(heard) * 1e6)) if heard else None
     return None
 
 
 def trial_figures(decisions, cut_ns: int, lost: tuple[int, int], tips, until_ns: int) -> dict:
-    """One trial from the arm controller's decisions ((stamp ns, message), by stamp), the
+    """One trial from the arm controller's decisions ((stamp ns, ArmHold), by stamp), the
     bridge's LOST report (see lost_report) and the measured tips ((stamp ns, xyz m)) until
     until_ns: reaction_ms (last datagram to the hold on PAUSED), lost_ms (to the LOST report),
     first_hold_ms (to the first hold of any reason) and tip_motion_um (largest distance from
     the tip at the first hold); {"excluded": why} if the arm was not following at the cut or
     did not hold on PAUSED."""
     reported_ns, last_ns = lost
-    before = [message for stamp, message in decisions if stamp <= cut_ns]
-    if not before or before[-1] != FOLLOWING:
+    before = [hold for stamp, hold in decisions if stamp <= cut_ns]
+    if not before or before[-1].holding:
         return {"excluded": f"the arm was not following at the cut "
                             f"({before[-1] if before else 'no decision yet'})"}
-    after = [(stamp, message) for stamp, message in decisions if stamp >= last_ns]
-    first_hold = next((stamp for stamp, message in after if message.startswith(HOLDING)), None)
-    paused_hold = next((stamp for stamp, message in after if message == PAUSED_HOLD), None)
+    after = [(stamp, hold) for stamp, hold in decisions if stamp >= last_ns]
+    first_hold = next((stamp for stamp, hold in after if hold.holding), None)
+    paused_hold = next((stamp for stamp, hold in after if hold.paused), None)
     if paused_hold is None:
         return {"excluded": "no hold on PAUSED"}
     held = np.array([tip for stamp, tip in tips if first_hold <= stamp <= until_ns])
@@ -128,13 +133,12 @@ class PatientSite:
 
     def __init__(self):
         import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from std_msgs.msg import Bool, String
+        from std_msgs.msg import String
 
-        self.decisions: list[tuple[int, str]] = []  # the arm controller's, (stamp, message)
+        from telesurg.ros.qos import publisher, subscription
+
+        self.decisions: list[tuple[int, ArmHold]] = []  # the arm controller's, by stamp
         self.statuses: list[tuple[int, str, str]] = []  # (arrival, state, cause)
         self.reports: list[tuple[int, str, list]] = []  # the bridge's, see lost_report
         self.tips: list[tuple[int, np.ndarray]] = []  # /psm/measured_cp (stamp, xyz)
@@ -143,27 +147,25 @@ class PatientSite:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("bench_freeze", context=self.context)
-        # Deep queues: a burst while this process waits for a core is not lost.
-        events = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-        states = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE,
-                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
         node = self.node
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, events)
-        node.create_subscription(String, "/safety/status", self._on_status, states)
-        node.create_subscription(DiagnosticArray, LINK_STATE_TOPIC, self._on_link_state, states)
-        node.create_subscription(Bool, "/console/following", self._on_following, states)
-        node.create_subscription(PoseStamped, "/psm/measured_cp", self._on_measured, events)
-        self._commands = node.create_publisher(String, "/psm/state_command",
-                                               QoSProfile(depth=10))
+        # Deep queues: a burst while this process waits for a core is not lost.
+        for topic, callback, qos in (
+                (topics.DIAGNOSTICS, self._on_diagnostics, Qos.EVENT),
+                (topics.SAFETY_STATUS, self._on_status, Qos.STATE),
+                (topics.BRIDGE_LINK_STATE, self._on_link_state, Qos.STATE),
+                (topics.CONSOLE_FOLLOWING, self._on_following, Qos.STATE),
+                (topics.PSM_MEASURED_CP, self._on_measured, Qos.EVENT)):
+            subscription(node, topic, callback, qos=qos, depth=200)
+        self._commands = publisher(node, topics.PSM_STATE_COMMAND)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(node)
         self._spinner = threading.Thread(target=self.executor.spin, daemon=True)
         self._spinner.start()
 
     def _on_diagnostics(self, message) -> None:
-        for status in message.status:
-            if status.name == "arm_controller":
-                self.decisions.append((stamp_ns(message), status.message))
+        for hold in map(ArmHold.of, message.status):
+            if hold is not None:
+                self.decisions.append((stamp_ns(message), hold))
 
     def _on_status(self, message) -> None:
         status = json.loads(message.data)
@@ -172,8 +174,8 @@ class PatientSite:
     def _on_link_state(self, message) -> None:
         report = link_state_values(message)
         ages = [float(values["last_heard_age_ms"]) if values.get("last_heard_age_ms") else None
-                for name, (_, values) in report.items() if name != "overall"]
-        self.reports.append((stamp_ns(message), report["overall"][0], ages))
+                for name, (_, values) in report.items() if name != LINK_OVERALL_ID]
+        self.reports.append((stamp_ns(message), report[LINK_OVERALL_ID][0], ages))
 
     def _on_following(self, message) -> None:
         self.following = message.data
@@ -185,11 +187,11 @@ class PatientSite:
     def state(self) -> str | None:
         return self.statuses[-1][1] if self.statuses else None
 
-    def arm(self) -> str | None:
+    def arm(self) -> ArmHold | None:
         return self.decisions[-1][1] if self.decisions else None
 
-    def command(self, text: str) -> None:
-        self._commands.publish(self._string(data=text))
+    def command(self, command: StateCommand) -> None:
+        self._commands.publish(self._string(data=command))
 
     def wait(self, condition, timeout_s: float, what: str):
         """condition()'s first true value, polled."""
@@ -202,7 +204,9 @@ class PatientSite:
         return value
 
     def engaged(self) -> bool:
-        return self.state() == "ENABLED" and bool(self.following) and self.arm() == FOLLOWING
+        arm = self.arm()
+        return (self.state() == OperatingState.ENABLED and bool(self.following)
+                and arm is not None and not arm.holding)
 
     def engage(self) -> None:
         """Until the arm follows the console: `enable` or `resume` as the state needs (the
@@ -212,11 +216,13 @@ class PatientSite:
         def engaged() -> bool:
             nonlocal next_try
             state, now = self.state(), time.monotonic()
-            if state == "FAULT":
+            if state == OperatingState.FAULT:
                 raise TrialError(f"the supervisor is in FAULT ({self.statuses[-1][2]})")
-            if now >= next_try and (state == "DISABLED"
-                                    or (state == "PAUSED" and self.following is False)):
-                self.command("enable" if state == "DISABLED" else "resume")
+            if now >= next_try and (state == OperatingState.DISABLED
+                                    or (state == OperatingState.PAUSED
+                                        and self.following is False)):
+                self.command(StateCommand.ENABLE if state == OperatingState.DISABLED
+                             else StateCommand.RESUME)
                 next_try = now + RETRY_S
             return self.engaged()
         self.wait(engaged, ENGAGE_TIMEOUT_S, "engage")
@@ -236,21 +242,21 @@ def run_trial(site: PatientSite, namespaces, rng: random.Random) -> dict:
     if not site.engaged():  # paused or clutched meanwhile: not a cut of a following arm
         return {"excluded": f"not following just before the cut (state {site.state()}, "
                             f"arm {site.arm()!r})"}
-    cut_ns, _ = namespaces.set_links(LINKS, True)
+    cut_ns, _ = namespaces.set_links(DEFAULT_LINKS, True)
     try:
         lost = site.wait(lambda: lost_report(site.reports, cut_ns), HOLD_TIMEOUT_S,
                          "LOST report from the patient bridge")
         cause = site.wait(lambda: next((cause for arrival, state, cause in site.statuses
-                                        if arrival >= cut_ns and state == "PAUSED"), None),
-                          HOLD_TIMEOUT_S, "pause")
-        paused_hold = site.wait(lambda: next((stamp for stamp, message in site.decisions
-                                              if stamp >= cut_ns and message == PAUSED_HOLD),
+                                        if arrival >= cut_ns and state == OperatingState.PAUSED),
+                                       None), HOLD_TIMEOUT_S, "pause")
+        paused_hold = site.wait(lambda: next((stamp for stamp, hold in site.decisions
+                                              if stamp >= cut_ns and hold.paused),
                                              None), HOLD_TIMEOUT_S, "hold on PAUSED")
         time.sleep(max(0.0, (paused_hold - time.time_ns()) * 1e-9 + HELD_S))
         until_ns = time.time_ns()
     finally:
-        restored_ns = namespaces.set_links(LINKS, False)[1]
-    if LINK_LOST not in cause:
+        restored_ns = namespaces.set_links(DEFAULT_LINKS, False)[1]
+    if Cause.LINK_LOST not in cause.split(", "):
         figures = {"excluded": f"paused by {cause!r}, not by the link loss"}
     else:
         figures = trial_figures(site.decisions, cut_ns, lost, site.tips, until_ns)
@@ -371,8 +377,8 @@ def _result(lines: list[dict], timeout_ms: float, cpu: dict) -> Result:
         f"virtual surgeon re-engages. {cpu_note(cpu)}",
         "Reaction (as the fault matrix): last datagram heard by the patient bridge (its first "
         "LOST report's stamp - the smallest last-heard age) to the arm controller's "
-        f"'{PAUSED_HOLD}' decision (/diagnostics, stamped with the deciding control tick). "
-        "First hold: to its first hold of any reason ('holding: commands stale', 50 ms "
+        "hold on PAUSED (its /diagnostics hold report, stamped with the deciding control tick). "
+        "First hold: to its first hold of any cause ('commands stale', 50 ms "
         "command timeout), which is when the arm actually stopped. Tip motion: largest "
         "distance of /psm/measured_cp (stamped when measured) from the tip at the first hold, "
         "until the links were restored.",

@@ -9,67 +9,37 @@ Topics are numbered in one list shared by both roles: master_to_patient first, t
 patient_to_master, in file order. The number is the datagram's topic index (wire.py), so both
 sites must use identical topic lists; likewise a link's id on the wire is its position in `links`.
 
-Size check. A message is sent in one datagram, never fragmented, so a topic whose message can
-exceed wire.max_message_bytes() in CDR is refused here rather than dropped in surgery. The size is
-measured by serializing an instance filled at a worst case: bounded fields at their bound, and
-unbounded ones at the realistic worst case below (the size of a numeric field does not depend on
-its value).
+Message types. A message is sent in one datagram, never fragmented, so a topic whose message
+can exceed wire.max_message_bytes() in CDR is refused here rather than dropped in surgery. What a
+type is, whether it exists and its worst-case size come from the caller (`message_types`:
+telesurg.ros.messages.message_info on a ROS machine), so that this module stays free of rclpy.
+A topic of the contract (telesurg.contract.topics) must keep the contract's type and QoS.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import ipaddress
 import re
 import reprlib
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import yaml
-from rclpy.exceptions import InvalidTopicNameException
-from rclpy.serialization import serialize_message
-from rclpy.validate_full_topic_name import validate_full_topic_name
-from rosidl_parser.definition import (
-    CHARACTER_TYPES,
-    FLOATING_POINT_TYPES,
-    OCTET_TYPE,
-    AbstractGenericString,
-    AbstractNestedType,
-    Array,
-    BasicType,
-    NamespacedType,
-    UnboundedSequence,
-)
 
 from telesurg.bridge.wire import max_message_bytes
 from telesurg.contract.params import ConfigError, Param, read_yaml
 from telesurg.contract.resources import share_dir
+from telesurg.contract.topics import OUTGOING_DIRECTION, SITE_LOCAL_TOPICS, SITES, Qos, topic_named
 
-#: The topics each role sends; topic indices follow this order (master_to_patient first).
-OUTGOING_DIRECTION = {"master": "master_to_patient", "patient": "patient_to_master"}
-ROLES = tuple(OUTGOING_DIRECTION)
-
-LINK_STATE_TOPIC = "/bridge/link_state"
-DIAGNOSTICS_TOPIC = "/diagnostics"
-# Every site publishes its own: bridged, each site would have two publishers of them.
-SITE_LOCAL_TOPICS = frozenset({LINK_STATE_TOPIC, DIAGNOSTICS_TOPIC, "/rosout",
-                               "/parameter_events"})
+#: The bridges' roles: one per site. Topic indices follow OUTGOING_DIRECTION's order
+#: (master_to_patient first).
+ROLES = SITES
 
 # Link ids are one byte and topic indices two on the wire; the top value of each is left free.
 MAX_LINKS = 254
 MAX_TOPICS = 65535
-
-# Worst case assumed for unbounded fields by the size check.
-STRING_CHARS = 64  # a frame_id, a state name
-STRING_IN_SEQUENCE_CHARS = 32  # a joint name
-SEQUENCE_ELEMENTS = 16  # the joints of an arm or a hand
-# Byte arrays hold raw data (images, point clouds) of kilobytes to megabytes: 4096 bytes, a
-# 64 x 64 mono8 image, is a small case of it, and already more than a datagram carries.
-RAW_DATA_BYTES = 4096
-_RAW_DATA_TYPES = frozenset({OCTET_TYPE, "uint8", "int8", "char"})
 
 HEARTBEAT_RATE = Param("heartbeat_rate_hz", 100.0,
                        "Heartbeats per second on each link, to tell which links are up.",
@@ -83,15 +53,21 @@ _LINK_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _INTERFACE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # Linux IFNAMSIZ is 16 with the NUL
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 _HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})")
-_TYPE_NAME = re.compile(r"(?P<package>[a-z][a-z0-9_]*)/msg/(?P<name>[A-Z][A-Za-z0-9]*)")
+# ROS 2 full topic names: absolute, tokens of letters, digits and _ not starting with a digit.
+_TOPIC_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class QosKind(StrEnum):
-    """How a bridged topic is published at the receiving site (the bridge maps it to a QoS)."""
+@dataclass(frozen=True)
+class MessageInfo:
+    """What the bridge configuration needs to know of a message type."""
 
-    COMMAND = "command"  # best effort, keep last 1: the latest command wins, none is resent
-    STATE = "state"  # reliable, transient local, keep last 1: late subscribers get the value
-    EVENT = "event"  # reliable, volatile, keep last 10: every one must arrive
+    stamped: bool  # starts with a std_msgs/Header, whose stamp gives the message's age
+    worst_case_bytes: int  # its largest realistic CDR size
+    worst_case: str  # what worst case was assumed, for the error that refuses it
+
+
+#: MessageInfo of a type name (package/msg/Name); LookupError, with the reason, if it has none.
+MessageTypes = Callable[[str], MessageInfo]
 
 
 @dataclass(frozen=True)
@@ -106,7 +82,7 @@ class LinkConfig:
 class TopicConfig:
     name: str
     type_name: str  # e.g. geometry_msgs/msg/PoseStamped
-    qos: QosKind
+    qos: Qos  # how it is published at the receiving site
     index: int  # the datagram's topic index: the same at both sites
     stamped: bool = False  # starts with a std_msgs/Header, whose stamp gives the message's age
 
@@ -145,12 +121,14 @@ def parse_link_overrides(parameter: str, text: str) -> dict[str, str]:
 
 
 def load_bridge_config(path: str | Path, role: str, key_file: str = "",
-                       link_overrides: dict[str, str] | None = None) -> BridgeConfig:
+                       link_overrides: dict[str, str] | None = None, *,
+                       message_types: MessageTypes) -> BridgeConfig:
     """Read and check the bridge configuration file `path`; return the side of `role`.
 
     key_file, if not empty, replaces the file's; link_overrides maps each LINK_OVERRIDES
     parameter to its text, which replaces those parts of this site's side of the links. The
-    result is checked as if the file said so, and errors name the parameter.
+    result is checked as if the file said so, and errors name the parameter. message_types
+    describes each topic's message type (see MessageTypes).
     """
     path = Path(path)
     if role not in ROLES:
@@ -170,7 +148,7 @@ def load_bridge_config(path: str | Path, role: str, key_file: str = "",
                      f"{link_timeout_ms} ms is less than {_MIN_HEARTBEATS_PER_TIMEOUT} heartbeat "
                      f"periods ({shortest_timeout_ms:g} ms at {heartbeat_rate_hz:g} Hz): one lost "
                      "heartbeat would report the link down")
-    topics = _topics(fields["topics"], path)
+    topics = _topics(fields["topics"], path, message_types)
     (other_role,) = set(ROLES) - {role}
     return BridgeConfig(
         role=role,
@@ -181,81 +159,6 @@ def load_bridge_config(path: str | Path, role: str, key_file: str = "",
         outgoing=topics[OUTGOING_DIRECTION[role]],
         incoming=topics[OUTGOING_DIRECTION[other_role]],
     )
-
-
-def message_class(type_name: str) -> type:
-    """The Python class of the ROS 2 message `type_name` (package/msg/Name); LookupError if
-    there is none."""
-    match = _TYPE_NAME.fullmatch(type_name)
-    if match is None:
-        raise LookupError(f"{type_name!r} is not a message type name: write package/msg/Name, "
-                          "e.g. geometry_msgs/msg/PoseStamped")
-    try:
-        module = importlib.import_module(f"{match['package']}.msg")
-    except ImportError:
-        raise LookupError(f"unknown message type {type_name}: cannot import "
-                          f"{match['package']}.msg (package not installed or not sourced)"
-                          ) from None
-    found = getattr(module, match["name"], None)
-    if not hasattr(found, "SLOT_TYPES"):
-        raise LookupError(f"unknown message type {type_name}: {match['package']}.msg has no "
-                          f"message {match['name']}")
-    return found
-
-
-@functools.cache
-def worst_case_cdr_bytes(message_type: type) -> int:
-    """Serialized (CDR) size of `message_type` with bounded fields at their bound and unbounded
-    ones at the worst case of this module (STRING_CHARS, SEQUENCE_ELEMENTS, ...)."""
-    return len(serialize_message(_worst_case_message(message_type, in_sequence=False)))
-
-
-def _worst_case_message(message_type: type, in_sequence: bool) -> object:
-    message = message_type()
-    for field, slot_type in zip(message_type.get_fields_and_field_types(),
-                                message_type.SLOT_TYPES, strict=True):
-        value = _worst_case_value(slot_type, in_sequence)
-        if value is not None:
-            setattr(message, field, value)
-    return message
-
-
-def _worst_case_value(slot_type: object, in_sequence: bool) -> object:
-    """The worst-case value of a field, or None where the default is as large as any value."""
-    if isinstance(slot_type, NamespacedType):
-        return _worst_case_message(
-            message_class("/".join((*slot_type.namespaces, slot_type.name))), in_sequence)
-    if isinstance(slot_type, AbstractGenericString):
-        unbounded = STRING_IN_SEQUENCE_CHARS if in_sequence else STRING_CHARS
-        return "x" * (getattr(slot_type, "maximum_size", None) or unbounded)
-    if not isinstance(slot_type, AbstractNestedType):
-        return None  # a number: its size does not depend on its value
-    element_type = slot_type.value_type
-    if isinstance(element_type, BasicType):
-        if isinstance(slot_type, Array):
-            return None  # the default already holds every element
-        element = _zero(element_type.typename)
-    else:
-        element = _worst_case_value(element_type, in_sequence=True)
-    if isinstance(slot_type, Array):
-        count = slot_type.size
-    elif isinstance(slot_type, UnboundedSequence):
-        raw_data = isinstance(element_type, BasicType) and element_type.typename in _RAW_DATA_TYPES
-        count = RAW_DATA_BYTES if raw_data else SEQUENCE_ELEMENTS
-    else:
-        count = slot_type.maximum_size
-    return [element] * count
-
-
-def _zero(typename: str) -> object:
-    """A value of the basic type `typename`, as its Python sequence setter accepts it."""
-    if typename == "boolean":
-        return False
-    if typename == OCTET_TYPE:
-        return b"\0"
-    if typename in CHARACTER_TYPES:
-        return "x"
-    return 0.0 if typename in FLOATING_POINT_TYPES else 0
 
 
 def _error(file: Path, key: str, problem: str) -> ConfigError:
@@ -401,7 +304,8 @@ def _check_unique(first_keys: dict, item: object, file: Path, key: str, what: st
         raise _error(file, key, f"{what} is already used by {first_key}")
 
 
-def _topics(value: object, file: Path) -> dict[str, tuple[TopicConfig, ...]]:
+def _topics(value: object, file: Path,
+            message_types: MessageTypes) -> dict[str, tuple[TopicConfig, ...]]:
     """{direction: topics}, indexed in the order of OUTGOING_DIRECTION."""
     directions = tuple(OUTGOING_DIRECTION.values())
     sections = _mapping(value, file, "topics", required=directions)
@@ -415,7 +319,7 @@ def _topics(value: object, file: Path) -> dict[str, tuple[TopicConfig, ...]]:
     topics: dict[str, list[TopicConfig]] = {direction: [] for direction in directions}
     for index, (direction, position, entry) in enumerate(listed):
         key = f"topics.{direction}[{position}]"
-        topic = _topic(entry, file, key, index)
+        topic = _topic(entry, file, key, index, message_types)
         first_key = name_keys.setdefault(topic.name, key)
         if first_key != key:
             if first_key.startswith(f"topics.{direction}["):
@@ -428,36 +332,53 @@ def _topics(value: object, file: Path) -> dict[str, tuple[TopicConfig, ...]]:
     return {direction: tuple(sent) for direction, sent in topics.items()}
 
 
-def _topic(value: object, file: Path, key: str, index: int) -> TopicConfig:
+def _topic(value: object, file: Path, key: str, index: int,
+           message_types: MessageTypes) -> TopicConfig:
     fields = _mapping(value, file, key, required=("name", "type", "qos"))
     name = _string(fields["name"], file, f"{key}.name")
-    try:
-        validate_full_topic_name(name)
-    except InvalidTopicNameException as error:
-        raise _error(file, f"{key}.name",
-                     f"{name!r}: {str(error).splitlines()[0].rstrip(':')}") from None
+    problem = _topic_name_problem(name)
+    if problem:
+        raise _error(file, f"{key}.name", f"{name!r}: {problem}")
     if name in SITE_LOCAL_TOPICS:
         raise _error(file, f"{key}.name",
                      f"{name} is published by each site itself and must not be bridged")
     type_name = _string(fields["type"], file, f"{key}.type")
     try:
-        message_type = message_class(type_name)
+        message = message_types(type_name)
     except LookupError as error:
         raise _error(file, f"{key}.type", str(error)) from None
-    size = worst_case_cdr_bytes(message_type)
-    if size > max_message_bytes():
+    if message.worst_case_bytes > max_message_bytes():
         raise _error(file, f"{key}.type",
-                     f"{type_name} can take {size} bytes in CDR, more than the "
-                     f"{max_message_bytes()} a datagram carries (worst case assumed: strings "
-                     f"of {STRING_CHARS} characters, {STRING_IN_SEQUENCE_CHARS} in arrays, "
-                     f"arrays of {SEQUENCE_ELEMENTS} elements, byte arrays of {RAW_DATA_BYTES})")
+                     f"{type_name} can take {message.worst_case_bytes} bytes in CDR, more than "
+                     f"the {max_message_bytes()} a datagram carries (worst case assumed: "
+                     f"{message.worst_case})")
     qos = fields["qos"]
-    if qos not in tuple(QosKind):
-        raise _error(file, f"{key}.qos", f"must be one of {', '.join(QosKind)}, got "
+    if qos not in tuple(Qos):
+        raise _error(file, f"{key}.qos", f"must be one of {', '.join(Qos)}, got "
                                          f"{_describe(qos)}")
-    stamped = next(iter(message_type.get_fields_and_field_types().values()), None) == (
-        "std_msgs/Header")
-    return TopicConfig(name, type_name, QosKind(qos), index, stamped)
+    contract = topic_named(name)
+    if contract is not None:
+        for field, given, expected in (("type", type_name, contract.type_name),
+                                       ("qos", qos, contract.qos)):
+            if given != expected:
+                raise _error(file, f"{key}.{field}",
+                             f"{name} is a contract topic of {field} {expected}, not {given} "
+                             "(telesurg.contract.topics)")
+    return TopicConfig(name, type_name, Qos(qos), index, message.stamped)
+
+
+def _topic_name_problem(name: str) -> str:
+    """Why name is not a valid ROS 2 full topic name, or ""."""
+    if not name.startswith("/"):
+        return "a topic name must be absolute (start with /)"
+    if name == "/" or name.endswith("/"):
+        return "a topic name must not end with /"
+    bad = next((token for token in name[1:].split("/") if not _TOPIC_TOKEN.fullmatch(token)),
+               None)
+    if bad is not None:
+        return (f"{bad!r} is not a valid name token (letters, digits and _, not starting with "
+                "a digit, no empty token)")
+    return ""
 
 
 def free_udp_ports(count: int) -> list[int]:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from telesurg.analysis.metrics import LatencyHistogram
-from telesurg.bridge.config import BridgeConfig, LinkConfig, QosKind
+from telesurg.bridge.config import BridgeConfig, LinkConfig
 from telesurg.bridge.link_health import HealthSnapshot, LinkHealth, LinkHealthConfig, StateChange
 from telesurg.bridge.wire import (
     MAX_DATAGRAM_BYTES,
@@ -38,6 +38,7 @@ from telesurg.bridge.wire import (
     pack_data,
     unpack_data,
 )
+from telesurg.contract.topics import Qos
 
 #: Heartbeat payload: per link, the link id, the newest peer heartbeat timestamp heard on it and
 #: how long it was held before this heartbeat left (RTCP's LSR/DLSR), so that each side measures
@@ -137,13 +138,13 @@ class BridgeCore:
         self.untrusted_discarded = 0
         # The latest message of each outgoing state topic, sent again by refresh_states().
         self._state_topics = frozenset(topic.index for topic in config.outgoing
-                                       if topic.qos == QosKind.STATE)
+                                       if topic.qos == Qos.STATE)
         # Commands (streamed, latest wins) counted apart: states are sent again, so the sent
         # and delivered counts of all messages differ by the refreshes in flight.
         self._command_topics = frozenset(topic.index for topic in config.outgoing
-                                         if topic.qos == QosKind.COMMAND)
+                                         if topic.qos == Qos.COMMAND)
         self._command_topics_in = frozenset(topic.index for topic in config.incoming
-                                            if topic.qos == QosKind.COMMAND)
+                                            if topic.qos == Qos.COMMAND)
         self.commands_sent = 0
         self.commands_delivered = 0
         self._latest_states: dict[int, bytes] = {}
@@ -152,7 +153,7 @@ class BridgeCore:
         self.oversized = 0
         # Age of arriving commands (stamp at the other site to arrival here, wall clocks).
         self._aged_topics = frozenset(topic.index for topic in config.incoming
-                                      if topic.stamped and topic.qos == QosKind.COMMAND)
+                                      if topic.stamped and topic.qos == Qos.COMMAND)
         self.command_age = LatencyHistogram()
         self._sequence = 0
         self._send_lock = threading.Lock()  # sequences must leave in order on every link

@@ -50,24 +50,13 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+
+from telesurg.contract.states import LinkState, OverallState
 
 # RFC 3550, 6.4.1: the jitter estimate's gain, a noise reduction ratio of 1/16.
 _JITTER_GAIN = 1.0 / 16.0
 # Bounds memory and per-datagram cost: the sequence window is shifted on every datagram.
 _MAX_WINDOW = 100_000
-
-
-class LinkState(StrEnum):
-    UP = "UP"
-    DEGRADED = "DEGRADED"
-    DOWN = "DOWN"
-
-
-class OverallState(StrEnum):
-    REDUNDANT = "REDUNDANT"  # two or more links, none DOWN
-    SINGLE = "SINGLE"  # some link not DOWN, but no redundancy left (or only one link)
-    LOST = "LOST"  # every link DOWN: nothing heard within link_timeout_ms
 
 
 @dataclass(frozen=True)

@@ -39,16 +39,17 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch import LaunchDescription
 from telesurg.bridge.config import LINK_OVERRIDES
 from telesurg.bringup import plan as support
-from telesurg.contract.graph import BRIDGE, SITES, nodes_of_site
+from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, nodes_of_site
+from telesurg.contract.topics import SITES
 
-#: The links of the installed config/bridge.yaml, whose addresses launch arguments can set.
-LINKS = ("a", "b")
+#: What the launch arguments of each link of the installed config/bridge.yaml set.
 HELP = {"bind": "this site's HOST:PORT on link {link}",
         "peer": "the other site's HOST:PORT on link {link}",
         "interface": "network interface link {link} leaves by (e.g. enp3s0 or wwan0)"}
 #: The bridge's launch arguments, passed on to gazebo.launch.py.
 BRIDGE_ARGUMENTS = ("bridge_config", "key_file",
-                    *(f"link_{link}_{part}" for link in LINKS for part in LINK_OVERRIDES.values()))
+                    *(f"link_{link}_{part}" for link in DEFAULT_LINKS
+                      for part in LINK_OVERRIDES.values()))
 
 
 def share_file(file: support.ShareFile) -> str:
@@ -77,7 +78,7 @@ def bridge_arguments() -> list[DeclareLaunchArgument]:
     links = [DeclareLaunchArgument(f"link_{link}_{part}", default_value="",
                                    description=HELP[part].format(link=link)
                                    + "; empty keeps bridge_config's")
-             for link in LINKS for part in LINK_OVERRIDES.values()]
+             for link in DEFAULT_LINKS for part in LINK_OVERRIDES.values()]
     return [
         DeclareLaunchArgument(
             "bridge_config", default_value=share_file(support.BRIDGE_CONFIG),
@@ -130,9 +131,10 @@ def bridge_node(site: str, *, use_sim_time: bool = False, condition=None) -> Nod
     """The site's bridge, the only path to the other site."""
     # Each override parameter is 'a=VALUE b=VALUE'; an empty VALUE keeps the file's. Typed as
     # strings, so that an empty or numeric-looking value is not read as YAML.
-    overrides = {parameter: ParameterValue([part for i, link in enumerate(LINKS) for part in (
-        TextSubstitution(text=f"{' ' if i else ''}{link}="),
-        LaunchConfiguration(f"link_{link}_{field}"))], value_type=str)
+    overrides = {parameter: ParameterValue(
+        [part for i, link in enumerate(DEFAULT_LINKS) for part in (
+            TextSubstitution(text=f"{' ' if i else ''}{link}="),
+            LaunchConfiguration(f"link_{link}_{field}"))], value_type=str)
         for parameter, field in LINK_OVERRIDES.items()}
     parameters = {"role": site,
                   "config_file": LaunchConfiguration("bridge_config"),

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from telesurg.contract.graph import SITE_TOPICS, NodeSpec
+from telesurg.contract.graph import NodeSpec
+from telesurg.contract.topics import SITE_TOPICS
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def spawner_arguments(controller: str) -> list[str]:
 # Recording ----------------------------------------------------------------------------------
 
 def contract_topics(sites: Iterable[str]) -> list[str]:
-    """The contract topics that the sites record (telesurg.contract.graph.SITE_TOPICS), sorted."""
+    """The contract topics that the sites record (telesurg.contract.topics.SITE_TOPICS), sorted."""
     topics: set[str] = set()
     for site in sites:
         if site not in SITE_TOPICS:

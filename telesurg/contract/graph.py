@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from telesurg.contract.topics import SITES
+
 
 @dataclass(frozen=True)
 class NodeSpec:
@@ -37,12 +39,15 @@ SESSION_NODES: tuple[NodeSpec, ...] = (
 )
 
 
+#: The links of the default bridge configuration (config/bridge.yaml), in wire order: fiber and
+#: 5G, say. The demo emulates one network per link.
+DEFAULT_LINKS = ("a", "b")
+
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
                   "Carries the configured topics to the other site over every link.",
                   niceness=-10)
 
-SITES = ("master", "patient")
 
 
 def nodes_of_site(site: str) -> tuple[NodeSpec, ...]:
@@ -50,40 +55,3 @@ def nodes_of_site(site: str) -> tuple[NodeSpec, ...]:
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}: one of {', '.join(SITES)}")
     return tuple(spec for spec in SESSION_NODES if spec.site == site)
-
-
-_POSE = "geometry_msgs/msg/PoseStamped"
-_JOINTS = "sensor_msgs/msg/JointState"
-_BOOL = "std_msgs/msg/Bool"
-_STRING = "std_msgs/msg/String"
-_DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
-#: Topics both sites have: the commands as the bridges carry them, the safety states and the
-#: bridge's own view of the links.
-_BOTH_SITES = {
-    "/psm/servo_cp": _POSE,
-    "/psm/jaw/servo_jp": _JOINTS,
-    "/psm/state_command": _STRING,
-    "/psm/operating_state": _STRING,
-    "/psm/measured_cp": _POSE,
-    "/console/following": _BOOL,
-    "/console/operator_present": _BOOL,
-    "/safety/status": _STRING,
-    "/bridge/link_state": _DIAGNOSTICS,
-    "/diagnostics": _DIAGNOSTICS,
-}
-#: The contract topics (DESIGN.md) that each site's recording holds.
-SITE_TOPICS = {
-    "master": {
-        "/mtm/measured_cp": _POSE,
-        "/mtm/gripper/measured_js": _JOINTS,
-        "/console/clutch": _BOOL,
-        **_BOTH_SITES,
-    },
-    "patient": {
-        **_BOTH_SITES,
-        "/psm/setpoint_cp": _POSE,
-        "/psm/measured_js": _JOINTS,
-        "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
-        "/joint_states": _JOINTS,
-    },
-}

@@ -8,30 +8,33 @@ writes: the command rate follows the arm's state rate, with no timer of its own 
 
 Publishes /forward_position_controller/commands (ros2_control convention, JOINT_NAMES order),
 and the arm's /psm/measured_cp and /psm/measured_js (stamped when the arm measured its joints,
-the /joint_states stamp) and /psm/setpoint_cp (stamped when commanded).
+the /joint_states stamp) and /psm/setpoint_cp (stamped when commanded). Whenever it starts or
+stops holding, or holds for another cause, it says so on /diagnostics, stamped with the tick
+that decided it, with the cause as key-values (telesurg.contract.states: holding, hold_cause,
+operating_state), which the session figures read.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, Header, String
 
 from telesurg.arm.kinematics import BASE_FRAME, JOINT_NAMES, forward
-from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
-from telesurg.ros.node import (
-    CONTROLLER_COMMAND_QOS,
-    STATE_QOS,
-    STREAM_QOS,
-    declare_parameters,
-    fill_pose,
-    is_valid_stamp,
-    pose_to_matrix,
-    run_node,
+from telesurg.contract import topics
+from telesurg.contract.states import (
+    ARM_CONTROLLER_STATUS,
+    HOLD_CAUSE_KEY,
+    HOLDING_KEY,
+    OPERATING_STATE_KEY,
 )
+from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
+from telesurg.ros.messages import fill_pose, is_valid_stamp, pose_to_matrix
+from telesurg.ros.node import declare_parameters, run_node
+from telesurg.ros.qos import publisher, subscription
 
 #: How often the controller checks that the arm still reports its joint states.
 WATCHDOG_PERIOD_S = 0.05
@@ -53,17 +56,15 @@ class ArmControllerNode(Node):
         self._last_refusal = ""
         self._measured_stamp = None  # when the arm measured its joints (CRTK: measured_ stamps)
         self._last_hold_reason = None
-        self.create_subscription(PoseStamped, "/psm/servo_cp", self._on_servo_cp, STREAM_QOS)
-        self.create_subscription(JointState, "/psm/jaw/servo_jp", self._on_jaw, STREAM_QOS)
-        self.create_subscription(JointState, "/joint_states", self._on_joint_states, STREAM_QOS)
-        self.create_subscription(String, "/psm/operating_state", self._on_operating_state,
-                                 STATE_QOS)
-        self._command_pub = self.create_publisher(
-            Float64MultiArray, "/forward_position_controller/commands", CONTROLLER_COMMAND_QOS)
-        self._measured_cp_pub = self.create_publisher(PoseStamped, "/psm/measured_cp", STATE_QOS)
-        self._setpoint_cp_pub = self.create_publisher(PoseStamped, "/psm/setpoint_cp", STATE_QOS)
-        self._measured_js_pub = self.create_publisher(JointState, "/psm/measured_js", STATE_QOS)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        subscription(self, topics.PSM_SERVO_CP, self._on_servo_cp)
+        subscription(self, topics.PSM_JAW_SERVO_JP, self._on_jaw)
+        subscription(self, topics.JOINT_STATES, self._on_joint_states)
+        subscription(self, topics.PSM_OPERATING_STATE, self._on_operating_state)
+        self._command_pub = publisher(self, topics.FORWARD_POSITION_COMMANDS)
+        self._measured_cp_pub = publisher(self, topics.PSM_MEASURED_CP)
+        self._setpoint_cp_pub = publisher(self, topics.PSM_SETPOINT_CP)
+        self._measured_js_pub = publisher(self, topics.PSM_MEASURED_JS)
+        self._diagnostics_pub = publisher(self, topics.DIAGNOSTICS)
         self._command = Float64MultiArray()
         self._measured_cp = PoseStamped()
         self._measured_cp.header.frame_id = BASE_FRAME
@@ -133,14 +134,7 @@ class ArmControllerNode(Node):
         setpoint = self.core.tick(now.nanoseconds * 1e-9)
         if self.core.hold_reason != self._last_hold_reason:
             self._last_hold_reason = self.core.hold_reason
-            what = (f"holding: {self.core.hold_reason}" if self.core.hold_reason
-                    else "following servo commands")
-            self.get_logger().info(what)
-            # Stamped with this tick: when the arm was first commanded to hold (or follow).
-            self._diagnostics_pub.publish(DiagnosticArray(
-                header=Header(stamp=now.to_msg()),
-                status=[DiagnosticStatus(level=DiagnosticStatus.OK, name="arm_controller",
-                                         hardware_id="psm", message=what)]))
+            self._report_hold(now)
         if setpoint is None:
             return
         self._command.data = setpoint.tolist()
@@ -148,6 +142,20 @@ class ArmControllerNode(Node):
         if now.nanoseconds >= self._next_state_ns:
             self._next_state_ns = now.nanoseconds + self._state_period_ns
             self._publish_states(now.to_msg())
+
+    def _report_hold(self, now) -> None:
+        """Log and publish that the arm started or stopped holding, or why it holds now."""
+        core = self.core
+        what = f"holding: {core.hold_reason}" if core.holding else "following servo commands"
+        self.get_logger().info(what)
+        values = {HOLDING_KEY: str(core.holding).lower(), HOLD_CAUSE_KEY: core.hold_cause or "",
+                  OPERATING_STATE_KEY: core.operating_state or ""}
+        # Stamped with this tick: when the arm was first commanded to hold (or follow).
+        self._diagnostics_pub.publish(DiagnosticArray(
+            header=Header(stamp=now.to_msg()),
+            status=[DiagnosticStatus(
+                level=DiagnosticStatus.OK, name=ARM_CONTROLLER_STATUS, hardware_id="psm",
+                message=what, values=[KeyValue(key=k, value=v) for k, v in values.items()])]))
 
     def _publish_states(self, stamp) -> None:
         measured = self.core.measured

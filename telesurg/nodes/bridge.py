@@ -9,38 +9,25 @@ from __future__ import annotations
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
 
 from telesurg.bridge.config import (
-    DIAGNOSTICS_TOPIC,
     LINK_OVERRIDES,
-    LINK_STATE_TOPIC,
-    QosKind,
     default_bridge_config_path,
     load_bridge_config,
-    message_class,
 )
 from telesurg.bridge.core import BridgeCore
-from telesurg.bridge.link_health import HealthSnapshot, LinkState, OverallState
+from telesurg.bridge.link_health import HealthSnapshot
 from telesurg.bridge.wire import KeyFileError, load_key
+from telesurg.contract import topics
 from telesurg.contract.params import ConfigError
-from telesurg.ros.node import (
-    STATE_QOS,
-    STREAM_QOS,
-    PeriodicLoop,
-    declare_parameters,
-    run_node,
-)
+from telesurg.contract.states import LINK_OVERALL_ID, LinkState, OverallState
+from telesurg.ros.messages import message_class, message_info
+from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
+from telesurg.ros.qos import publisher, qos_profile
 
 #: An all-zero key: what both bridges use when run insecure, so they still understand each
 #: other. Anyone can read and forge such traffic.
 INSECURE_KEY = bytes(32)
-
-QOS_BY_KIND = {
-    QosKind.COMMAND: STREAM_QOS,
-    QosKind.STATE: STATE_QOS,
-    QosKind.EVENT: QoSProfile(depth=10),  # reliable, volatile: every state command arrives
-}
 #: How often the latest value of each outgoing state topic is sent again (and at once when a
 #: link comes back after all were lost).
 STATE_REFRESH_HZ = 2.0
@@ -57,11 +44,12 @@ class BridgeNode(Node):
         path = p.config_file or str(default_bridge_config_path())
         config = load_bridge_config(
             path, p.role, p.key_file,
-            {parameter: getattr(p, parameter) for parameter in LINK_OVERRIDES})
+            {parameter: getattr(p, parameter) for parameter in LINK_OVERRIDES},
+            message_types=message_info)
         key = self._key(config.key_file, p.insecure)
         self._incoming_publishers = {
             topic.index: self.create_publisher(message_class(topic.type_name), topic.name,
-                                               QOS_BY_KIND[topic.qos])
+                                               qos_profile(topic.qos))
             for topic in config.incoming}
         try:
             self.core = BridgeCore(config, key, self._deliver, self._on_health_change)
@@ -69,11 +57,10 @@ class BridgeNode(Node):
             raise ConfigError(f"{path}: {error}") from None
         for topic in config.outgoing:
             self.create_subscription(message_class(topic.type_name), topic.name,
-                                     self._sender(topic.index), QOS_BY_KIND[topic.qos],
+                                     self._sender(topic.index), qos_profile(topic.qos),
                                      raw=True)
-        self._link_state_pub = self.create_publisher(DiagnosticArray, LINK_STATE_TOPIC,
-                                                     STATE_QOS)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._link_state_pub = publisher(self, topics.BRIDGE_LINK_STATE)
+        self._diagnostics_pub = publisher(self, topics.DIAGNOSTICS)
         self._name = f"bridge ({p.role})"
         self._logged_peer = 0
         self.core.start()
@@ -183,7 +170,7 @@ def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore) ->
     counters.update({f"rejected_{reason}": count
                      for reason, count in core.drops.snapshot().items()})
     statuses.append(DiagnosticStatus(
-        level=LEVELS[snapshot.state], name=f"{name}: overall", hardware_id="overall",
+        level=LEVELS[snapshot.state], name=f"{name}: overall", hardware_id=LINK_OVERALL_ID,
         message=str(snapshot.state),
         values=[KeyValue(key=key, value=str(value)) for key, value in counters.items()]))
     return DiagnosticArray(status=statuses)

@@ -24,16 +24,12 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
 from telesurg.arm.kinematics import BASE_FRAME, JAW_JOINT_NAME, JOINT_LIMITS
+from telesurg.contract import topics
+from telesurg.contract.states import OperatingState
 from telesurg.master.teleop import IDLE, MasterInput, StallGuard, TeleopConfig, TeleopMapping
-from telesurg.ros.node import (
-    STATE_QOS,
-    STREAM_QOS,
-    declare_parameters,
-    fill_pose,
-    is_valid_stamp,
-    pose_to_matrix,
-    run_node,
-)
+from telesurg.ros.messages import fill_pose, is_valid_stamp, pose_to_matrix
+from telesurg.ros.node import declare_parameters, run_node
+from telesurg.ros.qos import publisher, subscription
 
 #: How often the console checks that the master device and the arm still report.
 WATCHDOG_PERIOD_S = 0.02
@@ -57,19 +53,18 @@ class MasterConsoleNode(Node):
         self._arm_jaw = 0.0
         self._clutch = False
         self._present = False
-        self._arm_state = "unknown"  # /psm/operating_state; nothing engages until ENABLED
-        self.create_subscription(PoseStamped, "/mtm/measured_cp", self._on_master, STREAM_QOS)
-        self.create_subscription(JointState, "/mtm/gripper/measured_js", self._on_gripper,
-                                 STREAM_QOS)
-        self.create_subscription(Bool, "/console/clutch", self._on_clutch, STATE_QOS)
-        self.create_subscription(Bool, "/console/operator_present", self._on_present, STATE_QOS)
-        self.create_subscription(PoseStamped, "/psm/measured_cp", self._on_arm, STREAM_QOS)
-        self.create_subscription(JointState, "/psm/measured_js", self._on_arm_js, STREAM_QOS)
-        self.create_subscription(String, "/psm/operating_state", self._on_operating_state,
-                                 STATE_QOS)
-        self._servo_pub = self.create_publisher(PoseStamped, "/psm/servo_cp", STREAM_QOS)
-        self._jaw_pub = self.create_publisher(JointState, "/psm/jaw/servo_jp", STREAM_QOS)
-        self._following_pub = self.create_publisher(Bool, "/console/following", STATE_QOS)
+        # /psm/operating_state, None until heard: nothing engages until ENABLED.
+        self._arm_state: OperatingState | None = None
+        subscription(self, topics.MTM_MEASURED_CP, self._on_master)
+        subscription(self, topics.MTM_GRIPPER_MEASURED_JS, self._on_gripper)
+        subscription(self, topics.CONSOLE_CLUTCH, self._on_clutch)
+        subscription(self, topics.CONSOLE_OPERATOR_PRESENT, self._on_present)
+        subscription(self, topics.PSM_MEASURED_CP, self._on_arm)
+        subscription(self, topics.PSM_MEASURED_JS, self._on_arm_js)
+        subscription(self, topics.PSM_OPERATING_STATE, self._on_operating_state)
+        self._servo_pub = publisher(self, topics.PSM_SERVO_CP)
+        self._jaw_pub = publisher(self, topics.PSM_JAW_SERVO_JP)
+        self._following_pub = publisher(self, topics.CONSOLE_FOLLOWING)
         self._servo = PoseStamped()
         self._servo.header.frame_id = BASE_FRAME
         self._jaw = JointState(name=[JAW_JOINT_NAME])
@@ -103,9 +98,10 @@ class MasterConsoleNode(Node):
             self._arm = (pose_to_matrix(msg.pose), self._now())
 
     def _on_operating_state(self, msg: String) -> None:
-        if msg.data != self._arm_state:
+        state = OperatingState.parse(msg.data)
+        if state != self._arm_state:
             self.get_logger().info(f"arm operating state: {msg.data}")
-        self._arm_state = msg.data
+        self._arm_state = state
 
     def _on_arm_js(self, msg: JointState) -> None:
         if JAW_JOINT_NAME in msg.name:
@@ -129,7 +125,7 @@ class MasterConsoleNode(Node):
     def _update(self) -> None:
         if self._silent_input(self._now()):
             return
-        if self._arm_state != "ENABLED":
+        if self._arm_state is not OperatingState.ENABLED:
             # Whatever the pedals do meanwhile, nothing engages; once ENABLED, the mapping
             # (IDLE) engages on a fresh press of the operator-present pedal.
             if self.mapping.state != IDLE:

@@ -23,25 +23,18 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
 from telesurg.arm.kinematics import ARM_JOINT_NAMES
-from telesurg.bridge.config import DIAGNOSTICS_TOPIC, LINK_STATE_TOPIC
-from telesurg.patient.safety import OperatingState, SafetyConfig, SafetySupervisor
-from telesurg.ros.node import (
-    STATE_QOS,
-    STREAM_QOS,
-    PeriodicLoop,
-    declare_parameters,
-    is_valid_stamp,
-    run_node,
-)
+from telesurg.contract import topics
+from telesurg.contract.states import LINK_OVERALL_ID, OperatingState
+from telesurg.patient.safety import SafetyConfig, SafetySupervisor
+from telesurg.ros.messages import is_valid_stamp
+from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
+from telesurg.ros.qos import publisher, subscription
 
-STATUS_TOPIC = "/safety/status"
 STATUS_PERIOD_S = 0.5  # status and diagnostics repeat this often (and go out on any change)
-STATE_COMMAND_QOS = QoSProfile(depth=10)  # reliable, volatile: every command counts
 LEVELS = {OperatingState.ENABLED: DiagnosticStatus.OK,
           OperatingState.DISABLED: DiagnosticStatus.OK,
           OperatingState.PAUSED: DiagnosticStatus.WARN,
@@ -63,17 +56,15 @@ class SafetySupervisorNode(Node):
         self._commands_received = 0
         self._arm_index = None  # positions of ARM_JOINT_NAMES in /psm/measured_js
         self._next_status = 0.0
-        self._state_pub = self.create_publisher(String, "/psm/operating_state", STATE_QOS)
-        self._status_pub = self.create_publisher(String, STATUS_TOPIC, STATE_QOS)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self.create_subscription(DiagnosticArray, LINK_STATE_TOPIC, self._on_link_state,
-                                 STATE_QOS)
-        self.create_subscription(PoseStamped, "/psm/servo_cp", self._on_servo_cp, STREAM_QOS)
-        self.create_subscription(Bool, "/console/following", self._on_following, STATE_QOS)
-        self.create_subscription(Bool, "/console/operator_present", self._on_present, STATE_QOS)
-        self.create_subscription(JointState, "/psm/measured_js", self._on_joints, STREAM_QOS)
-        self.create_subscription(String, "/psm/state_command", self._on_state_command,
-                                 STATE_COMMAND_QOS)
+        self._state_pub = publisher(self, topics.PSM_OPERATING_STATE)
+        self._status_pub = publisher(self, topics.SAFETY_STATUS)
+        self._diagnostics_pub = publisher(self, topics.DIAGNOSTICS)
+        subscription(self, topics.BRIDGE_LINK_STATE, self._on_link_state)
+        subscription(self, topics.PSM_SERVO_CP, self._on_servo_cp)
+        subscription(self, topics.CONSOLE_FOLLOWING, self._on_following)
+        subscription(self, topics.CONSOLE_OPERATOR_PRESENT, self._on_present)
+        subscription(self, topics.PSM_MEASURED_JS, self._on_joints)
+        subscription(self, topics.PSM_STATE_COMMAND, self._on_state_command)
         self.loops = [PeriodicLoop(self, p.heartbeat_rate_hz, self._heartbeat)]
         self.loops[0].start()
         self.get_logger().info(
@@ -95,7 +86,8 @@ class SafetySupervisorNode(Node):
             self._report(transitions)
 
     def _on_link_state(self, msg: DiagnosticArray) -> None:
-        overall = next((s.message for s in msg.status if s.hardware_id == "overall"), None)
+        overall = next((s.message for s in msg.status if s.hardware_id == LINK_OVERALL_ID),
+                       None)
         if overall is not None:
             self._feed(self.core.on_link_state, overall)
 

@@ -16,13 +16,10 @@ from std_msgs.msg import Float64MultiArray
 
 from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
 from telesurg.arm.simulation import ArmSimulation
+from telesurg.contract import topics
 from telesurg.contract.resources import arm_urdf
-from telesurg.ros.node import (
-    STREAM_QOS,
-    PeriodicLoop,
-    declare_parameters,
-    run_node,
-)
+from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
+from telesurg.ros.qos import publisher, subscription
 
 #: Most physics steps taken in one loop tick: a stalled process catches up (the real arm would
 #: have moved meanwhile) but beyond a quarter second it drops time rather than race.
@@ -40,11 +37,8 @@ class SimulatorNode(Node):
         self._start_ns = self.get_clock().now().nanoseconds
         self._steps_done = 0
         self._dropped_steps = 0
-        # Best effort: a reliable reader stalls behind a lost sample until the writer's next
-        # heartbeat (seen here: the arm frozen on an old command for over 100 ms).
-        self.create_subscription(Float64MultiArray, "/forward_position_controller/commands",
-                                 self._on_command, STREAM_QOS)
-        self._publisher = self.create_publisher(JointState, "/joint_states", STREAM_QOS)
+        subscription(self, topics.FORWARD_POSITION_COMMANDS, self._on_command)
+        self._publisher = publisher(self, topics.JOINT_STATES)
         self._joint_state = JointState(name=list(JOINT_NAMES))
         # The command callback (executor thread) and the physics loop share the simulation.
         self._lock = threading.Lock()

@@ -15,15 +15,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
 from telesurg.arm.rotations import homogeneous
+from telesurg.contract import topics
 from telesurg.master.surgeon import PresenceRetry, VirtualSurgeon
-from telesurg.ros.node import (
-    STATE_QOS,
-    STREAM_QOS,
-    PeriodicLoop,
-    declare_parameters,
-    fill_pose,
-    run_node,
-)
+from telesurg.ros.messages import fill_pose
+from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
+from telesurg.ros.qos import publisher, subscription
 
 MASTER_FRAME = "mtm_base"
 
@@ -33,15 +29,14 @@ class VirtualSurgeonNode(Node):
         super().__init__("virtual_surgeon")
         p = declare_parameters(self, "virtual_surgeon")
         self.surgeon = VirtualSurgeon(p.task, p.seed, tremor_amplitude_m=p.tremor_amplitude_m)
-        self._pose_pub = self.create_publisher(PoseStamped, "/mtm/measured_cp", STREAM_QOS)
-        self._gripper_pub = self.create_publisher(JointState, "/mtm/gripper/measured_js",
-                                                  STREAM_QOS)
-        self._clutch_pub = self.create_publisher(Bool, "/console/clutch", STATE_QOS)
-        self._present_pub = self.create_publisher(Bool, "/console/operator_present", STATE_QOS)
+        self._pose_pub = publisher(self, topics.MTM_MEASURED_CP)
+        self._gripper_pub = publisher(self, topics.MTM_GRIPPER_MEASURED_JS)
+        self._clutch_pub = publisher(self, topics.CONSOLE_CLUTCH)
+        self._present_pub = publisher(self, topics.CONSOLE_OPERATOR_PRESENT)
         self._console_ready = False
         self._following = False
         self._retry = PresenceRetry()
-        self.create_subscription(Bool, "/console/following", self._on_console, STATE_QOS)
+        subscription(self, topics.CONSOLE_FOLLOWING, self._on_console)
         self._start = None
         self._pose = PoseStamped()
         self._pose.header.frame_id = MASTER_FRAME

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from telesurg.arm.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward, inverse
+from telesurg.contract.states import HoldCause, OperatingState
 
 ARM_JOINTS = len(ARM_JOINT_NAMES)
 
@@ -52,25 +53,36 @@ class ArmController:
         self._last_command_time = -math.inf
         self._jaw_goal: float | None = None
         self.holding = True
-        self.hold_reason = "no command yet"
+        self.hold_cause: HoldCause | None = HoldCause.NO_COMMAND_YET  # None while following
         self.unreachable_goals = 0
         self.refused_goals = 0
-        self._operating_state = "none yet"
+        self.operating_state: OperatingState | None = None  # the supervisor's, once heard
         self._operating_state_time = -math.inf
 
     def on_operating_state(self, state: str, now: float) -> None:
-        """The safety supervisor's /psm/operating_state, repeated as its heartbeat."""
-        self._operating_state = state
+        """The safety supervisor's /psm/operating_state, repeated as its heartbeat. A state
+        that is none of CRTK's counts as not ENABLED, and is not kept."""
+        self.operating_state = OperatingState.parse(state)
         self._operating_state_time = now
 
-    def why_not_enabled(self, now: float) -> str:
-        """Why the arm may not follow commands now ("" if it may)."""
+    def why_not_enabled(self, now: float) -> HoldCause | None:
+        """Why the arm may not follow commands now (None if it may)."""
         if now - self._operating_state_time > self.config.supervisor_timeout_s:
-            return ("safety supervisor silent" if math.isfinite(self._operating_state_time)
-                    else "no operating state from the safety supervisor yet")
-        if self._operating_state != "ENABLED":
-            return f"operating state {self._operating_state}"
-        return ""
+            return (HoldCause.SUPERVISOR_SILENT if math.isfinite(self._operating_state_time)
+                    else HoldCause.SUPERVISOR_NOT_HEARD)
+        if self.operating_state is not OperatingState.ENABLED:
+            return HoldCause.NOT_ENABLED
+        return None
+
+    @property
+    def hold_reason(self) -> str:
+        """Why the arm holds, in words ("" while it follows)."""
+        return self._in_words(self.hold_cause)
+
+    def _in_words(self, cause: HoldCause | None) -> str:
+        if cause is HoldCause.NOT_ENABLED:
+            return f"{cause} {self.operating_state or 'unknown'}"
+        return cause or ""
 
     def on_joint_states(self, positions: np.ndarray, now: float) -> None:
         """Measured positions of JOINT_NAMES (7 values)."""
@@ -83,7 +95,7 @@ class ArmController:
             return "arm position unknown"
         not_enabled = self.why_not_enabled(now)
         if not_enabled:
-            return not_enabled
+            return self._in_words(not_enabled)
         result = inverse(pose, seed=self.setpoint[:ARM_JOINTS])
         if not result.reachable:
             self.unreachable_goals += 1  # follow the nearest reachable pose
@@ -130,18 +142,19 @@ class ArmController:
         if not_enabled:
             if not self.holding or self.setpoint is None:
                 self._hold(not_enabled)
-            self.hold_reason = not_enabled
+            self.hold_cause = not_enabled
             self._last_command_time = -math.inf  # following resumes on fresh commands only
             return self.setpoint
         if now - self._last_command_time > self.config.command_timeout_s:
-            reason = "commands stale" if self.setpoint is not None else "no command yet"
+            cause = (HoldCause.COMMANDS_STALE if self.setpoint is not None
+                     else HoldCause.NO_COMMAND_YET)
             if not self.holding or self.setpoint is None:
-                self._hold(reason)
-            elif self.hold_reason not in ("commands stale", "no command yet"):
-                self.hold_reason = "no command since ENABLED"  # the old reason is gone
+                self._hold(cause)
+            elif self.hold_cause not in (HoldCause.COMMANDS_STALE, HoldCause.NO_COMMAND_YET):
+                self.hold_cause = HoldCause.NO_COMMAND_SINCE_ENABLED  # the old cause is gone
             return self.setpoint
         self.holding = False
-        self.hold_reason = ""
+        self.hold_cause = None
         target = self._target(now)
         limit = self._max_speed * dt
         setpoint = self.setpoint.copy()
@@ -167,10 +180,10 @@ class ArmController:
             1.0, (now - self._goal_time) / self._goal_duration)
         return self._goal_from + alpha * (self._goal_to - self._goal_from)
 
-    def _hold(self, reason: str) -> None:
+    def _hold(self, cause: HoldCause) -> None:
         """Hold where the arm is now (its measured position, not the last setpoint)."""
         self.holding = True
-        self.hold_reason = reason
+        self.hold_cause = cause
         self._set(np.clip(self.measured, self._lower, self._upper))
         self._jaw_goal = None
         self._goal_from = self._goal_to = None

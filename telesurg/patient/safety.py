@@ -72,19 +72,8 @@ from enum import StrEnum
 
 import numpy as np
 
-
-class OperatingState(StrEnum):
-    DISABLED = "DISABLED"
-    ENABLED = "ENABLED"
-    PAUSED = "PAUSED"
-    FAULT = "FAULT"
-
-
-class Command(StrEnum):
-    ENABLE = "enable"
-    DISABLE = "disable"
-    PAUSE = "pause"
-    RESUME = "resume"
+from telesurg.contract.states import LINK_ALIVE, OperatingState
+from telesurg.contract.states import StateCommand as Command
 
 
 class Cause(StrEnum):
@@ -105,10 +94,6 @@ FAULT_CAUSES = frozenset({Cause.INCONSISTENT_JOINTS, Cause.ARM_SILENT})
 
 DISABLED, ENABLED = OperatingState.DISABLED, OperatingState.ENABLED
 PAUSED, FAULT = OperatingState.PAUSED, OperatingState.FAULT
-
-# Overall link states of telesurg.bridge.link_health.OverallState that still carry commands.
-_LINK_ALIVE = ("REDUNDANT", "SINGLE")
-
 
 @dataclass(frozen=True)
 class SafetyConfig:
@@ -482,7 +467,7 @@ class SafetySupervisor:
         if now >= self._link_heard + self._link_timeout:
             return (f"no /bridge/link_state for {_g((now - self._link_heard) * 1e3)} ms, "
                     f"limit {_g(self.config.link_state_timeout_ms)} ms")
-        if self._link_overall not in _LINK_ALIVE:
+        if self._link_overall not in LINK_ALIVE:
             return f"overall {self._link_overall}"
         return ""
 

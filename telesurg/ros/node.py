@@ -1,5 +1,5 @@
-"""What every telesurg node shares: QoS profiles, parameter declaration from the one table,
-message conversions, and a main loop that exits cleanly on Ctrl-C or SIGTERM."""
+"""What every telesurg node shares: parameter declaration from the one table, a periodic loop,
+and a main loop that exits cleanly on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,31 +9,12 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
-import numpy as np
 import rclpy
-from geometry_msgs.msg import Pose
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from telesurg.arm.rotations import homogeneous, matrix_to_quaternion, quaternion_to_matrix
 from telesurg.contract.params import NODE_PARAMETERS, ConfigError, load_parameter_file
-
-
-def _keep_last(depth: int, reliability: ReliabilityPolicy,
-               durability: DurabilityPolicy) -> QoSProfile:
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
-                      durability=durability)
-
-
-#: Streamed commands and device samples: the latest wins, a late one is worthless.
-STREAM_QOS = _keep_last(1, ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE)
-#: States (pedals, following, arm poses): reliable, and a late joiner gets the last value.
-STATE_QOS = _keep_last(1, ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
-#: Joint commands to ros2_control: its forward controllers subscribe reliable, so publish
-#: reliable (a reliable writer also serves best-effort readers); keep only the newest.
-CONTROLLER_COMMAND_QOS = _keep_last(1, ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE)
 
 
 def declare_parameters(node: Node, table_name: str) -> SimpleNamespace:
@@ -164,21 +145,3 @@ def _context_shuts_down(within_s: float) -> bool:
 def _exit_config_error(node_name: str, error: ConfigError) -> None:
     print(f"{node_name}: configuration error: {error}", file=sys.stderr, flush=True)
     sys.exit(2)
-
-
-def pose_to_matrix(pose: Pose) -> np.ndarray:
-    o, p = pose.orientation, pose.position
-    return homogeneous(quaternion_to_matrix(o.x, o.y, o.z, o.w), (p.x, p.y, p.z))
-
-
-def fill_pose(pose: Pose, matrix: np.ndarray) -> Pose:
-    x, y, z = matrix[:3, 3].tolist()
-    pose.position.x, pose.position.y, pose.position.z = x, y, z
-    o = pose.orientation
-    o.x, o.y, o.z, o.w = matrix_to_quaternion(matrix[:3, :3])
-    return pose
-
-
-def is_valid_stamp(stamp) -> bool:
-    """CRTK: a message whose header stamp is zero carries no valid data."""
-    return bool(stamp.sec or stamp.nanosec)

@@ -36,16 +36,23 @@ from telesurg.analysis.metrics import (
 from telesurg.arm.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
 from telesurg.bags.recorder import RECORDER_NODE_NAME
 from telesurg.bags.storage import BagReader
-from telesurg.bridge.config import LINK_STATE_TOPIC
-from telesurg.contract.graph import BRIDGE, SITE_TOPICS, SITES, NodeSpec, nodes_of_site
+from telesurg.contract import topics
+from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, NodeSpec, nodes_of_site
 from telesurg.contract.params import ConfigError, load_parameter_file
 from telesurg.contract.resources import default_config, fastdds_profile
+from telesurg.contract.states import (
+    LINK_OVERALL_ID,
+    ArmHold,
+    OperatingState,
+    OverallState,
+    StateCommand,
+)
+from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS, SITES, Qos
 from telesurg.linkem.model import PROFILES, Outage, outage_timeline
+from telesurg.patient.safety import Cause
 from telesurg.session.playback import BAG_DIRS, ReplayPlan
 from telesurg.session.processes import NodeGroup, cpu_seconds
 
-#: The links of the default bridge configuration, in order (a link's id on the wire).
-LINK_NAMES = ("a", "b")
 #: The bridges' link timeout in the demo: twice the 50 ms default, because on a shared 2-core
 #: machine running eight Python processes, every process (even at raised priority) stalls now
 #: and then for 50-70 ms, and each stall would read as both links lost and pause the arm.
@@ -55,7 +62,7 @@ COMMAND_SOURCES = ("virtual_surgeon", "master_console")
 STARTUP_TIMEOUT_S = 60.0
 DEFAULT_DURATION_S = 20.0
 #: What shows that a site is up: the arm's pose, and the console ready to engage.
-READY_TOPICS = {"master": ("/console/following",), "patient": ("/psm/measured_cp",)}
+READY_TOPICS = {MASTER: (topics.CONSOLE_FOLLOWING,), PATIENT: (topics.PSM_MEASURED_CP,)}
 #: Records a site (`telesurg record`), below the session nodes' priority: its deep queues
 #: absorb a delay, the session's loops must not wait for it.
 RECORDER = NodeSpec("recorder", "telesurg", "telesurg.cli", "both",
@@ -116,24 +123,21 @@ class Site:
     #: The site bridge's reports as they arrive (the final counters come after the command
     #: stream has stopped and drained).
     link_states: list = field(default_factory=list)
-    heard: set[str] = field(default_factory=set)  # READY_TOPICS heard so far
+    heard: set[str] = field(default_factory=set)  # names of READY_TOPICS heard so far
 
     def watch(self, context) -> None:
         from rclpy.node import Node
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from telesurg.bridge.config import message_class
-        from telesurg.ros.node import STATE_QOS
+        from telesurg.ros.qos import subscription
 
         self.node = Node(f"demo_{self.name}", context=context)
-        self.node.create_subscription(
-            message_class("diagnostic_msgs/msg/DiagnosticArray"), LINK_STATE_TOPIC,
-            lambda message: self.link_states.append((time.time_ns(), message)),
-            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        # Every report, deep: the figures come from the last one after the drain.
+        subscription(self.node, topics.BRIDGE_LINK_STATE,
+                     lambda message: self.link_states.append((time.time_ns(), message)),
+                     qos=Qos.EVENT, depth=100)
         for topic in READY_TOPICS[self.name]:
-            self.node.create_subscription(message_class(SITE_TOPICS[self.name][topic]), topic,
-                                          lambda _, topic=topic: self.heard.add(topic),
-                                          STATE_QOS)
+            subscription(self.node, topic, lambda _, name=topic.name: self.heard.add(name),
+                         qos=topic.qos)
 
     def recording(self) -> bool:
         """Whether the site's recorder subscribes to every topic of the site, as this node
@@ -171,13 +175,13 @@ def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
 
     write_key(out / "bridge.key")
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    bridge_ports = {name: free_udp_ports(2) for name in LINK_NAMES}
+    bridge_ports = {name: free_udp_ports(2) for name in DEFAULT_LINKS}
     links = stack.enter_context(EmulatedLinks(
         [(name, profile, *bridge_ports[name], 2 * seed) for seed, (name, profile)
-         in enumerate(zip(LINK_NAMES, options.link_profiles, strict=True))],
+         in enumerate(zip(DEFAULT_LINKS, options.link_profiles, strict=True))],
         out / "logs" / "emulated_links.log"))
     ends = [tuple(zip(bridge_ports[name], links.ports[name], strict=True))
-            for name in LINK_NAMES]
+            for name in DEFAULT_LINKS]
     return write_loopback_bridge_config(out, ends, link_timeout_ms=DEMO_LINK_TIMEOUT_MS), links
 
 
@@ -189,41 +193,39 @@ class Operator:
     RETRY_S = 0.5
 
     def __init__(self, node, say):
-        from rclpy.qos import QoSProfile
         from std_msgs.msg import String
 
-        from telesurg.ros.node import STATE_QOS
+        from telesurg.ros.qos import publisher, subscription
 
-        self.state = None
+        self.state: OperatingState | None = None
         self._say = say
         self._message = String
-        self._publisher = node.create_publisher(String, "/psm/state_command",
-                                                QoSProfile(depth=10))
-        node.create_subscription(String, "/psm/operating_state", self._on_state, STATE_QOS)
+        self._publisher = publisher(node, topics.PSM_STATE_COMMAND)
+        subscription(node, topics.PSM_OPERATING_STATE, self._on_state)
         self._next_try = 0.0
 
     def _on_state(self, message) -> None:
-        self.state = message.data
+        self.state = OperatingState.parse(message.data)
 
-    def _command(self, text: str) -> None:
-        self._publisher.publish(self._message(data=text))
+    def _command(self, command: StateCommand) -> None:
+        self._publisher.publish(self._message(data=command))
 
     def enable(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while self.state != "ENABLED":
+        while self.state is not OperatingState.ENABLED:
             if time.monotonic() > deadline:
                 raise DemoError(f"the arm was not ENABLED within {timeout_s:.0f} s of asking "
                                 f"(operating state {self.state}; see "
                                 "logs/patient/safety_supervisor.log)")
-            self._command("enable")
+            self._command(StateCommand.ENABLE)
             time.sleep(self.RETRY_S)
 
     def resume_if_paused(self, links_all_cut: bool) -> None:
         now = time.monotonic()
-        if self.state == "PAUSED" and not links_all_cut and now >= self._next_try:
+        if self.state is OperatingState.PAUSED and not links_all_cut and now >= self._next_try:
             self._next_try = now + self.RETRY_S
             self._say("  operator: resume")
-            self._command("resume")
+            self._command(StateCommand.RESUME)
 
 
 class OutageSchedule(threading.Thread):
@@ -231,7 +233,7 @@ class OutageSchedule(threading.Thread):
 
     def __init__(self, links, outages, say):
         super().__init__(name="demo-outages", daemon=True)
-        self.timeline = outage_timeline(outages, LINK_NAMES)
+        self.timeline = outage_timeline(outages, DEFAULT_LINKS)
         self.links = links
         self.say = say
         self.cancelled = threading.Event()
@@ -258,14 +260,14 @@ def run_demo(options: DemoOptions, say=print) -> dict:
         load_parameter_file(config)
     except ConfigError as error:
         raise DemoError(f"configuration error: {error}") from None
-    if len(options.link_profiles) != len(LINK_NAMES):
-        raise DemoError(f"one link profile per link ({', '.join(LINK_NAMES)}), got "
+    if len(options.link_profiles) != len(DEFAULT_LINKS):
+        raise DemoError(f"one link profile per link ({', '.join(DEFAULT_LINKS)}), got "
                         f"{len(options.link_profiles)}")
     unknown = [p for p in options.link_profiles if p not in PROFILES]
     if unknown:
         raise DemoError(f"unknown link profile {unknown[0]!r}: one of {', '.join(PROFILES)}")
     try:
-        outage_timeline(options.outages, LINK_NAMES)
+        outage_timeline(options.outages, DEFAULT_LINKS)
     except ValueError as error:
         raise DemoError(str(error)) from None
     replay = ReplayPlan.of(options.replay) if options.replay else None
@@ -300,7 +302,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             threading.Thread(target=site.executor.spin, daemon=True).start()
         domains = ", ".join(f"{site.name} {site.domain_id}" for site in sites)
         networks = ", ".join(f"{name} {profile}" for name, profile in
-                             zip(LINK_NAMES, options.link_profiles, strict=True))
+                             zip(DEFAULT_LINKS, options.link_profiles, strict=True))
         driver = (f"replay of {replay.master_bag}" if replay else
                   f"task {options.task}, seed {options.seed}")
         say(f"telesurg demo: {driver}, {duration_s:g} s, DDS domains {domains}, links "
@@ -332,7 +334,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 if replay and not player.is_alive():
                     break  # the recording has been played to its end
                 _raise_if_dead(groups, "during the session")
-                operator.resume_if_paused(outages.down == set(LINK_NAMES))
+                operator.resume_if_paused(outages.down == set(DEFAULT_LINKS))
                 time.sleep(0.1)
             recorded_s = time.monotonic() - started
             task_ended_ns = time.time_ns()
@@ -435,7 +437,7 @@ def _raise_if_dead(groups: list[NodeGroup], when: str) -> None:
 def _wait_until_ready(groups: list[NodeGroup], sites: list[Site]) -> None:
     """Wait until the arm reports its pose, the console is ready to engage and both sites are
     being recorded."""
-    wanted = {(site.name, topic) for site in sites for topic in READY_TOPICS[site.name]}
+    wanted = {(site.name, topic.name) for site in sites for topic in READY_TOPICS[site.name]}
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         _raise_if_dead(groups, "at start-up")
@@ -452,14 +454,14 @@ def stamp_ns(message) -> int:
     return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
 
 
-def decoded(messages: dict, site: str, topic: str) -> list[tuple[int, object]]:
+def decoded(messages: dict, site: str, topic: topics.Topic) -> list[tuple[int, object]]:
     """(arrival ns, message) of a recorded topic at a site."""
     from rclpy.serialization import deserialize_message
 
-    from telesurg.bridge.config import message_class
+    from telesurg.ros.messages import message_class
 
-    cls = message_class(SITE_TOPICS[site][topic])
-    return [(t, deserialize_message(data, cls)) for t, data in messages[site].get(topic, [])]
+    cls = message_class(topic.type_name)
+    return [(t, deserialize_message(data, cls)) for t, data in messages[site].get(topic.name, [])]
 
 
 def command_tips(commands) -> list[np.ndarray]:
@@ -472,20 +474,21 @@ def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
         return {stamp_ns(m): np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
                 for _, m in decoded(messages, site, topic)}
 
-    goals = tips("master", "/psm/servo_cp")
-    setpoints, measured = tips("patient", "/psm/setpoint_cp"), tips("patient", "/psm/measured_cp")
+    goals = tips(MASTER, topics.PSM_SERVO_CP)
+    setpoints = tips(PATIENT, topics.PSM_SETPOINT_CP)
+    measured = tips(PATIENT, topics.PSM_MEASURED_CP)
     measured_stamps = sorted(measured)
     measured_path = [measured[s] for s in measured_stamps]
-    commands = decoded(messages, "patient", "/forward_position_controller/commands")
+    commands = decoded(messages, PATIENT, topics.FORWARD_POSITION_COMMANDS)
     command_times = [t for t, _ in commands]
     command_joints = [m.data for _, m in commands]
     lower = [JOINT_LIMITS[name].lower for name in JOINT_NAMES]
     upper = [JOINT_LIMITS[name].upper for name in JOINT_NAMES]
-    changes = [(t, m.data) for t, m in decoded(messages, "master", "/console/following")]
+    changes = [(t, m.data) for t, m in decoded(messages, MASTER, topics.CONSOLE_FOLLOWING)]
     intervals = following_intervals(changes, command_times[-1] if commands else 0)
-    clutches = sum(1 for _, m in decoded(messages, "master", "/console/clutch") if m.data)
-    servo = messages["master"].get("/psm/servo_cp", [])
-    arrivals = [(t, stamp_ns(m)) for t, m in decoded(messages, "patient", "/psm/servo_cp")]
+    clutches = sum(1 for _, m in decoded(messages, MASTER, topics.CONSOLE_CLUTCH) if m.data)
+    servo = messages[MASTER].get(topics.PSM_SERVO_CP.name, [])
+    arrivals = [(t, stamp_ns(m)) for t, m in decoded(messages, PATIENT, topics.PSM_SERVO_CP)]
     servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
     return {
         "task": "replay" if options.replay else options.task,
@@ -550,8 +553,8 @@ def network_summary(master_states: list, patient_states: list) -> dict:
     (after the drain), and per link the patient bridge's view over the session."""
     if not master_states or not patient_states:
         raise DemoError("a bridge never reported its link state (see logs/*/bridge.log)")
-    master = link_state_values(master_states[-1][1])["overall"][1]
-    patient = link_state_values(patient_states[-1][1])["overall"][1]
+    master = link_state_values(master_states[-1][1])[LINK_OVERALL_ID][1]
+    patient = link_state_values(patient_states[-1][1])[LINK_OVERALL_ID][1]
 
     def number(values, key):
         return float(values[key]) if values.get(key) else None
@@ -559,7 +562,7 @@ def network_summary(master_states: list, patient_states: list) -> dict:
     sent, delivered = int(master["commands_sent"]), int(patient["commands_delivered"])
     reports = [link_state_values(message) for _, message in patient_states]
     links = {}
-    for name in LINK_NAMES:
+    for name in DEFAULT_LINKS:
         views = [report[name][1] for report in reports if name in report]
         rtts = [float(v["rtt_ms"]) for v in views if v.get("rtt_ms")]
         rtt = percentiles(rtts)
@@ -597,39 +600,38 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
     """Operating state transitions (patient site, /safety/status), and for every pause: how fast
     the arm was held after the link was lost, how far it moved while paused, and how far it
     stepped in the 500 ms after the resume."""
-    statuses = [(t, json.loads(m.data)) for t, m in decoded(messages, "patient",
-                                                             "/safety/status")]
+    statuses = [(t, json.loads(m.data)) for t, m in decoded(messages, PATIENT,
+                                                             topics.SAFETY_STATUS)]
     transitions = []
     for (_, before), (t, after) in zip(statuses, statuses[1:], strict=False):
         if after["state"] != before["state"]:
             transitions.append({"t_s": round((t - started_ns) * 1e-9, 3),
                                 "from": before["state"], "to": after["state"],
                                 "cause": after["cause"]})
-    holds = [(stamp_ns(m), m.status[0].message) for _, m in decoded(
-        messages, "patient", "/diagnostics") if m.status and m.status[0].name == "arm_controller"]
-    setpoints = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, "patient",
-                                                                   "/psm/setpoint_cp"))
-    measured = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, "patient",
-                                                                  "/psm/measured_cp"))
-    commands = decoded(messages, "patient", "/forward_position_controller/commands")
+    holds = [(stamp_ns(m), hold) for _, m in decoded(messages, PATIENT, topics.DIAGNOSTICS)
+             for hold in map(ArmHold.of, m.status) if hold is not None]
+    setpoints = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, PATIENT,
+                                                                   topics.PSM_SETPOINT_CP))
+    measured = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, PATIENT,
+                                                                  topics.PSM_MEASURED_CP))
+    commands = decoded(messages, PATIENT, topics.FORWARD_POSITION_COMMANDS)
     tips = command_tips(commands)
     reactions, paused_motion, resume_jumps = [], [], []
     for index, transition in enumerate(transitions):
-        if transition["to"] != "PAUSED":
+        if transition["to"] != OperatingState.PAUSED:
             continue
         paused_at = started_ns + int(transition["t_s"] * 1e9)
         left = transitions[index + 1] if index + 1 < len(transitions) else None
         left_at = started_ns + int(left["t_s"] * 1e9) if left else None
         last_datagram = (_last_datagram_before_lost(patient_link_states, paused_at)
-                         if "link lost" in transition["cause"] else None)
+                         if Cause.LINK_LOST in transition["cause"].split(", ") else None)
         hold_ns = _hold_start(holds, paused_at)
         if hold_ns is None:
             continue
         if last_datagram is not None:
             # The first hold the controller commanded after the last datagram: "commands
             # stale" if it was following, the PAUSED hold if it already held (a clutch).
-            held = next((t for t, what in holds
-                         if t >= last_datagram and what.startswith("holding")), None)
+            held = next((t for t, hold in holds if t >= last_datagram and hold.holding), None)
             if held is not None:
                 reactions.append((held - last_datagram) * 1e-6)
         hold_pose = next((tip for t, tip in setpoints if t >= hold_ns), None)
@@ -638,18 +640,18 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
             paused_motion.append(max((float(np.linalg.norm(tip - hold_pose))
                                       for t, tip in measured if hold_ns <= t <= end),
                                      default=0.0))
-        if left is not None and left["to"] == "ENABLED":
+        if left is not None and left["to"] == OperatingState.ENABLED:
             window = [tip for (t, _), tip in zip(commands, tips, strict=True)
                       if left_at <= t <= left_at + RESUME_WINDOW_NS]
             resume_jumps.append(largest_step(window))
     # Each resume with time left to re-engage (the surgeon re-presses the pedal after a second)
     # must be followed by following again.
     resumes = [started_ns + int(t["t_s"] * 1e9) for t in transitions
-               if t["from"] == "PAUSED" and t["to"] == "ENABLED"
+               if t["from"] == OperatingState.PAUSED and t["to"] == OperatingState.ENABLED
                and started_ns + int(t["t_s"] * 1e9) + REENGAGE_WINDOW_NS <= ended_ns]
-    changes = [(t, m.data) for t, m in decoded(messages, "master", "/console/following")]
+    changes = [(t, m.data) for t, m in decoded(messages, MASTER, topics.CONSOLE_FOLLOWING)]
     return {
-        "pauses": sum(1 for t in transitions if t["to"] == "PAUSED"),
+        "pauses": sum(1 for t in transitions if t["to"] == OperatingState.PAUSED),
         "pause_reaction_ms": percentiles(reactions),
         "motion_while_paused_mm": round(1000.0 * max(paused_motion, default=0.0), 4),
         "resume_jump_mm": round(1000.0 * max(resume_jumps, default=0.0), 4),
@@ -660,18 +662,18 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
     }
 
 
-def _hold_start(holds: list[tuple[int, str]], paused_at: int) -> int | None:
+def _hold_start(holds: list[tuple[int, ArmHold]], paused_at: int) -> int | None:
     """When the arm controller began the hold in force once it learned of the pause at
-    paused_at: the start of the run of "holding" reports that includes the first one naming
-    PAUSED (for a lost link, usually "commands stale" came first)."""
+    paused_at: the start of the run of hold reports that includes the first one for PAUSED
+    (for a lost link, usually "commands stale" came first)."""
     start = None
-    for stamp, what in holds:
-        if not what.startswith("holding"):
+    for stamp, hold in holds:
+        if not hold.holding:
             start = None
             continue
         if start is None:
             start = stamp
-        if stamp >= paused_at - 100_000_000 and "PAUSED" in what:
+        if stamp >= paused_at - 100_000_000 and hold.paused:
             return start
     return None
 
@@ -689,9 +691,9 @@ def _last_datagram_before_lost(link_states: list, before_ns: int) -> int | None:
         if stamp > before_ns:
             continue
         report = link_state_values(message)
-        if report.get("overall", ("",))[0] != "LOST":
+        if report.get(LINK_OVERALL_ID, ("",))[0] != OverallState.LOST:
             return None
         ages = [float(values["last_heard_age_ms"]) for name, (_, values) in report.items()
-                if name != "overall" and values.get("last_heard_age_ms")]
+                if name != LINK_OVERALL_ID and values.get("last_heard_age_ms")]
         return stamp - int(min(ages) * 1e6) if ages else None
     return None

@@ -29,14 +29,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-STATE_COMMAND_TOPIC = "/psm/state_command"
-OPERATING_STATE_TOPIC = "/psm/operating_state"
-STATUS_TOPIC = "/safety/status"
-FOLLOWING_TOPIC = "/console/following"
-LINK_STATE_TOPIC = "/bridge/link_state"
+from telesurg.contract import topics
+from telesurg.contract.states import LINK_OVERALL_ID, LinkState, StateCommand
 
-#: The commands of telesurg.patient.safety.Command, in its order (here: the CLI stays light).
-STATE_COMMANDS = ("enable", "disable", "pause", "resume")
+STATE_COMMAND_TOPIC = topics.PSM_STATE_COMMAND.name
+OPERATING_STATE_TOPIC = topics.PSM_OPERATING_STATE.name
+STATUS_TOPIC = topics.SAFETY_STATUS.name
+FOLLOWING_TOPIC = topics.CONSOLE_FOLLOWING.name
+LINK_STATE_TOPIC = topics.BRIDGE_LINK_STATE.name
+
+STATE_COMMANDS = tuple(StateCommand)
 #: Fast DDS derives UDP ports from the domain id and refuses ids above 232.
 MAX_DOMAIN_ID = 232
 STATUS_INTERVAL_S = 0.5  # `telesurg status` prints at most this often
@@ -121,7 +123,7 @@ def link_report(statuses: Iterable) -> dict:
     {name: {"state": str, figure: value, ...}}}, figures as floats (None if absent)."""
     overall, links = None, {}
     for status in statuses:
-        if status.hardware_id == "overall":
+        if status.hardware_id == LINK_OVERALL_ID:
             overall = status.message
             continue
         figures = {kv.key: _number(kv.value) for kv in status.values}
@@ -148,7 +150,7 @@ def format_links(report: dict) -> str:
     parts = []
     for name, link in report["links"].items():
         text = f"{name} {link.get('state')}"
-        if link.get("state") != "UP":
+        if link.get("state") != LinkState.UP:
             text += f" heard {_ms(link.get('last_heard_age_ms'))} ms ago"
         text += f" rtt {_ms(link.get('rtt_ms'))} ms"
         loss = link.get("loss_percent")
@@ -318,21 +320,19 @@ def run_state(command: str, domain: int | None, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     site = None
     try:
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
+
+        from telesurg.ros.qos import publisher, subscription
 
         site = _Site(domain, "telesurg_state")
         statuses: list[dict] = []
-        # As the supervisor's STATE_QOS, but deeper: an answer followed at once by another
+        # As the supervisor publishes it, but deeper: an answer followed at once by another
         # status (a transition, the next period) is not overwritten before it is read.
-        site.node.create_subscription(
-            String, STATUS_TOPIC,
-            lambda message: statuses.append(parse_status(message.data) or {}),
-            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        # Reliable, volatile, depth 10: as the supervisor subscribes (every command counts).
-        publisher = site.node.create_publisher(String, STATE_COMMAND_TOPIC, QoSProfile(depth=10))
-        if not site.spin_until(lambda: publisher.get_subscription_count() > 0, deadline):
+        subscription(site.node, topics.SAFETY_STATUS,
+                     lambda message: statuses.append(parse_status(message.data) or {}),
+                     depth=10)
+        command_pub = publisher(site.node, topics.PSM_STATE_COMMAND)
+        if not site.spin_until(lambda: command_pub.get_subscription_count() > 0, deadline):
             if site.stopped.is_set():
                 raise KeyboardInterrupt
             _error("state", f"no subscriber for {STATE_COMMAND_TOPIC} in domain {domain} "
@@ -347,7 +347,7 @@ def run_state(command: str, domain: int | None, timeout_s: float) -> int:
             return 2
         counted = commands_counted(statuses[-1])
         statuses.clear()
-        publisher.publish(String(data=command))
+        command_pub.publish(String(data=command))
         answer: list[dict] = []
 
         def answered() -> bool:
@@ -392,25 +392,18 @@ def run_status(domain: int | None, once: bool, timeout_s: float,
     picture = Picture()
     site = None
     try:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from std_msgs.msg import Bool, String
-
-        from telesurg.ros.node import STATE_QOS
+        from telesurg.ros.qos import subscription
 
         site = _Site(domain, "telesurg_status")
         node = site.node
-        node.create_subscription(
-            String, OPERATING_STATE_TOPIC,
-            lambda m: picture.on_state(time.monotonic(), m.data), STATE_QOS)
-        node.create_subscription(
-            String, STATUS_TOPIC, lambda m: picture.on_status(time.monotonic(), m.data),
-            STATE_QOS)
-        node.create_subscription(
-            Bool, FOLLOWING_TOPIC, lambda m: picture.on_following(time.monotonic(), m.data),
-            STATE_QOS)
-        node.create_subscription(
-            DiagnosticArray, LINK_STATE_TOPIC,
-            lambda m: picture.on_link_state(time.monotonic(), m.status), STATE_QOS)
+        subscription(node, topics.PSM_OPERATING_STATE,
+                     lambda m: picture.on_state(time.monotonic(), m.data))
+        subscription(node, topics.SAFETY_STATUS,
+                     lambda m: picture.on_status(time.monotonic(), m.data))
+        subscription(node, topics.CONSOLE_FOLLOWING,
+                     lambda m: picture.on_following(time.monotonic(), m.data))
+        subscription(node, topics.BRIDGE_LINK_STATE,
+                     lambda m: picture.on_link_state(time.monotonic(), m.status))
         first_wait = timeout_s if once else min(timeout_s, FIRST_PRINT_S)
         site.spin_until(picture.complete, started + first_wait)
         if site.stopped.is_set():

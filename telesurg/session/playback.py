@@ -29,24 +29,27 @@ from telesurg.analysis.metrics import (
 )
 from telesurg.bags.player import Player
 from telesurg.bags.storage import BagError, BagReader
+from telesurg.contract import topics
+from telesurg.contract.states import OperatingState
+from telesurg.contract.topics import MASTER, PATIENT
 from telesurg.master.surgeon import PresenceRetry
 
+
+def _types(*contract_topics: topics.Topic) -> dict[str, str]:
+    return {topic.name: topic.type_name for topic in contract_topics}
+
+
 #: What the surgeon's hands and feet publish: the topics a replay plays.
-SURGEON_TOPICS = {
-    "/mtm/measured_cp": "geometry_msgs/msg/PoseStamped",
-    "/mtm/gripper/measured_js": "sensor_msgs/msg/JointState",
-    "/console/clutch": "std_msgs/msg/Bool",
-    "/console/operator_present": "std_msgs/msg/Bool",
-}
-PRESENCE_TOPIC, CLUTCH_TOPIC = "/console/operator_present", "/console/clutch"
+SURGEON_TOPICS = _types(topics.MTM_MEASURED_CP, topics.MTM_GRIPPER_MEASURED_JS,
+                        topics.CONSOLE_CLUTCH, topics.CONSOLE_OPERATOR_PRESENT)
+PRESENCE_TOPIC, CLUTCH_TOPIC = topics.CONSOLE_OPERATOR_PRESENT.name, topics.CONSOLE_CLUTCH.name
 PEDAL_TOPICS = (PRESENCE_TOPIC, CLUTCH_TOPIC)
 #: The master bag also needs the arm's state and the console's following, to find the start
 #: and the first engagement.
-MASTER_BAG_TOPICS = {**SURGEON_TOPICS, "/psm/operating_state": "std_msgs/msg/String",
-                     "/console/following": "std_msgs/msg/Bool",
-                     "/psm/servo_cp": "geometry_msgs/msg/PoseStamped"}
-PATIENT_BAG_TOPICS = {"/psm/measured_cp": "geometry_msgs/msg/PoseStamped"}
-BAG_DIRS = {"master": "master_bag", "patient": "patient_bag"}
+MASTER_BAG_TOPICS = {**SURGEON_TOPICS, **_types(topics.PSM_OPERATING_STATE,
+                                                topics.CONSOLE_FOLLOWING, topics.PSM_SERVO_CP)}
+PATIENT_BAG_TOPICS = _types(topics.PSM_MEASURED_CP)
+BAG_DIRS = {MASTER: "master_bag", PATIENT: "patient_bag"}
 #: How far from the aligned time a replayed tip position may match the recorded path: the
 #: stalls of a busy machine delay either session by this order, in time but not in space.
 REPLAY_WINDOW_MS = 100.0
@@ -61,14 +64,14 @@ PEDAL_PERIOD_S = 0.01
 def _decode(data: bytes, type_name: str):
     from rclpy.serialization import deserialize_message
 
-    from telesurg.bridge.config import message_class
+    from telesurg.ros.messages import message_class
 
     return deserialize_message(data, message_class(type_name))
 
 
 def tip_path(messages: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
     """Header stamps (ns) and tip positions (m) of recorded /psm/measured_cp messages."""
-    poses = [_decode(data, PATIENT_BAG_TOPICS["/psm/measured_cp"]) for _, data in messages]
+    poses = [_decode(data, topics.PSM_MEASURED_CP.type_name) for _, data in messages]
     stamps = np.array([m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in poses],
                       dtype=np.int64)
     points = np.array([[m.pose.position.x, m.pose.position.y, m.pose.position.z]
@@ -82,13 +85,14 @@ def receive_times(messages: list[tuple[int, bytes]]) -> np.ndarray:
 
 
 def following_changes(following: list[tuple[int, bytes]]) -> list[tuple[int, bool]]:
-    return [(t, _decode(data, "std_msgs/msg/Bool").data) for t, data in following]
+    return [(t, _decode(data, topics.CONSOLE_FOLLOWING.type_name).data) for t, data in following]
 
 
 def first_engagement(following: list[tuple[int, bytes]], after_ns: int) -> int | None:
     """Receive time of the first /console/following True at or after after_ns."""
-    return next((t for t, data in following
-                 if t >= after_ns and _decode(data, "std_msgs/msg/Bool").data), None)
+    type_name = topics.CONSOLE_FOLLOWING.type_name
+    return next((t for t, data in following if t >= after_ns and _decode(data, type_name).data),
+                None)
 
 
 def following_at(changes: list[tuple[int, bool]], t_ns: int) -> bool:
@@ -197,27 +201,30 @@ class ReplayPlan:
                 raise BagError(f"{path}: no such bag (a replay needs RUN_DIR/master_bag and "
                                "RUN_DIR/patient_bag, as `telesurg demo` or `ros2 bag record -o` "
                                "write them)")
-        with BagReader(bags["master"]) as master:
+        with BagReader(bags[MASTER]) as master:
             master.require(MASTER_BAG_TOPICS)
-            recorded = master.read_all(["/psm/operating_state", "/console/following",
-                                        "/psm/servo_cp"])
-            enabled = next((t for t, data in recorded["/psm/operating_state"]
-                            if _decode(data, "std_msgs/msg/String").data == "ENABLED"), None)
+            states, following, servo = (topics.PSM_OPERATING_STATE, topics.CONSOLE_FOLLOWING,
+                                        topics.PSM_SERVO_CP)
+            recorded = master.read_all([states.name, following.name, servo.name])
+            enabled = next((t for t, data in recorded[states.name]
+                            if _decode(data, states.type_name).data == OperatingState.ENABLED),
+                           None)
             if enabled is None:
                 raise BagError(f"{bags['master']}: the arm was never ENABLED in this recording; "
                                "nothing to replay")
-            engaged = first_engagement(recorded["/console/following"], enabled)
+            engaged = first_engagement(recorded[topics.CONSOLE_FOLLOWING.name], enabled)
             if engaged is None:
                 raise BagError(f"{bags['master']}: the console never followed in this "
                                "recording; nothing to replay")
             start_s = (enabled - master.start_ns) * 1e-9
             span_s = (master.end_ns - enabled) * 1e-9
-        with BagReader(bags["patient"]) as patient:
+        with BagReader(bags[PATIENT]) as patient:
             patient.require(PATIENT_BAG_TOPICS)
-            stamps, tips = tip_path(patient.read_all(["/psm/measured_cp"])["/psm/measured_cp"])
-        return cls(run_dir, bags["master"], start_s, span_s, engaged,
-                   following_changes(recorded["/console/following"]),
-                   receive_times(recorded["/psm/servo_cp"]), stamps, tips, enabled)
+            measured = topics.PSM_MEASURED_CP.name
+            stamps, tips = tip_path(patient.read_all([measured])[measured])
+        return cls(run_dir, bags[MASTER], start_s, span_s, engaged,
+                   following_changes(recorded[topics.CONSOLE_FOLLOWING.name]),
+                   receive_times(recorded[topics.PSM_SERVO_CP.name]), stamps, tips, enabled)
 
     def start_player(self, node, go: threading.Event, stop: threading.Event,
                      say=print) -> tuple[threading.Thread, Player]:
@@ -227,7 +234,7 @@ class ReplayPlan:
         recording or until stop is set; its pedals through a ReplaySurgeon."""
         from std_msgs.msg import Bool
 
-        from telesurg.ros.node import STATE_QOS
+        from telesurg.ros.qos import subscription
 
         reader = BagReader(self.master_bag)
         surgeon = ReplaySurgeon(
@@ -240,8 +247,7 @@ class ReplayPlan:
 
         player = Player(node, reader, list(SURGEON_TOPICS), self.start_s,
                         intercept={topic: taker(topic) for topic in PEDAL_TOPICS})
-        node.create_subscription(Bool, "/console/following",
-                                 lambda msg: surgeon.set_following(msg.data), STATE_QOS)
+        subscription(node, topics.CONSOLE_FOLLOWING, lambda msg: surgeon.set_following(msg.data))
 
         def play() -> None:
             with reader:
@@ -270,9 +276,9 @@ class ReplayPlan:
         only): every stretch after the first of them starts with the arms at different places
         and is compared relative to its start (replay_rebased_stretches of
         replay_stretches); replay_in_step_to_end says there was none."""
-        following = messages["master"].get("/console/following", [])
+        following = messages[MASTER].get(topics.CONSOLE_FOLLOWING.name, [])
         engaged = first_engagement(following, 0)
-        stamps, tips = tip_path(messages["patient"].get("/psm/measured_cp", []))
+        stamps, tips = tip_path(messages[PATIENT].get(topics.PSM_MEASURED_CP.name, []))
         if engaged is None or not stamps.size:
             return {"replay_deviation_mm": percentiles([]),
                     "replay_deviation_rigid_mm": percentiles([]), "replay_compared_s": 0.0,
@@ -293,7 +299,7 @@ class ReplayPlan:
         # Where either console's commands stopped, its arm stood: not compared.
         gap, catch_up = int(REPLAY_WINDOW_MS * 1e6), int(CATCH_UP_MS * 1e6)
         stood = (command_gaps(clipped_intervals(changes, engaged, end),
-                              receive_times(messages["master"].get("/psm/servo_cp", [])),
+                              receive_times(messages[MASTER].get(topics.PSM_SERVO_CP.name, [])),
                               gap, catch_up)
                  + command_gaps(clipped_intervals(shifted, engaged, end),
                                 self.reference_commands + anchor, gap, catch_up))
