@@ -44,6 +44,7 @@ from rosidl_parser.definition import (
     UnboundedSequence,
 )
 
+from telesurg.bridge.link_health import LINK_TIMEOUT
 from telesurg.bridge.wire import max_message_bytes
 from telesurg.contract.params import ConfigError, Param, read_yaml
 from telesurg.contract.resources import share_dir
@@ -74,8 +75,6 @@ _RAW_DATA_TYPES = frozenset({OCTET_TYPE, "uint8", "int8", "char"})
 HEARTBEAT_RATE = Param("heartbeat_rate_hz", 100.0,
                        "Heartbeats per second on each link, to tell which links are up.",
                        1.0, 1000.0)
-LINK_TIMEOUT = Param("link_timeout_ms", 50.0,
-                     "A link whose peer is silent this long is reported down.", 1.0, 10000.0)
 # A link must survive a lost heartbeat and some jitter without being reported down.
 _MIN_HEARTBEATS_PER_TIMEOUT = 3
 
