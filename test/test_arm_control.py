@@ -1,20 +1,28 @@
 """Arm controller core: no motion without a reason, hold at the measured position, limits."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 
 from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_LIMITS, JOINT_NAMES, forward
 from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
 
-RATE = 1000.0
-DT = 1.0 / RATE
+DEFAULTS = ArmControllerConfig.defaults()  # what the arm_controller node runs with
+DT = 1.0 / DEFAULTS.rate_hz  # one tick per /joint_states message
 
 
-def started(measured=HOME_POSITIONS, supervisor_timeout_s=1e9):
+def ticks(seconds):
+    """Ticks that take at least seconds."""
+    return math.ceil(seconds / DT)
+
+
+def started(measured=HOME_POSITIONS, supervisor_timeout_s=1e9, **config):
     """A controller on an arm at measured, ENABLED by a supervisor that (by default) never
     falls silent in these short tests."""
-    controller = ArmController(ArmControllerConfig(rate_hz=RATE,
-                                                   supervisor_timeout_s=supervisor_timeout_s))
+    controller = ArmController(dataclasses.replace(
+        DEFAULTS, supervisor_timeout_s=supervisor_timeout_s, **config))
     controller.on_operating_state("ENABLED", 0.0)
     controller.on_joint_states(np.array(measured, dtype=float), 0.0)
     assert controller.tick(0.0) is not None
@@ -28,7 +36,7 @@ def shifted_tip(q, offset):
 
 
 def test_commands_nothing_until_the_arm_reports():
-    controller = ArmController(ArmControllerConfig(rate_hz=RATE))
+    controller = ArmController(DEFAULTS)
     assert controller.tick(0.0) is None
     assert controller.on_servo_cp(forward(HOME_POSITIONS[:ARM_JOINTS]), 0.0)
 
@@ -66,7 +74,7 @@ def test_stale_commands_hold_at_the_measured_position_not_the_setpoint():
     lagging = controller.setpoint.copy()
     lagging[:ARM_JOINTS] -= 0.0005  # the arm has not caught up yet
     now = 49 * DT
-    for _ in range(100):  # 100 ms without commands
+    for _ in range(ticks(DEFAULTS.command_timeout_s) + 1):  # no commands for the timeout
         now += DT
         controller.on_joint_states(lagging, now)
         controller.tick(now)
@@ -98,26 +106,30 @@ def test_an_unreachable_goal_is_counted_and_the_nearest_reachable_followed():
 
 def test_silent_arm_stops_commands():
     controller = started()
-    assert controller.tick(0.2) is None  # no joint states for 200 ms
+    timeout = DEFAULTS.joint_states_timeout_s
+    assert controller.tick(timeout) is not None
+    assert controller.tick(math.nextafter(timeout, math.inf)) is None  # no joint states since 0
 
 
-def test_tip_speed_is_capped_even_when_joints_could_go_faster():
-    controller = ArmController(ArmControllerConfig(rate_hz=RATE, max_tip_speed_m_s=0.05,
-                                                   supervisor_timeout_s=1e9))
-    controller.on_operating_state("ENABLED", 0.0)
-    controller.on_joint_states(HOME_POSITIONS, 0.0)
-    controller.tick(0.0)
+@pytest.mark.parametrize("tip_speed_m_s", [DEFAULTS.max_tip_speed_m_s,
+                                           DEFAULTS.max_tip_speed_m_s / 2])
+def test_tip_speed_is_capped_even_when_joints_could_go_faster(tip_speed_m_s):
+    controller = started(max_tip_speed_m_s=tip_speed_m_s)
     goal = shifted_tip(HOME_POSITIONS, [0.004, 0.0, -0.002])
     previous_tip = controller.setpoint_tip()[:3, 3].copy()
     now = 0.0
-    for _ in range(300):
+    moves = []
+    for _ in range(ticks(0.3)):
         now += 2 * DT  # late ticks: the step allowance is still bounded
         controller.on_servo_cp(goal, now)
         controller.on_joint_states(controller.setpoint, now)
         controller.tick(now)
         tip = controller.setpoint_tip()[:3, 3]
-        assert np.linalg.norm(tip - previous_tip) <= 0.05 * 1.5 * DT * 1.01
+        moves.append(np.linalg.norm(tip - previous_tip))
         previous_tip = tip.copy()
+    largest = tip_speed_m_s * 1.5 * DT  # a late tick earns at most 1.5 periods
+    assert max(moves) <= largest * 1.01
+    assert max(moves) >= largest * 0.99  # the cap, not the joints, limited the motion
     np.testing.assert_allclose(previous_tip, goal[:3, 3], atol=1e-6)
 
 
@@ -134,7 +146,7 @@ def follow(controller, goal, start, ticks):
 
 @pytest.mark.parametrize("state", ["PAUSED", "DISABLED", "FAULT"])
 def test_any_state_but_enabled_holds_at_the_measured_position_and_ignores_commands(state):
-    controller = started(supervisor_timeout_s=0.25)
+    controller = started(supervisor_timeout_s=DEFAULTS.supervisor_timeout_s)
     goal = shifted_tip(HOME_POSITIONS, [0.002, 0.0, 0.0])
     now = follow(controller, goal, 0.0, 20)
     assert not controller.holding
@@ -161,17 +173,19 @@ def test_any_state_but_enabled_holds_at_the_measured_position_and_ignores_comman
 
 
 def test_a_silent_supervisor_makes_the_arm_hold_whatever_it_said_last():
-    controller = started(supervisor_timeout_s=0.25)
+    timeout = DEFAULTS.supervisor_timeout_s
+    controller = started(supervisor_timeout_s=timeout)
     goal = shifted_tip(HOME_POSITIONS, [0.002, 0.0, 0.0])
-    now = follow(controller, goal, 0.0, 200)  # ENABLED was said once, at 0.0, 200 ms ago
+    # ENABLED was said once, at 0.0, most of the timeout ago.
+    now = follow(controller, goal, 0.0, ticks(0.8 * timeout))
     assert not controller.holding
-    now = follow(controller, goal, now, 60)
+    now = follow(controller, goal, now, ticks(0.25 * timeout))
     assert controller.holding and controller.hold_reason == "safety supervisor silent"
     assert controller.on_servo_cp(goal, now) == "safety supervisor silent"
 
 
 def test_without_any_operating_state_the_arm_never_moves():
-    controller = ArmController(ArmControllerConfig(rate_hz=RATE))
+    controller = ArmController(DEFAULTS)
     controller.on_joint_states(np.array(HOME_POSITIONS, dtype=float), 0.0)
     controller.tick(0.0)
     goal = shifted_tip(HOME_POSITIONS, [0.002, 0.0, 0.0])

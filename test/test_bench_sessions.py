@@ -154,9 +154,13 @@ def test_step_latencies_split_into_stages_that_add_up():
 def simulated_commands(delay_ms: float, steps: int):
     """The benchmark's master motion through TeleopMapping (250 Hz, tremor filter, 5:1) and an
     ArmController ticking at 500 Hz with an ideal arm, each servo goal arriving delay_ms after
-    its master sample: the steps (sample time, direction) and the commands (time, tip)."""
-    mapping = TeleopMapping(TeleopConfig(scale=0.2, rate_hz=250.0))
-    controller = ArmController(ArmControllerConfig(rate_hz=500.0))
+    its master sample: the steps (sample time, direction) and the commands (time, tip). Both
+    run as the nodes do, with their parameters' defaults."""
+    mapping = TeleopMapping(TeleopConfig.defaults())
+    controller = ArmController(ArmControllerConfig.defaults())
+    # The time grid below, and the figures checked, are for these.
+    assert (mapping.config.rate_hz, mapping.config.scale, controller.config.rate_hz) == (
+        250.0, 0.2, 500.0)
     q = HOME_POSITIONS.copy()
     arm_pose = forward(q[:6])
     master = np.zeros(3)

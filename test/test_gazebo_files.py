@@ -279,7 +279,7 @@ def test_every_ros2_control_joint_is_a_moving_joint_in_gazebo(robot, arm):
 
 
 def test_forward_controller_covers_what_the_arm_controller_commands(robot, controllers):
-    core = ArmController(ArmControllerConfig())
+    core = ArmController(ArmControllerConfig.defaults())
     core.on_joint_states(HOME_POSITIONS, 0.0)
     command = core.tick(0.001)  # one /forward_position_controller/commands message
     name = commanded_controller()

@@ -21,9 +21,9 @@ import yaml
 from telesurg.arm.kinematics import JOINT_NAMES
 from telesurg.bridge.config import LINK_OVERRIDES, parse_link_overrides
 from telesurg.bringup import plan as support
+from telesurg.contract import topics
 from telesurg.contract.graph import BRIDGE, SESSION_NODES, nodes_of_site
 from telesurg.contract.params import NODE_PARAMETERS, ROS_BUILTIN_PARAMETERS
-from telesurg.contract import topics
 from telesurg.contract.topics import SITE_TOPICS, SITES
 
 ROOT = Path(__file__).resolve().parent.parent

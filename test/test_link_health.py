@@ -2,6 +2,7 @@
 (loss, RTT, RFC 3550 jitter, reordering, delay variation) on arrival patterns with known answers.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telesurg.bridge.link_health import (
+    LINK_TIMEOUT,
     LinkHealth,
     LinkHealthConfig,
     LinkMonitor,
@@ -20,7 +22,9 @@ from telesurg.bridge.link_health import (
 
 UP, DEGRADED, DOWN = LinkState.UP, LinkState.DEGRADED, LinkState.DOWN
 REDUNDANT, SINGLE, LOST = OverallState.REDUNDANT, OverallState.SINGLE, OverallState.LOST
-TIMEOUT_S = 0.05  # the default link_timeout_ms
+# What the bridge runs with when its configuration file does not say otherwise.
+DEFAULTS = LinkHealthConfig.defaults()
+TIMEOUT_S = DEFAULTS.link_timeout_ms * 1e-3  # the monitor's own arithmetic: exact deadlines
 T0 = 1000.0  # a monotonic clock is far from 0
 
 
@@ -38,9 +42,9 @@ def before(t):
 
 
 def test_default_config_is_valid():
-    config = LinkHealthConfig()
-    assert config.link_timeout_ms == 50.0
-    assert 0.0 < config.recovery_ratio <= 1.0
+    assert DEFAULTS.link_timeout_ms == LINK_TIMEOUT.default
+    assert 0.0 < DEFAULTS.recovery_ratio <= 1.0
+    assert LinkHealth(["a"]).config == DEFAULTS
 
 
 @pytest.mark.parametrize("field, value", [
@@ -56,12 +60,12 @@ def test_default_config_is_valid():
 ])
 def test_config_rejects_invalid_values(field, value):
     with pytest.raises(ValueError, match=field):
-        LinkHealthConfig(**{field: value})
+        dataclasses.replace(DEFAULTS, **{field: value})
 
 
 def test_config_accepts_disabled_thresholds():
-    config = LinkHealthConfig(degraded_loss_percent=math.inf, degraded_rtt_p99_ms=math.inf,
-                              degraded_jitter_ms=math.inf)
+    config = dataclasses.replace(DEFAULTS, degraded_loss_percent=math.inf,
+                                 degraded_rtt_p99_ms=math.inf, degraded_jitter_ms=math.inf)
     monitor = LinkMonitor(config)
     arrive(monitor, T0, 0)
     arrive(monitor, T0 + 0.001, 50)  # 49 of 51 lost
@@ -92,7 +96,7 @@ def test_a_link_never_heard_is_down_and_the_path_lost():
 
 
 def test_link_goes_down_exactly_at_the_timeout_and_up_again_on_a_datagram():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     heard = T0 + 0.0123
     arrive(monitor, heard, 7)
     assert monitor.update(heard) is UP
@@ -109,7 +113,7 @@ def test_link_goes_down_exactly_at_the_timeout_and_up_again_on_a_datagram():
 
 
 def test_a_silence_update_missed_still_counts_as_a_down_event():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     arrive(monitor, T0, 0)
     assert monitor.update(T0) is UP
     arrive(monitor, T0 + 0.2, 1)  # update() was not called while the link was silent
@@ -119,7 +123,7 @@ def test_a_silence_update_missed_still_counts_as_a_down_event():
 
 
 def test_duplicates_and_datagrams_older_than_the_window_do_not_keep_a_link_up():
-    monitor = LinkMonitor(LinkHealthConfig(datagram_window=100))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, datagram_window=100))
     arrive(monitor, T0, 500)
     arrive(monitor, T0 + 0.03, 500)  # a replay of the last datagram
     arrive(monitor, T0 + 0.04, 300)  # a replay from before the window
@@ -128,7 +132,7 @@ def test_duplicates_and_datagrams_older_than_the_window_do_not_keep_a_link_up():
 
 
 def test_a_restarted_peer_counting_from_zero_again_is_picked_up_after_its_silence():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     for sequence in range(100):
         arrive(monitor, T0 + sequence * 0.001, 50_000 + sequence)
     restart = T0 + 2.0
@@ -145,7 +149,7 @@ def test_a_restarted_peer_counting_from_zero_again_is_picked_up_after_its_silenc
 
 
 def test_degraded_on_loss_and_back_up_below_the_recovery_threshold():
-    monitor = LinkMonitor(LinkHealthConfig(datagram_window=100))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, datagram_window=100))
     lost = {10, 20, 30, 40, 50, 60}  # 6% > 5%
     t = T0
     for sequence in range(100):
@@ -166,7 +170,7 @@ def test_degraded_on_loss_and_back_up_below_the_recovery_threshold():
 
 
 def test_degraded_on_rtt_p99_and_back_up():
-    monitor = LinkMonitor(LinkHealthConfig(rtt_window=10, degraded_rtt_p99_ms=100.0))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, rtt_window=10, degraded_rtt_p99_ms=100.0))
     arrive(monitor, T0, 0)
     monitor.on_heartbeat_reply(T0, T0 - 0.090)
     assert monitor.update(T0) is UP
@@ -181,7 +185,7 @@ def test_degraded_on_rtt_p99_and_back_up():
 
 
 def test_degraded_on_jitter_and_back_up():
-    monitor = LinkMonitor(LinkHealthConfig(degraded_jitter_ms=5.0))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, degraded_jitter_ms=5.0))
     t, sequence = T0, 0
     # Transit alternating 10 and 30 ms: |D| = 20 ms, J climbs towards 20 ms.
     while monitor.update(t) is not DEGRADED:
@@ -247,7 +251,7 @@ def test_one_configured_link_is_never_redundant():
 
 
 def test_degraded_links_still_make_the_path_redundant():
-    health = LinkHealth(["a", "b"], LinkHealthConfig(degraded_rtt_p99_ms=10.0))
+    health = LinkHealth(["a", "b"], dataclasses.replace(DEFAULTS, degraded_rtt_p99_ms=10.0))
     for name in ("a", "b"):
         arrive(health.links[name], T0, 0)
         health.links[name].on_heartbeat_reply(T0, T0 - 0.020)
@@ -274,7 +278,7 @@ def test_snapshot_reports_the_states_of_the_last_update_and_consumes_no_change()
 
 
 def test_loss_from_sequence_gaps_and_late_arrivals_filling_them():
-    monitor = LinkMonitor(LinkHealthConfig(datagram_window=1000))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, datagram_window=1000))
     for sequence in range(100, 300):
         if sequence not in (110, 120, 130, 140):
             arrive(monitor, T0 + sequence * 1e-4, sequence)
@@ -285,7 +289,7 @@ def test_loss_from_sequence_gaps_and_late_arrivals_filling_them():
 
 
 def test_loss_over_a_full_window_forgets_older_gaps():
-    monitor = LinkMonitor(LinkHealthConfig(datagram_window=100))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, datagram_window=100))
     for sequence in range(0, 400, 2):  # every other one lost
         arrive(monitor, T0 + sequence * 1e-4, sequence)
     assert monitor.loss_percent() == pytest.approx(50.0)
@@ -295,7 +299,7 @@ def test_loss_over_a_full_window_forgets_older_gaps():
 
 
 def test_rtt_latest_percentiles_and_one_way_delay_over_the_window():
-    monitor = LinkMonitor(LinkHealthConfig(rtt_window=50))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, rtt_window=50))
     rtts = np.random.default_rng(3).uniform(0.02, 0.2, 80)
     for index, rtt in enumerate(rtts):
         now = T0 + index * 0.01
@@ -310,14 +314,14 @@ def test_rtt_latest_percentiles_and_one_way_delay_over_the_window():
 
 
 def test_a_reply_echoing_a_time_in_the_future_is_not_an_rtt():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     monitor.on_heartbeat_reply(T0, T0 + 0.001)
     monitor.on_heartbeat_reply(T0, math.nan)
     assert monitor.figures(T0).rtt_ms is None
 
 
 def test_rfc3550_jitter_on_alternating_transit_times():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     count = 40
     for sequence in range(count):
         # Sent every 10 ms; transit 10 ms, 12 ms, 10 ms...: every |D| is 2 ms.
@@ -328,14 +332,14 @@ def test_rfc3550_jitter_on_alternating_transit_times():
 
 
 def test_constant_transit_has_no_jitter_whatever_the_clock_offset():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     for sequence in range(50):
         arrive(monitor, T0 + sequence * 0.001, sequence, transit_s=-7200.0)  # sender ahead
     assert monitor.figures(T0).jitter_ms == pytest.approx(0.0, abs=1e-6)
 
 
 def test_relative_delay_is_transit_above_the_smallest_in_the_window():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     for sequence, transit_ms in enumerate([15.0, 10.0, 30.0, 12.0]):
         arrive(monitor, T0 + sequence * 0.001, sequence, transit_s=transit_ms * 1e-3)
     result = monitor.figures(T0 + 0.004)
@@ -345,7 +349,7 @@ def test_relative_delay_is_transit_above_the_smallest_in_the_window():
 
 
 def test_reordering_is_counted_without_loss():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     for index, sequence in enumerate([1, 2, 4, 3, 5]):
         arrive(monitor, T0 + index * 0.001, sequence)
     result = monitor.figures(T0 + 0.005)
@@ -353,7 +357,7 @@ def test_reordering_is_counted_without_loss():
 
 
 def test_a_duplicate_is_neither_reordering_nor_negative_loss():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     for index, sequence in enumerate([1, 2, 2, 3, 3, 1]):
         arrive(monitor, T0 + index * 0.001, sequence, size=200)
     result = monitor.figures(T0 + 0.006)
@@ -362,7 +366,7 @@ def test_a_duplicate_is_neither_reordering_nor_negative_loss():
 
 
 def test_a_straggler_from_before_an_outage_is_ignored():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     arrive(monitor, T0, 99)
     arrive(monitor, T0 + 1.0, 100)  # restarts the window at 100
     arrive(monitor, T0 + 1.001, 98)
@@ -372,7 +376,7 @@ def test_a_straggler_from_before_an_outage_is_ignored():
 
 
 def test_last_heard_age():
-    monitor = LinkMonitor(LinkHealthConfig())
+    monitor = LinkMonitor(DEFAULTS)
     arrive(monitor, T0, 0)
     assert monitor.figures(T0 + 0.0125).last_heard_age_ms == pytest.approx(12.5)
 
@@ -385,7 +389,7 @@ arrivals = st.lists(st.tuples(st.floats(0.0, 0.2), st.integers(0, 300)), max_siz
 @settings(max_examples=200, deadline=None)
 @given(arrivals, st.integers(1, 64))
 def test_loss_is_a_percentage_and_counts_add_up(events, window):
-    monitor = LinkMonitor(LinkHealthConfig(datagram_window=window))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, datagram_window=window))
     now = T0
     for step, sequence in events:
         now += step
@@ -442,7 +446,7 @@ def test_next_deadline_is_exactly_when_the_next_link_goes_down(history):
 
 
 def test_snapshot_lists_every_figure_as_plain_data():
-    health = LinkHealth(["a", "b"], LinkHealthConfig(rtt_window=5))
+    health = LinkHealth(["a", "b"], dataclasses.replace(DEFAULTS, rtt_window=5))
     arrive(health.links["a"], T0, 0)
     health.links["a"].on_heartbeat_reply(T0, T0 - 0.02)
     health.update(T0)
@@ -454,7 +458,7 @@ def test_snapshot_lists_every_figure_as_plain_data():
 
 
 def test_only_datagrams_that_prove_the_link_alive_now_are_counted():
-    monitor = LinkMonitor(LinkHealthConfig(datagram_window=100))
+    monitor = LinkMonitor(dataclasses.replace(DEFAULTS, datagram_window=100))
     assert arrive(monitor, T0, 500)
     assert arrive(monitor, T0 + 0.001, 502)
     assert arrive(monitor, T0 + 0.002, 501)  # late but new: reordered

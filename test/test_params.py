@@ -1,6 +1,7 @@
 """Parameter table and parameter files: the session config is valid, bad files are refused
 with the key and the file named, by the checker and by a real node process."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -8,8 +9,19 @@ import textwrap
 import pytest
 import yaml
 
-from telesurg.contract.params import NODE_PARAMETERS, ConfigError, defaults, load_parameter_file
+from telesurg.contract.params import (
+    MAX_TIP_SPEED,
+    NODE_PARAMETERS,
+    SHARED_PARAMETERS,
+    ConfigError,
+    default_parameter_file,
+    defaults,
+    load_parameter_file,
+)
 from telesurg.contract.resources import default_config
+from telesurg.master.teleop import TeleopConfig
+from telesurg.patient.arm_control import ArmControllerConfig
+from telesurg.patient.safety import SafetyConfig
 
 
 def write(tmp_path, text, name="params.yaml"):
@@ -23,6 +35,12 @@ def test_session_config_sets_every_declared_parameter_to_a_valid_value():
     assert set(loaded) == set(NODE_PARAMETERS)
     for node, params in NODE_PARAMETERS.items():
         assert set(loaded[node]) == {p.name for p in params}, node
+
+
+def test_session_config_is_the_generated_file():
+    """config/telesurg.yaml is what `python -m telesurg.contract.params` prints: regenerate it
+    after changing the table."""
+    assert default_config().read_text() == default_parameter_file()
 
 
 def test_every_parameter_has_a_description_and_a_valid_default():
@@ -82,6 +100,7 @@ def test_defaults_match_table():
     ("arm_controller", "command_timeout_ms", 5000.0, "out of range"),
     ("master_console", "scael", 0.2, "unknown parameter 'scael'"),
     ("simulator", "physics_rate_hz", "fast", "must be float"),
+    ("arm_controller", MAX_TIP_SPEED.name, 0.05, "must be the same"),
 ])
 def test_node_process_exits_naming_bad_key_and_file(tmp_path, node, key, value, expected):
     config = yaml.safe_load(default_config().read_text())
@@ -97,8 +116,97 @@ def test_node_process_exits_naming_bad_key_and_file(tmp_path, node, key, value, 
 
 
 def test_generated_default_file_round_trips_to_the_defaults(tmp_path):
-    from telesurg.contract.params import default_parameter_file
-
     path = write(tmp_path, default_parameter_file())
     loaded = load_parameter_file(path)
     assert loaded == {node: defaults(node) for node in NODE_PARAMETERS}
+
+
+# -- parameters of several nodes -------------------------------------------------------------
+
+
+def test_the_supervisor_and_the_arm_controller_share_one_tip_speed_limit():
+    assert SHARED_PARAMETERS[MAX_TIP_SPEED] == ("safety_supervisor", "arm_controller")
+    text = default_parameter_file()
+    assert text.count(f"{MAX_TIP_SPEED.name}:") == 1  # given once, under /**
+    assert text.index(f"{MAX_TIP_SPEED.name}:") < text.index("virtual_surgeon:")
+
+
+def test_no_other_parameter_has_the_name_of_a_shared_one():
+    """A /** section sets the parameter of that name of every node."""
+    for shared in SHARED_PARAMETERS:
+        namesakes = [node for node, params in NODE_PARAMETERS.items() for param in params
+                     if param.name == shared.name and param != shared]
+        assert namesakes == [], shared.name
+
+
+def tip_speed_sections(*sections):
+    """A parameter file setting the tip speed limit in each (section, value)."""
+    return "".join(f"{section}:\n  ros__parameters:\n    {MAX_TIP_SPEED.name}: {value}\n"
+                   for section, value in sections)
+
+
+@pytest.mark.parametrize("sections, got", [
+    ((("arm_controller", 0.05),), "safety_supervisor 0.1 (default), arm_controller 0.05"),
+    ((("arm_controller", 0.05), ("safety_supervisor", 0.2)),
+     "safety_supervisor 0.2, arm_controller 0.05"),
+    ((("/**", 0.05), ("/site/safety_supervisor", 0.2)),
+     "safety_supervisor 0.2, arm_controller 0.05"),
+])
+def test_a_shared_parameter_left_different_for_two_nodes_is_refused(tmp_path, sections, got):
+    path = write(tmp_path, tip_speed_sections(*sections))
+    with pytest.raises(ConfigError) as error:
+        load_parameter_file(path)
+    assert str(error.value) == (
+        f"{path}: '{MAX_TIP_SPEED.name}' is one parameter of safety_supervisor and "
+        f"arm_controller and must be the same for all of them (set it once under /**), got {got}")
+
+
+@pytest.mark.parametrize("sections", [
+    (("/**", 0.05),),
+    (("arm_controller", 0.05), ("safety_supervisor", 0.05)),
+    (("safety_supervisor", 0.2), ("/**", 0.05)),  # later sections win, as in rclpy
+])
+def test_a_shared_parameter_alike_for_its_nodes_is_accepted(tmp_path, sections):
+    loaded = load_parameter_file(write(tmp_path, tip_speed_sections(*sections)))
+    assert {node: loaded[node][MAX_TIP_SPEED.name] for node in SHARED_PARAMETERS[MAX_TIP_SPEED]} \
+        == {"safety_supervisor": 0.05, "arm_controller": 0.05}
+
+
+# -- the core configs are built from the table -----------------------------------------------
+
+# Each core config and the node whose parameters it is made of.
+CONFIGS = [(SafetyConfig, "safety_supervisor"), (TeleopConfig, "master_console"),
+           (ArmControllerConfig, "arm_controller")]
+
+
+def parameter_of(field, values):
+    """The value of the node parameter a config field is: the one of the same name, or (in
+    seconds) the *_ms one of a *_s field."""
+    if field in values:
+        return values[field]
+    return values[field.removesuffix("_s") + "_ms"] / 1000.0
+
+
+def moved(param):
+    """A valid value of param other than its default."""
+    return not param.default if param.kind is bool else (param.low + param.default) / 2
+
+
+@pytest.mark.parametrize("config_class, node", CONFIGS)
+def test_core_configs_are_made_of_their_node_parameters(config_class, node):
+    """defaults() is what the node runs with, and from_parameters() takes each field from its
+    parameter (any one moved shows up); only fields that are no node parameter have a default
+    in code, so that there is no second set of defaults."""
+    table = {param.name: param for param in NODE_PARAMETERS[node]}
+    cases = [(config_class.defaults(), defaults(node))]
+    for name, param in table.items():
+        values = {**defaults(node), name: moved(param)}
+        cases.append((config_class.from_parameters(values), values))
+    for config, values in cases:
+        for field in dataclasses.fields(config_class):
+            if field.default is dataclasses.MISSING:
+                assert getattr(config, field.name) == parameter_of(field.name, values), (
+                    field.name, values)
+            else:
+                assert not {field.name, field.name.removesuffix("_s") + "_ms"} & set(table), (
+                    field.name)

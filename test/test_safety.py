@@ -3,6 +3,7 @@ resume (and enable) refused while each cause persists and accepted once it clear
 a property test over random input sequences.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -29,12 +30,16 @@ NAMES = ("yaw", "pitch", "insertion")
 HOME = np.array([0.0, 0.0, 0.12])
 TIP = np.zeros(3)
 T0 = 1000.0  # a monotonic clock is far from 0
-DEFAULTS = SafetyConfig()
+DEFAULTS = SafetyConfig.defaults()  # what the safety_supervisor node runs with
 # The supervisor's own deadline arithmetic, so the edges below are exact.
 COMMAND_TIMEOUT_S = DEFAULTS.command_timeout_ms * 1e-3
 LINK_TIMEOUT_S = DEFAULTS.link_state_timeout_ms * 1e-3
-PRESENCE_GRACE_S = SafetyConfig().presence_grace_ms / 1000.0
+PRESENCE_GRACE_S = DEFAULTS.presence_grace_ms * 1e-3
 ARM_TIMEOUT_S = DEFAULTS.arm_timeout_ms * 1e-3
+# The limits as the supervisor writes them in its figures.
+COMMAND_TIMEOUT_MS = f"{DEFAULTS.command_timeout_ms:g}"
+LINK_TIMEOUT_MS = f"{DEFAULTS.link_state_timeout_ms:g}"
+ARM_TIMEOUT_MS = f"{DEFAULTS.arm_timeout_ms:g}"
 COMMAND_CAUSES = {"enable": "enable command", "disable": "disable command",
                   "pause": Cause.OPERATOR, "resume": "resume command"}
 
@@ -44,7 +49,7 @@ def before(t):
 
 
 def make(limits=LIMITS, **config):
-    return SafetySupervisor(SafetyConfig(**config), limits, NAMES[:len(limits)])
+    return SafetySupervisor(dataclasses.replace(DEFAULTS, **config), limits, NAMES[:len(limits)])
 
 
 def healthy(sup, now, positions=HOME):
@@ -102,9 +107,8 @@ def new_since(sup, count):
 
 
 def test_default_config_is_valid():
-    config = SafetyConfig()
-    assert config.max_command_age_ms == 200.0
-    assert config.warn_command_age_ms < config.max_command_age_ms
+    assert DEFAULTS.warn_command_age_ms < DEFAULTS.max_command_age_ms
+    assert SafetySupervisor(None, LIMITS).config == DEFAULTS
 
 
 @pytest.mark.parametrize("field, value", [
@@ -113,14 +117,14 @@ def test_default_config_is_valid():
     ("warn_command_age_ms", 200.0), ("warn_command_age_ms", 250.0),
     ("command_timeout_ms", 0.0), ("command_timeout_ms", True), ("command_timeout_ms", "100"),
     ("link_state_timeout_ms", -5.0), ("link_state_timeout_ms", math.inf),
-    ("step_limit_mm", 0.0), ("step_limit_mm", math.nan),
+    ("step_limit_mm", 0.0), ("step_limit_mm", math.nan), ("max_tip_speed_m_s", 0.0),
     ("joint_limit_margin", 0.0), ("joint_limit_margin", 0.5), ("joint_limit_margin", -0.1),
     ("joint_limit_slack", -0.1), ("joint_limit_slack", 1.5),
-    ("arm_timeout_ms", 0.0), ("arm_timeout_ms", None),
+    ("arm_timeout_ms", 0.0), ("arm_timeout_ms", None), ("presence_grace_ms", -1.0),
 ])
 def test_config_rejects_invalid_values(field, value):
     with pytest.raises(ValueError, match=field):
-        SafetyConfig(**{field: value})
+        dataclasses.replace(DEFAULTS, **{field: value})
 
 
 @pytest.mark.parametrize("limits", [[], [(0.0, 1.0, 2.0)], [(1.0, 1.0)], [(1.0, 0.0)],
@@ -327,11 +331,13 @@ PAUSE_CONDITIONS = [
     (Cause.LINK_LOST, link_lost, link_back, "link lost (overall LOST)"),
     (Cause.LINK_LOST, link_unknown, link_back, "link lost (overall DEGRADED)"),
     (Cause.LINK_LOST, link_silent, link_back,
-     "link lost (no /bridge/link_state for 200 ms, limit 200 ms)"),
+     f"link lost (no /bridge/link_state for {LINK_TIMEOUT_MS} ms, limit {LINK_TIMEOUT_MS} ms)"),
     (Cause.COMMAND_STALE, stream_stale, fresh_command,
-     "command stream stale (no command for 100 ms while following, limit 100 ms)"),
+     f"command stream stale (no command for {COMMAND_TIMEOUT_MS} ms while following, limit "
+     f"{COMMAND_TIMEOUT_MS} ms)"),
     (Cause.COMMAND_STALE, stream_stale, stop_following,
-     "command stream stale (no command for 100 ms while following, limit 100 ms)"),
+     f"command stream stale (no command for {COMMAND_TIMEOUT_MS} ms while following, limit "
+     f"{COMMAND_TIMEOUT_MS} ms)"),
     (Cause.COMMAND_AGE, command_too_old, fresh_command, "command too old (250 ms > 200 ms)"),
     (Cause.PRESENCE_LOST, presence_lost, operator_back,
      "operator presence lost while following"),
@@ -348,7 +354,7 @@ FAULT_CONDITIONS = [
     (Cause.INCONSISTENT_JOINTS, matrix_joints, joints_back,
      "inconsistent joint states (3 values for 3 joints)"),
     (Cause.ARM_SILENT, arm_silent, joints_back,
-     "arm joint states stopped (none for 100 ms, limit 100 ms)"),
+     f"arm joint states stopped (none for {ARM_TIMEOUT_MS} ms, limit {ARM_TIMEOUT_MS} ms)"),
 ]
 
 
@@ -439,18 +445,21 @@ def test_several_persisting_causes_are_all_named():
 
 def test_causes_found_together_are_recorded_together():
     sup = following()
-    now = T0 + LINK_TIMEOUT_S
+    now = T0 + max(LINK_TIMEOUT_S, COMMAND_TIMEOUT_S)
+    assert now < T0 + ARM_TIMEOUT_S
     sup.on_joint_states(now, HOME)  # the link silent, the stream stale: one transition
     (transition,) = sup.transitions[-1:]
+    silence = f"{(now - T0) * 1e3:g}"
     assert transition.cause == "link lost, command stream stale"
-    assert transition.detail == ("link lost (no /bridge/link_state for 200 ms, limit 200 ms); "
-                                 "command stream stale (no command for 200 ms while following, "
-                                 "limit 100 ms)")
+    assert transition.detail == (
+        f"link lost (no /bridge/link_state for {silence} ms, limit {LINK_TIMEOUT_MS} ms); "
+        f"command stream stale (no command for {silence} ms while following, "
+        f"limit {COMMAND_TIMEOUT_MS} ms)")
 
 
 def test_fault_takes_precedence_over_pause_causes():
     sup = enabled()
-    now = T0 + LINK_TIMEOUT_S  # the arm silent since T0 + 0.1, the link since now
+    now = T0 + max(ARM_TIMEOUT_S, LINK_TIMEOUT_S)  # the arm and the link both silent
     assert [(t.current, t.cause) for t in sup.update(now)] == [(FAULT, Cause.ARM_SILENT)]
 
 
@@ -575,9 +584,10 @@ def test_a_single_forged_step_does_not_block_resume_but_the_pause_waits_for_it()
 
 def test_stream_stale_deadline_and_next_deadline():
     sup = following()
-    healthy(sup, T0 + 0.05)
+    heard = T0 + COMMAND_TIMEOUT_S / 2
+    healthy(sup, heard)
     deadline = T0 + COMMAND_TIMEOUT_S
-    assert sup.next_deadline(T0 + 0.05) == deadline
+    assert sup.next_deadline(heard) == deadline
     assert sup.update(before(deadline)) == []
     (transition,) = sup.update(deadline)
     assert (transition.current, transition.cause) == (PAUSED, Cause.COMMAND_STALE)
@@ -616,9 +626,9 @@ def test_link_overall_state(overall, pauses, warnings):
 
 def test_link_state_silence_is_link_lost_at_the_timeout():
     sup = enabled()
-    sup.on_joint_states(T0 + 0.09, HOME)
-    sup.on_joint_states(T0 + 0.18, HOME)
-    assert sup.next_deadline(T0 + 0.18) == T0 + LINK_TIMEOUT_S
+    for now in (T0 + 0.45 * LINK_TIMEOUT_S, T0 + 0.9 * LINK_TIMEOUT_S):
+        sup.on_joint_states(now, HOME)  # the arm keeps reporting
+    assert sup.next_deadline(now) == T0 + LINK_TIMEOUT_S
     assert sup.update(before(T0 + LINK_TIMEOUT_S)) == []
     (transition,) = sup.update(T0 + LINK_TIMEOUT_S)
     assert (transition.current, transition.cause) == (PAUSED, Cause.LINK_LOST)
@@ -626,10 +636,13 @@ def test_link_state_silence_is_link_lost_at_the_timeout():
 
 def test_arm_silence_is_a_fault_at_the_timeout():
     sup = enabled()
-    sup.on_link_state(T0 + 0.05, "REDUNDANT")
-    assert sup.next_deadline(T0 + 0.05) == T0 + ARM_TIMEOUT_S
-    assert sup.update(before(T0 + ARM_TIMEOUT_S)) == []
-    (transition,) = sup.update(T0 + ARM_TIMEOUT_S)
+    deadline = T0 + ARM_TIMEOUT_S
+    for now in np.arange(T0, deadline, LINK_TIMEOUT_S / 2):
+        sup.on_link_state(now, "REDUNDANT")  # the link stays up
+    assert sup.state is ENABLED
+    assert sup.next_deadline(now) == deadline
+    assert sup.update(before(deadline)) == []
+    (transition,) = sup.update(deadline)
     assert (transition.current, transition.cause) == (FAULT, Cause.ARM_SILENT)
 
 
@@ -646,8 +659,10 @@ def test_next_deadline():
 
 
 def test_presence_lost_only_while_following_past_the_grace():
-    grace_s = 0.05  # shorter than the other timeouts, so that only this cause can trip
-    sup = enabled(presence_grace_ms=grace_s * 1e3)
+    grace_s = PRESENCE_GRACE_S
+    # Shorter than the other timeouts, so that only this cause can trip.
+    assert grace_s < min(COMMAND_TIMEOUT_S, LINK_TIMEOUT_S)
+    sup = enabled()
     sup.on_operator_present(T0, False)
     assert sup.state is ENABLED  # not following: nothing moves anyway
     sup.on_following(T0, True)  # a console following without the operator
@@ -657,16 +672,19 @@ def test_presence_lost_only_while_following_past_the_grace():
     sup.update(T0 + grace_s)
     assert sup.state is PAUSED and sup.cause == Cause.PRESENCE_LOST
     # An engage: "following" crossing the bridge before "present" is no cause.
-    sup = enabled(presence_grace_ms=grace_s * 1e3)
+    sup = enabled()
     sup.on_operator_present(T0, False)
     sup.on_following(T0 + 0.01, True)
     sup.on_command(T0 + 0.01, TIP, 20.0)
     sup.on_operator_present(T0 + 0.01 + grace_s / 2, True)
-    sup.update(T0 + 0.01 + 1.5 * grace_s)
+    later = T0 + 0.01 + 1.5 * grace_s
+    healthy(sup, later)
+    sup.on_command(later, TIP, 20.0)
+    sup.update(later)
     assert sup.state is ENABLED
     # The pedal released while following pauses at once, even if the console's report that it
     # stopped following comes right after.
-    sup = following(presence_grace_ms=grace_s * 1e3)
+    sup = following()
     sup.on_operator_present(T0 + 0.01, False)
     assert sup.state is PAUSED and sup.cause == Cause.PRESENCE_LOST
     assert "released while following" in sup.transitions[-1].detail
@@ -674,11 +692,11 @@ def test_presence_lost_only_while_following_past_the_grace():
     assert sup.persisting_causes(T0 + 0.02) == []  # resume allowed; re-engage needs a press
     # The console's stop and the release cross the bridge in either order: a release just
     # after the stop was still a release while following; one well after it is not.
-    sup = following(presence_grace_ms=grace_s * 1e3)
+    sup = following()
     sup.on_following(T0, False)
     sup.on_operator_present(T0 + 0.5 * grace_s, False)
     assert sup.state is PAUSED and sup.cause == Cause.PRESENCE_LOST
-    sup = following(presence_grace_ms=grace_s * 1e3)
+    sup = following()
     sup.on_following(T0, False)
     sup.on_operator_present(T0 + 0.01 + grace_s, False)
     assert sup.state is ENABLED
@@ -773,7 +791,8 @@ _INPUTS = st.one_of(
 _JOINTS = {"home": HOME, "near": [1.49, 0.0, 0.12], "nan": [math.nan, 0.0, 0.12],
            "short": [0.0, 0.0]}
 # Mostly short steps, so the timeouts are crossed now and then, not at every step.
-_STEPS = st.sampled_from([0.0, 0.001, 0.001, 0.02, 0.02, 0.06, 0.11, 0.25])
+_STEPS = st.sampled_from([0.0, 0.001, 0.001, 0.02, 0.02, 0.6 * COMMAND_TIMEOUT_S,
+                          1.1 * COMMAND_TIMEOUT_S, 1.25 * LINK_TIMEOUT_S, 1.1 * ARM_TIMEOUT_S])
 _FRESH = st.sampled_from([True, True, True, False])  # the sensors report before the step
 
 
@@ -834,12 +853,16 @@ def test_random_sequences_keep_the_safety_contract(steps):
             _check(sup, now, call, state_before, count, made, result)
 
 
-@pytest.mark.parametrize("step_mm, pauses", [(6.9, False), (7.1, True)])
-def test_a_gap_in_the_stream_widens_the_step_limit_by_the_tip_speed_cap(step_mm, pauses):
-    """50 ms without commands (lost on the way): the arm may have been sent 100 mm/s x 50 ms
-    = 5 mm further, on top of the 2 mm step limit."""
-    sup = following()
+@pytest.mark.parametrize("tip_speed_m_s", [DEFAULTS.max_tip_speed_m_s,
+                                           2 * DEFAULTS.max_tip_speed_m_s])
+@pytest.mark.parametrize("beyond_mm, pauses", [(-0.1, False), (0.1, True)])
+def test_a_gap_in_the_stream_widens_the_step_limit_by_the_tip_speed_cap(tip_speed_m_s,
+                                                                        beyond_mm, pauses):
+    """50 ms without commands (lost on the way): the arm may have been sent the tip speed cap
+    (the arm controller's max_tip_speed_m_s) x 50 ms further, on top of the step limit."""
+    sup = following(max_tip_speed_m_s=tip_speed_m_s)
     gap_s = 0.05
+    step_mm = DEFAULTS.step_limit_mm + tip_speed_m_s * 1e3 * gap_s + beyond_mm
     healthy(sup, T0 + gap_s)
     sup.on_command(T0 + gap_s, np.asarray(TIP) + [step_mm * 1e-3, 0.0, 0.0], 20.0)
     assert (sup.state is PAUSED) == pauses

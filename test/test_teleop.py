@@ -14,7 +14,8 @@ from telesurg.master.teleop import MasterInput, TeleopConfig, TeleopMapping
 ARM_POSE = homogeneous(Rotation.from_euler("xyz", [0.3, -0.2, 1.1]).as_matrix(),
                        [0.05, -0.02, -0.12])
 ARM_JAW = 0.3
-NO_FILTER = TeleopConfig(tremor_filter=False)
+DEFAULTS = TeleopConfig.defaults()  # what the master_console node runs with
+NO_FILTER = dataclasses.replace(DEFAULTS, tremor_filter=False)
 
 
 def master(position=(0.0, 0.0, 0.0), rotation=None, gripper=0.5, clutch=False, present=True):
@@ -50,7 +51,8 @@ def test_engage_never_moves_the_arm(arm_rotation, arm_position, master_rotation,
                                     master_position, tremor_filter):
     arm_pose = homogeneous(arm_rotation, arm_position)
     at = master(master_position, master_rotation)
-    mapping, command = engaged(TeleopConfig(tremor_filter=tremor_filter), at, arm_pose)
+    mapping, command = engaged(dataclasses.replace(DEFAULTS, tremor_filter=tremor_filter), at,
+                               arm_pose)
     assert command.following and command.event == "engaged"
     np.testing.assert_allclose(command.goal, arm_pose, atol=1e-9)
     assert command.jaw == ARM_JAW
@@ -84,8 +86,8 @@ def test_arm_moves_by_scaled_master_displacement():
     start, end = np.zeros(3), np.array([0.03, -0.02, 0.01])
     commands = move(mapping, start, end, ticks=100)
     assert all(command.following for command in commands)
-    np.testing.assert_allclose(commands[-1].goal[:3, 3] - ARM_POSE[:3, 3], 0.2 * (end - start),
-                               atol=1e-12)
+    np.testing.assert_allclose(commands[-1].goal[:3, 3] - ARM_POSE[:3, 3],
+                               NO_FILTER.scale * (end - start), atol=1e-12)
     np.testing.assert_allclose(commands[-1].goal[:3, :3], ARM_POSE[:3, :3], atol=1e-12)
 
 
@@ -172,16 +174,22 @@ def test_non_finite_master_position_is_refused():
 
 def test_jaw_is_slow_right_after_engage_then_faster():
     config = NO_FILTER
-    mapping, command = engaged(config, at=master(gripper=1.4))
-    jaws = [command.jaw] + [mapping.update(master(gripper=1.4), ARM_POSE, ARM_JAW).jaw
-                            for _ in range(1500)]
-    steps = np.diff(jaws)
+    target = config.jaw_max
+    mapping, command = engaged(config, at=master(gripper=target / config.gripper_to_jaw))
+    # The slow rate for the ramp after the engage, then the normal rate up to the target.
+    slow_step = config.jaw_engage_rate_rad_s / config.rate_hz
+    fast_step = config.jaw_rate_rad_s / config.rate_hz
     ramp_ticks = int(config.jaw_engage_ramp_s * config.rate_hz)
-    # 0.3 -> 0.8 rad in the slow second, then 2 rad/s until the 1.4 rad target (0.3 s).
-    np.testing.assert_allclose(steps[:ramp_ticks], config.jaw_engage_rate_rad_s / 1000.0)
-    np.testing.assert_allclose(steps[ramp_ticks:ramp_ticks + 299],
-                               config.jaw_rate_rad_s / 1000.0)
-    assert jaws[-1] == pytest.approx(1.4)
+    fast_ticks = round((target - ARM_JAW - ramp_ticks * slow_step) / fast_step)
+    assert fast_ticks > 10  # the target is beyond the ramp's reach
+    jaws = [command.jaw] + [
+        mapping.update(master(gripper=target / config.gripper_to_jaw), ARM_POSE, ARM_JAW).jaw
+        for _ in range(ramp_ticks + fast_ticks + 10)]
+    steps = np.diff(jaws)
+    np.testing.assert_allclose(steps[:ramp_ticks], slow_step)
+    # All but the last step, which may be shorter.
+    np.testing.assert_allclose(steps[ramp_ticks:ramp_ticks + fast_ticks - 1], fast_step)
+    assert jaws[-1] == pytest.approx(target)
 
 
 def test_jaw_follows_gripper_clamped_to_its_range():
@@ -212,13 +220,13 @@ def test_tremor_filter_removes_hand_tremor_from_the_goal():
         mapping, _ = engaged(config)
         goals = []
         for k in range(3000):
-            tremor = 0.0003 * np.sin(2 * np.pi * 10.0 * k / 1000.0)
+            tremor = 0.0003 * np.sin(2 * np.pi * 10.0 * k / config.rate_hz)
             goals.append(mapping.update(master([tremor, 0, 0]), ARM_POSE, ARM_JAW).goal[0, 3])
         return np.ptp(goals[1000:])
 
     unfiltered = goal_wobble(NO_FILTER)
-    assert unfiltered == pytest.approx(2 * 0.2 * 0.0003, rel=0.01)
-    assert goal_wobble(TeleopConfig()) < unfiltered / 10 ** (15 / 20)
+    assert unfiltered == pytest.approx(2 * NO_FILTER.scale * 0.0003, rel=0.01)
+    assert goal_wobble(DEFAULTS) < unfiltered / 10 ** (15 / 20)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -229,11 +237,11 @@ def test_tremor_filter_removes_hand_tremor_from_the_goal():
 ])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
-        TeleopConfig(**{field: value})
+        dataclasses.replace(DEFAULTS, **{field: value})
 
 
 def test_rate_outside_the_filter_range_is_fine_without_the_filter():
-    assert TeleopConfig(rate_hz=5000.0, tremor_filter=False).rate_hz == 5000.0
+    assert dataclasses.replace(NO_FILTER, rate_hz=5000.0).rate_hz == 5000.0
 
 
 def test_stall_guard_defers_one_check_after_a_stall_of_its_own():

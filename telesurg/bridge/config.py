@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from telesurg.bridge.link_health import LINK_TIMEOUT
 from telesurg.bridge.wire import max_message_bytes
 from telesurg.contract.params import ConfigError, Param, read_yaml
 from telesurg.contract.resources import share_dir
@@ -44,8 +45,6 @@ MAX_TOPICS = 65535
 HEARTBEAT_RATE = Param("heartbeat_rate_hz", 100.0,
                        "Heartbeats per second on each link, to tell which links are up.",
                        1.0, 1000.0)
-LINK_TIMEOUT = Param("link_timeout_ms", 50.0,
-                     "A link whose peer is silent this long is reported down.", 1.0, 10000.0)
 # A link must survive a lost heartbeat and some jitter without being reported down.
 _MIN_HEARTBEATS_PER_TIMEOUT = 3
 

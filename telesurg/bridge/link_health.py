@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from telesurg.contract.params import Param
 from telesurg.contract.states import LinkState, OverallState
 
 # RFC 3550, 6.4.1: the jitter estimate's gain, a noise reduction ratio of 1/16.
@@ -59,9 +60,15 @@ _JITTER_GAIN = 1.0 / 16.0
 _MAX_WINDOW = 100_000
 
 
+#: The key of the bridge configuration file that gives link_timeout_ms (read by
+#: telesurg.bridge.config); declared here so that this pure module takes its default from it.
+LINK_TIMEOUT = Param("link_timeout_ms", 50.0,
+                     "A link whose peer is silent this long is reported down.", 1.0, 10000.0)
+
+
 @dataclass(frozen=True)
 class LinkHealthConfig:
-    link_timeout_ms: float = 50.0  # silence after which a link is DOWN
+    link_timeout_ms: float  # silence after which a link is DOWN
     # Datagrams (sequence numbers) behind loss % and relative delay: ~1 s at 1 kHz.
     datagram_window: int = 1000
     rtt_window: int = 100  # heartbeat replies behind the RTT percentiles: 1 s at 100 Hz
@@ -96,6 +103,11 @@ class LinkHealthConfig:
                     and 1 <= value <= _MAX_WINDOW):
                 raise ValueError(f"LinkHealthConfig.{name} must be an integer in "
                                  f"[1, {_MAX_WINDOW}], got {value!r}")
+
+    @classmethod
+    def defaults(cls) -> LinkHealthConfig:
+        """What the bridge runs with when its configuration file does not set link_timeout_ms."""
+        return cls(link_timeout_ms=LINK_TIMEOUT.default)
 
 
 def _is_number(value) -> bool:
@@ -325,7 +337,7 @@ class LinkHealth:
                              f"got {link_names!r}")
         if len(set(link_names)) != len(link_names):
             raise ValueError(f"link names must be unique, got {list(link_names)}")
-        self.config = config or LinkHealthConfig()
+        self.config = config or LinkHealthConfig.defaults()
         self.links: dict[str, LinkMonitor] = {
             name: LinkMonitor(self.config) for name in link_names}
         self._state = OverallState.LOST

@@ -9,7 +9,8 @@ Pure Python: no rclpy import.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -63,6 +64,14 @@ class Param:
         return value
 
 
+#: The tool tip speed limit, one parameter of two nodes: the arm controller caps its setpoint at
+#: it, and the safety supervisor lets the step between two commands grow by it over the time
+#: between them. Shared, so that the two cannot disagree.
+MAX_TIP_SPEED = Param(
+    "max_tip_speed_m_s", 0.1,
+    "Tool tip speed limit of the arm's setpoint (surgical motion stays well below); the safety "
+    "supervisor's step limit grows by it over the time between two commands.", 0.01, 0.5)
+
 NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
     "virtual_surgeon": (
         Param("task", "suturing", "Surgical task the virtual surgeon performs.",
@@ -110,8 +119,9 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               "No /bridge/link_state for this long counts as link lost (patient bridge dead).",
               50.0, 5000.0),
         Param("step_limit_mm", 2.0,
-              "A commanded tip step larger than this between two commands pauses the arm.",
-              0.1, 50.0),
+              "A commanded tip step larger than this between two commands (plus "
+              "max_tip_speed_m_s times the time between them) pauses the arm.", 0.1, 50.0),
+        MAX_TIP_SPEED,
         Param("joint_limit_margin", 0.02,
               "Fraction of each joint's range from a limit that pauses the arm on entry.",
               0.001, 0.2),
@@ -141,9 +151,7 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         Param("max_goal_jump_m", 0.005,
               "A goal farther than this from the current setpoint is refused (arm holds).",
               0.0005, 0.05),
-        Param("max_tip_speed_m_s", 0.1,
-              "Tool tip speed limit of the setpoint (surgical motion stays well below).",
-              0.01, 0.5),
+        MAX_TIP_SPEED,
         Param("velocity_scale", 1.0, "Fraction of the URDF joint velocity limits used.",
               0.05, 1.0),
         Param("supervisor_timeout_ms", 250.0,
@@ -186,8 +194,29 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
 }
 
 
+def _shared_parameters() -> dict[Param, tuple[str, ...]]:
+    nodes_of: dict[Param, list[str]] = {}
+    for node, params in NODE_PARAMETERS.items():
+        for param in params:
+            nodes_of.setdefault(param, []).append(node)
+    return {param: tuple(nodes) for param, nodes in nodes_of.items() if len(nodes) > 1}
+
+
+#: {parameter: the nodes whose tables hold it} for every Param in more than one table: one
+#: parameter of several nodes, which a parameter file must leave at one value for all of them.
+SHARED_PARAMETERS = _shared_parameters()
+
+
 def defaults(node: str) -> dict[str, bool | int | float | str]:
     return {param.name: param.default for param in NODE_PARAMETERS[node]}
+
+
+def values_of_fields(config_class: type, values: Mapping[str, object]) -> dict[str, object]:
+    """Those of a node's parameter values that are named like a field of the dataclass
+    config_class: the keyword arguments of a config whose fields are node parameters of the
+    same name and unit (the others, not parameters, keep their default)."""
+    names = {field.name for field in fields(config_class)}
+    return {name: value for name, value in values.items() if name in names}
 
 
 def check_node_values(node: str, values: dict, where: str) -> dict:
@@ -248,7 +277,22 @@ def load_parameter_file(path: str | Path) -> dict[str, dict]:
             unknown = set(values) - every - ROS_BUILTIN_PARAMETERS
             if unknown:
                 raise ConfigError(f"{path}: {section}: unknown parameter '{sorted(unknown)[0]}'")
+    _check_shared(result, path)
     return result
+
+
+def _check_shared(values: dict[str, dict], path: Path) -> None:
+    """ConfigError if a shared parameter ends up different for two of its nodes (a node the
+    file does not set it for runs with the default)."""
+    for param, nodes in SHARED_PARAMETERS.items():
+        given = {node: values.get(node, {}).get(param.name, param.default) for node in nodes}
+        if len(set(given.values())) > 1:
+            each = ", ".join(
+                f"{node} {value!r}{'' if param.name in values.get(node, {}) else ' (default)'}"
+                for node, value in given.items())
+            raise ConfigError(
+                f"{path}: '{param.name}' is one parameter of {' and '.join(nodes)} and must be "
+                f"the same for all of them (set it once under /**), got {each}")
 
 
 def default_parameter_file() -> str:
@@ -259,12 +303,18 @@ def default_parameter_file() -> str:
              "telesurg/contract/params.py;",
              "# nodes refuse this file if a key is unknown, a type is wrong or a value is out "
              "of range.",
+             "# A parameter of several nodes is set once, under /**; nodes refuse a file that "
+             "leaves it different.",
              "# Used by `telesurg demo` and by launch/telesurg.launch.py."]
-    for node, params in NODE_PARAMETERS.items():
-        lines += ["", f"{node}:", "  ros__parameters:"]
-        for param in params:
+    sections = {"/**": [(param, f" Used by {' and '.join(nodes)}.")
+                        for param, nodes in SHARED_PARAMETERS.items()]}
+    sections.update({node: [(param, "") for param in params if param not in SHARED_PARAMETERS]
+                     for node, params in NODE_PARAMETERS.items()})
+    for section, params in sections.items():
+        lines += ["", f"{section}:", "  ros__parameters:"]
+        for param, users in params:
             limits = f" ({param.range_text()})" if param.range_text() else ""
-            lines.append(f"    # {param.description}{limits}")
+            lines.append(f"    # {param.description}{limits}{users}")
             lines.append(f"    {param.name}: {yaml.safe_dump(param.default).splitlines()[0]}")
     return "\n".join(lines) + "\n"
 

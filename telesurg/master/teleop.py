@@ -8,10 +8,13 @@ engaging never moves the arm. Pure Python + numpy; the ROS node feeds update() a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
 
+from telesurg.arm.kinematics import JAW_JOINT_NAME, JOINT_LIMITS
+from telesurg.contract import params
 from telesurg.master.tremor import MAX_RATE_HZ, MIN_RATE_HZ, TremorFilter
 
 IDLE = "idle"  # not following; the presence pedal must be released before a press engages
@@ -31,16 +34,31 @@ class MasterInput:
 
 @dataclass(frozen=True)
 class TeleopConfig:
-    scale: float = 0.2  # master to arm motion scale (5:1)
-    rate_hz: float = 1000.0  # rate update() is called at (and the tremor filter runs at)
-    step_limit_m: float = 0.002  # largest arm goal step accepted between two updates
-    jaw_rate_rad_s: float = 2.0  # jaw speed limit when following
-    jaw_engage_rate_rad_s: float = 0.5  # slower jaw right after engage
-    jaw_engage_ramp_s: float = 1.0  # how long the slow jaw lasts after engage
-    gripper_to_jaw: float = 1.0  # jaw angle per master gripper angle
-    jaw_min: float = 0.0
-    jaw_max: float = 1.4
-    tremor_filter: bool = True
+    """The mapping's settings. Every field but the jaw range is the master_console node's
+    parameter of the same name and unit (telesurg.contract.params gives the defaults): build
+    it with from_parameters() or defaults()."""
+
+    scale: float  # master to arm motion scale
+    rate_hz: float  # rate update() is called at (and the tremor filter runs at)
+    step_limit_m: float  # largest arm goal step accepted between two updates
+    jaw_rate_rad_s: float  # jaw speed limit when following
+    jaw_engage_rate_rad_s: float  # slower jaw right after engage
+    jaw_engage_ramp_s: float  # how long the slow jaw lasts after engage
+    gripper_to_jaw: float  # jaw angle per master gripper angle
+    tremor_filter: bool
+    # The arm's jaw range, the URDF's.
+    jaw_min: float = JOINT_LIMITS[JAW_JOINT_NAME].lower
+    jaw_max: float = JOINT_LIMITS[JAW_JOINT_NAME].upper
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, object]) -> TeleopConfig:
+        """From the master_console node's parameter values, by name."""
+        return cls(**params.values_of_fields(cls, values))
+
+    @classmethod
+    def defaults(cls) -> TeleopConfig:
+        """What the master_console node runs with unless its parameters are set."""
+        return cls.from_parameters(params.defaults("master_console"))
 
     def __post_init__(self) -> None:
         for field in fields(self):

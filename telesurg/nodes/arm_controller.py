@@ -44,13 +44,7 @@ class ArmControllerNode(Node):
     def __init__(self):
         super().__init__("arm_controller")
         p = declare_parameters(self, "arm_controller")
-        self.core = ArmController(ArmControllerConfig(
-            rate_hz=p.rate_hz, command_timeout_s=p.command_timeout_ms / 1000.0,
-            joint_states_timeout_s=p.joint_states_timeout_ms / 1000.0,
-            max_goal_jump_m=p.max_goal_jump_m, max_tip_speed_m_s=p.max_tip_speed_m_s,
-            velocity_scale=p.velocity_scale,
-            interpolation_max_s=p.interpolation_max_s,
-            supervisor_timeout_s=p.supervisor_timeout_ms / 1000.0))
+        self.core = ArmController(ArmControllerConfig.from_parameters(vars(p)))
         self._joint_order: tuple[list[str], np.ndarray] | None = None
         self._velocities = np.zeros(len(JOINT_NAMES))
         self._last_refusal = ""

@@ -23,7 +23,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
-from telesurg.arm.kinematics import BASE_FRAME, JAW_JOINT_NAME, JOINT_LIMITS
+from telesurg.arm.kinematics import BASE_FRAME, JAW_JOINT_NAME
 from telesurg.contract import topics
 from telesurg.contract.states import OperatingState
 from telesurg.master.teleop import IDLE, MasterInput, StallGuard, TeleopConfig, TeleopMapping
@@ -39,12 +39,7 @@ class MasterConsoleNode(Node):
     def __init__(self):
         super().__init__("master_console")
         p = declare_parameters(self, "master_console")
-        self.mapping = TeleopMapping(TeleopConfig(
-            scale=p.scale, rate_hz=p.rate_hz, step_limit_m=p.step_limit_m,
-            jaw_rate_rad_s=p.jaw_rate_rad_s, jaw_engage_rate_rad_s=p.jaw_engage_rate_rad_s,
-            jaw_engage_ramp_s=p.jaw_engage_ramp_s, gripper_to_jaw=p.gripper_to_jaw,
-            jaw_min=JOINT_LIMITS[JAW_JOINT_NAME].lower, jaw_max=JOINT_LIMITS[JAW_JOINT_NAME].upper,
-            tremor_filter=p.tremor_filter))
+        self.mapping = TeleopMapping(TeleopConfig.from_parameters(vars(p)))
         self._master_timeout = p.master_timeout_ms / 1000.0
         self._arm_timeout = p.arm_timeout_ms / 1000.0
         self._master = None       # (4x4 pose, arrival time)

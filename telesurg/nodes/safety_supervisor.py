@@ -45,12 +45,7 @@ class SafetySupervisorNode(Node):
     def __init__(self):
         super().__init__("safety_supervisor")
         p = declare_parameters(self, "safety_supervisor")
-        self.core = SafetySupervisor.for_arm(SafetyConfig(
-            max_command_age_ms=p.max_command_age_ms, warn_command_age_ms=p.warn_command_age_ms,
-            command_timeout_ms=p.command_timeout_ms,
-            link_state_timeout_ms=p.link_state_timeout_ms, step_limit_mm=p.step_limit_mm,
-            joint_limit_margin=p.joint_limit_margin, arm_timeout_ms=p.arm_timeout_ms,
-            presence_grace_ms=p.presence_grace_ms))
+        self.core = SafetySupervisor.for_arm(SafetyConfig.from_parameters(vars(p)))
         self._lock = threading.Lock()  # callbacks and the heartbeat thread share the core
         self._last_command: dict | None = None
         self._commands_received = 0

@@ -10,11 +10,14 @@ ENABLED, or the supervisor falls silent (defense in depth: whatever any other no
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from telesurg.arm.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward, inverse
+from telesurg.contract import params
 from telesurg.contract.states import HoldCause, OperatingState
 
 ARM_JOINTS = len(ARM_JOINT_NAMES)
@@ -22,14 +25,35 @@ ARM_JOINTS = len(ARM_JOINT_NAMES)
 
 @dataclass(frozen=True)
 class ArmControllerConfig:
-    rate_hz: float = 1000.0
-    command_timeout_s: float = 0.05
-    joint_states_timeout_s: float = 0.05
-    max_goal_jump_m: float = 0.005
-    max_tip_speed_m_s: float = 0.1
-    velocity_scale: float = 1.0
-    interpolation_max_s: float = 0.02
-    supervisor_timeout_s: float = 0.25
+    """The controller's settings: the arm_controller node's parameters (telesurg.contract.params
+    gives their defaults and meaning), timeouts in seconds. Build it with from_parameters() or
+    defaults()."""
+
+    rate_hz: float
+    command_timeout_s: float
+    joint_states_timeout_s: float
+    max_goal_jump_m: float
+    max_tip_speed_m_s: float
+    velocity_scale: float
+    interpolation_max_s: float
+    supervisor_timeout_s: float
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, Any]) -> ArmControllerConfig:
+        """From the arm_controller node's parameter values, by name (timeouts in ms there)."""
+        return cls(rate_hz=values["rate_hz"],
+                   command_timeout_s=values["command_timeout_ms"] / 1000.0,
+                   joint_states_timeout_s=values["joint_states_timeout_ms"] / 1000.0,
+                   max_goal_jump_m=values["max_goal_jump_m"],
+                   max_tip_speed_m_s=values["max_tip_speed_m_s"],
+                   velocity_scale=values["velocity_scale"],
+                   interpolation_max_s=values["interpolation_max_s"],
+                   supervisor_timeout_s=values["supervisor_timeout_ms"] / 1000.0)
+
+    @classmethod
+    def defaults(cls) -> ArmControllerConfig:
+        """What the arm_controller node runs with unless its parameters are set."""
+        return cls.from_parameters(params.defaults("arm_controller"))
 
 
 class ArmController:

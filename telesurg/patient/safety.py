@@ -37,7 +37,7 @@ naming every persisting cause and fault condition with its figures.
   before "present"). The latter clears as soon as the operator is back or the console stops
   following (re-engaging needs presence).
 - STEP_LIMIT (event, never persists): the tip moved more than step_limit_mm (plus
-  max_tip_speed_mm_s times the time since the previous command arrived) between consecutive
+  max_tip_speed_m_s times the time since the previous command arrived) between consecutive
   commands while ENABLED and following (a non-finite tip counts as over). The reference is
   dropped whenever following stops or the state leaves ENABLED: a re-engage re-captures, so its
   first command is no step from the last one before.
@@ -66,12 +66,13 @@ as in CRTK: it is the safe direction, and enable stays refused while the conditi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
 import numpy as np
 
+from telesurg.contract import params
 from telesurg.contract.states import LINK_ALIVE, OperatingState
 from telesurg.contract.states import StateCommand as Command
 
@@ -97,28 +98,40 @@ PAUSED, FAULT = OperatingState.PAUSED, OperatingState.FAULT
 
 @dataclass(frozen=True)
 class SafetyConfig:
-    # One-way age of a command on arrival: above max pauses, above warn is reported. About
-    # 200 ms is the commonly cited comfortable limit in telesurgery latency studies (README).
-    max_command_age_ms: float = 200.0
-    warn_command_age_ms: float = 100.0
+    """The supervisor's limits. Every field but joint_limit_slack is the safety_supervisor
+    node's parameter of the same name and unit (telesurg.contract.params, which gives the
+    defaults and the reasons for them): build it with from_parameters() or defaults()."""
+
+    # One-way age of a command on arrival: above max pauses, above warn is reported.
+    max_command_age_ms: float
+    warn_command_age_ms: float
     # No command for this long while the console reports following: the stream is stale.
-    command_timeout_ms: float = 100.0
-    # No /bridge/link_state for this long counts as LOST: two missed reports at the bridge's
-    # 10 Hz.
-    link_state_timeout_ms: float = 200.0
-    step_limit_mm: float = 2.0  # tip distance between consecutive commanded goals
+    command_timeout_ms: float
+    # No /bridge/link_state for this long counts as LOST.
+    link_state_timeout_ms: float
+    step_limit_mm: float  # tip distance between consecutive commanded goals
     # Plus this much per second since the previous command arrived (the arm controller's tip
-    # speed cap): gaps in the stream do not read as jumps.
-    max_tip_speed_mm_s: float = 100.0
+    # speed cap, the same parameter): gaps in the stream do not read as jumps.
+    max_tip_speed_m_s: float
     # Fraction of each joint's range: the arm's joints mix radians and metres. 2 % is 0.06 rad
     # on the outer yaw, 4.8 mm on the insertion.
-    joint_limit_margin: float = 0.02
+    joint_limit_margin: float
+    arm_timeout_ms: float  # no joint states for this long: FAULT
+    # Following without the operator for this long: the console's own stop did not come.
+    presence_grace_ms: float
     # How much deeper (fraction of the margin) a joint already inside the margin at enable or
     # resume may go before pausing again: measurement noise while holding must not re-pause.
     joint_limit_slack: float = 0.1
-    arm_timeout_ms: float = 100.0  # no joint states for this long: FAULT
-    # Following without the operator for this long: the console's own stop did not come.
-    presence_grace_ms: float = 100.0
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, object]) -> SafetyConfig:
+        """From the safety_supervisor node's parameter values, by name."""
+        return cls(**params.values_of_fields(cls, values))
+
+    @classmethod
+    def defaults(cls) -> SafetyConfig:
+        """What the safety_supervisor node runs with unless its parameters are set."""
+        return cls.from_parameters(params.defaults("safety_supervisor"))
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -127,9 +140,8 @@ class SafetyConfig:
                 raise ValueError(f"SafetyConfig.{field.name} must be a finite number, "
                                  f"got {value!r}")
         for name in ("max_command_age_ms", "warn_command_age_ms", "command_timeout_ms",
-                     "link_state_timeout_ms", "step_limit_mm", "max_tip_speed_mm_s",
-                     "arm_timeout_ms",
-                     "presence_grace_ms"):
+                     "link_state_timeout_ms", "step_limit_mm", "max_tip_speed_m_s",
+                     "arm_timeout_ms", "presence_grace_ms"):
             if getattr(self, name) <= 0.0:
                 raise ValueError(f"SafetyConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.warn_command_age_ms >= self.max_command_age_ms:
@@ -183,7 +195,7 @@ class SafetySupervisor:
 
     def __init__(self, config: SafetyConfig | None, joint_limits: Sequence[Sequence[float]],
                  joint_names: Sequence[str] | None = None) -> None:
-        self.config = config or SafetyConfig()
+        self.config = config or SafetyConfig.defaults()
         limits = np.array(joint_limits, dtype=float)
         if limits.ndim != 2 or limits.shape[0] == 0 or limits.shape[1] != 2:
             raise ValueError(f"joint_limits must be a non-empty sequence of (lower, upper), "
@@ -203,6 +215,7 @@ class SafetySupervisor:
         self._command_timeout = config.command_timeout_ms * 1e-3
         self._link_timeout = config.link_state_timeout_ms * 1e-3
         self._arm_timeout = config.arm_timeout_ms * 1e-3
+        self._max_tip_speed_mm_s = config.max_tip_speed_m_s * 1e3
 
         self._state = DISABLED
         self._transitions: list[Transition] = []
@@ -326,7 +339,7 @@ class SafetySupervisor:
                     # Commands lost on the way (a busy site, a lossy link) make the step
                     # between those that arrive longer, by at most the tip speed cap.
                     limit_mm = (self.config.step_limit_mm
-                                + self.config.max_tip_speed_mm_s * since_last)
+                                + self._max_tip_speed_mm_s * since_last)
                     if step_mm > limit_mm:
                         events.append(_Finding(Cause.STEP_LIMIT,
                                                f"{_g(step_mm)} mm > {_g(limit_mm)} mm"))
