@@ -242,6 +242,7 @@ def supervisor(tmp_path, env, ros_args=()):
         assert set(codes.values()) <= {0, -signal.SIGINT}, node.log_tail()
 
 
+@pytest.mark.multiprocess
 def test_enable_and_pause_are_refused_with_the_reason_while_nothing_is_heard(
         tmp_path, ros_env, second_domain_id):
     domain = int(ros_env["ROS_DOMAIN_ID"])
@@ -286,6 +287,7 @@ def test_enable_and_pause_are_refused_with_the_reason_while_nothing_is_heard(
                     process.wait()
 
 
+@pytest.mark.multiprocess
 def test_state_without_a_site_says_no_subscriber(ros_env):
     started = time.monotonic()
     result = run_cli(["state", "enable", "--timeout", "3"], int(ros_env["ROS_DOMAIN_ID"]),
@@ -356,6 +358,7 @@ class FakePatientSite:
         rclpy.try_shutdown(context=self.context)
 
 
+@pytest.mark.multiprocess
 def test_enable_pause_resume_are_accepted_when_link_and_arm_are_heard(
         tmp_path, ros_env, second_domain_id):
     domain = int(ros_env["ROS_DOMAIN_ID"])

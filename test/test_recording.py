@@ -22,6 +22,9 @@ from std_msgs.msg import Bool, String
 from telesurg.bags.storage import BagReader
 from telesurg.ros.node import STATE_QOS, STREAM_QOS
 
+# Tier (setup.cfg markers): `telesurg record` processes and a ROS context on a DDS domain.
+pytestmark = pytest.mark.multiprocess
+
 DISCOVERY_TIMEOUT_S = 20.0  # discovery takes 0.5-3.5 s here; the recorder also imports rclpy
 STOP_TIMEOUT_S = 20.0
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
