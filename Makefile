@@ -1,12 +1,13 @@
 # telesurg: one-command setup, demo, tests and lint.
-# `make demo` and `make test` create .venv on first use (Python 3.11, pinned requirements).
+# `make demo` and `make test` (`make test-fast`) create .venv on first use (Python 3.11, pinned
+# requirements).
 
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.telesurg-installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -28,8 +29,16 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml
 demo: setup
 	$(VENV)/bin/telesurg demo
 
+# Test tiers (pytest markers, setup.cfg): `make test` runs ruff and then every test; `make
+# test-fast` only the tests with no processes, no DDS and no root (about 35 s on 2 cores).
+FAST_TESTS := not multiprocess and not root
+
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q test
+
+test-fast: setup
+	$(PY) -m pytest -q -m "$(FAST_TESTS)" test
 
 bench: setup
 	$(VENV)/bin/telesurg bench

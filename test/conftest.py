@@ -1,4 +1,11 @@
-"""Shared test set-up: every multi-process test gets its own DDS domains, kept on localhost."""
+"""Shared test set-up: every multi-process test gets its own DDS domains, kept on localhost.
+
+Test tiers (markers registered in setup.cfg): `multiprocess` for a test that starts processes or
+a ROS context on a DDS domain, `multiprocess` and `root` for one that needs root (network
+namespaces); the fast pure tier is everything else (`make test-fast`). Collection fails if a test
+takes a DDS domain fixture without the multiprocess marker, or is marked root but not
+multiprocess: the fast tier stays free of processes and DDS.
+"""
 
 import itertools
 import os
@@ -59,3 +66,22 @@ def direct_bridge_config(tmp_path, free_udp_ports):
     """(config path, ports) for two bridges joined directly on loopback by links a and b."""
     ports = free_udp_ports(4)
     return bridge_config.write_loopback_bridge_config(tmp_path, direct_links(ports)), ports
+
+
+# Fixtures that put a test on a DDS domain: only multi-process tests take them.
+DDS_FIXTURES = frozenset({"ros_env", "ros_env_module", "second_domain_id"})
+
+
+def pytest_collection_modifyitems(config, items):
+    misplaced = []
+    for item in items:
+        multiprocess = item.get_closest_marker("multiprocess") is not None
+        if item.get_closest_marker("root") is not None and not multiprocess:
+            misplaced.append(f"{item.nodeid}: marked root but not multiprocess")
+        used = DDS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if used and not multiprocess:
+            misplaced.append(f"{item.nodeid}: uses {', '.join(sorted(used))} but is not marked "
+                             "multiprocess")
+    if misplaced:
+        raise pytest.UsageError("test tiers (see setup.cfg markers):\n  "
+                                + "\n  ".join(misplaced))

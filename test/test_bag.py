@@ -181,6 +181,7 @@ CRASHING_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_a_writer_that_dies_without_closing_loses_at_most_its_last_second(tmp_path, storage):
     script = tmp_path / "writer.py"

@@ -39,6 +39,7 @@ def test_a_command_is_a_pose_stamped_carrying_its_sequence_and_send_time():
     assert abs(len(cdr) - PAYLOAD_BYTES) <= 8
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("links", [0, 1, 2], ids=["raw_udp", "bridge_one_link",
                                                    "bridge_two_links"])
 def test_a_short_stream_arrives_whole_and_fast(pair, tmp_path, links):
@@ -54,6 +55,7 @@ def test_a_short_stream_arrives_whole_and_fast(pair, tmp_path, links):
     assert set(trial.cpu_percent) == {MASTER, PATIENT}
 
 
+@pytest.mark.multiprocess
 def test_dual_link_loses_nothing_when_a_is_cut_and_single_link_loses_the_outage():
     result = failover.run(rounds=1, phases_s=(0.5, 1.0, 0.5), rate_hz=500.0)
     dual, single = result.figures["dual_link"], result.figures["single_link"]
@@ -70,6 +72,7 @@ def test_dual_link_loses_nothing_when_a_is_cut_and_single_link_loses_the_outage(
     assert all(row.met is None for row in result.rows if row.variant == "single_link")
 
 
+@pytest.mark.multiprocess
 def test_a_short_overhead_run_reports_every_variant():
     result = overhead.run(rounds=1, round_s=0.5, rate_hz=500.0, topic_rounds=0)
     for variant in ("raw_udp", "bridge_one_link", "bridge_two_links"):

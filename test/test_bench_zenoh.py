@@ -19,6 +19,7 @@ RATE_HZ = 500.0
 OUTAGE_EDGE = 2
 
 
+@pytest.mark.multiprocess
 def test_peers_through_a_lan_relay_deliver_the_stream_promptly():
     figures, arrivals = zenoh_link.zenoh_stream("lan", ("a",), RATE_HZ, 1.0)
     assert figures["sent"] == 500
@@ -32,6 +33,7 @@ def test_peers_through_a_lan_relay_deliver_the_stream_promptly():
     assert len(arrivals) == figures["delivered"]
 
 
+@pytest.mark.multiprocess
 def test_the_emulated_delay_is_in_the_path():
     figures, _ = zenoh_link.zenoh_stream("fiber_transcontinental", ("a",), RATE_HZ, 0.6)
     delay_ms = PROFILES["fiber_transcontinental"].delay_ms
@@ -39,6 +41,7 @@ def test_the_emulated_delay_is_in_the_path():
     assert figures["lost"] <= 10
 
 
+@pytest.mark.multiprocess
 def test_a_cut_link_stops_deliveries_and_the_session_survives_a_short_cut():
     figures, arrivals = zenoh_link.zenoh_stream("lan", ("a",), RATE_HZ, 1.5,
                                                 cut=("a", 0.4, 0.6))
@@ -50,6 +53,7 @@ def test_a_cut_link_stops_deliveries_and_the_session_survives_a_short_cut():
     assert figures["link_dropped_ms"] is None  # far within the 10 s lease
 
 
+@pytest.mark.multiprocess
 def test_two_links_cutting_the_one_zenoh_sends_on_stops_deliveries():
     # The benchmark relies on the first link of the publisher's session carrying the data.
     figures, _ = zenoh_link.zenoh_stream("lan", ("a", "b"), RATE_HZ, 1.0,

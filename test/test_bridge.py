@@ -28,6 +28,9 @@ from telesurg.ros.qos import qos_profile
 from telesurg.session.demo import session_environment
 from telesurg.session.processes import NodeGroup
 
+# Tier (setup.cfg markers): bridge node processes and ROS contexts on two DDS domains.
+pytestmark = pytest.mark.multiprocess
+
 DISCOVERY_TIMEOUT_S = 20.0
 
 

@@ -1,18 +1,44 @@
 """The telesurg command line: help lists the commands, keygen writes a private key once."""
 
+import argparse
+import re
 import stat
 
+import pytest
+
 from telesurg.bridge.wire import load_key
-from telesurg.cli import main
+from telesurg.cli import build_parser, main
+
+
+def subcommands() -> list[str]:
+    """Every subcommand the parser has, in its order."""
+    (action,) = [action for action in build_parser()._actions
+                 if isinstance(action, argparse._SubParsersAction)]
+    return list(action.choices)
+
+
+def help_text(argv: list[str], capsys) -> str:
+    """What `telesurg ARGV` prints, having checked that it exits with status 0."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
 
 
 def test_help_lists_every_command(capsys):
-    try:
-        main(["--help"])
-    except SystemExit as exit_:
-        assert exit_.code == 0
-    out = capsys.readouterr().out
-    assert "demo" in out and "keygen" in out
+    names = subcommands()
+    assert {"demo", "keygen", "linkem", "state", "status"} <= set(names)
+    out = help_text(["--help"], capsys)
+    assert out.startswith("usage: telesurg ")
+    # argparse lists each subcommand indented by 4 (under COMMAND), its help beside it or, if the
+    # name is long, on the next line (indented further).
+    assert re.findall(r"^ {4}(\S+)", out, re.MULTILINE) == names
+
+
+@pytest.mark.parametrize("name", subcommands())
+def test_every_command_has_help_naming_it(capsys, name):
+    out = help_text([name, "--help"], capsys)
+    assert out.startswith(f"usage: telesurg {name} ")
 
 
 def test_keygen_writes_a_private_key_and_never_silently_replaces_it(tmp_path, capsys):
@@ -29,22 +55,21 @@ def test_keygen_writes_a_private_key_and_never_silently_replaces_it(tmp_path, ca
 
 
 def test_linkem_is_listed_and_hands_its_arguments_to_the_relay(capsys):
-    try:
-        main(["--help"])
-    except SystemExit:
-        pass
-    assert "linkem" in capsys.readouterr().out
+    assert re.search(r"^ {4}linkem ", help_text(["--help"], capsys), re.MULTILINE)
+    assert "--profile PROFILE" in help_text(["linkem", "--help"], capsys)  # the relay's help
     assert main(["linkem", "--profile", "nope", "--a", "127.0.0.1:0", "--b",
                  "127.0.0.1:0"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
 
 
 def test_demo_refuses_a_malformed_or_unknown_outage_naming_it(capsys):
-    for bad, says in (("a@5", "not LINK@START+DURATION"), ("c@1+1", "unknown link 'c'")):
-        try:
-            code = main(["demo", "--outage", bad, "--duration", "1", "--out", "/nonexistent"])
-        except SystemExit as exit_:
-            code = exit_.code
-        assert code in (1, 2)
-        err = capsys.readouterr().err
-        assert says in err and "Traceback" not in err
+    # Malformed: argparse refuses it (usage error, status 2) ...
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--outage", "a@5", "--duration", "1", "--out", "/nonexistent"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "not LINK@START+DURATION" in err and "Traceback" not in err
+    # ... an unknown link: the demo refuses it before starting anything (status 1).
+    assert main(["demo", "--outage", "c@1+1", "--duration", "1", "--out", "/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown link 'c'" in err and "Traceback" not in err

@@ -6,6 +6,9 @@ import pytest
 
 from telesurg.linkem.emulator import EmulatedLinks
 
+# Tier (setup.cfg markers): the link emulator runs as its own process.
+pytestmark = pytest.mark.multiprocess
+
 
 def udp_socket():
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

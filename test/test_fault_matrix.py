@@ -48,7 +48,9 @@ from session_harness import (
 # A whole two-site session per case on a shared 2-core machine: now and then a process stalls
 # for a second (discovery, a starved node) and a case times out waiting for the console to
 # engage. Such a case runs again, at most twice; a fault not acted on fails every time.
-pytestmark = pytest.mark.flaky(reruns=2, reruns_delay=1)
+# Tier (setup.cfg markers): whole two-site sessions as processes; the namespace test needs
+# root too.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.flaky(reruns=2, reruns_delay=1)]
 
 PAUSE_WITHIN_MS = 1000.0  # generous: the design figures are printed
 HELD_MOTION_MM = 0.1  # from 100 ms after the hold was commanded
@@ -278,6 +280,7 @@ def pause_case(session: Session, label: str, inject, causes: tuple[str, ...], cl
 
 # -- the cases -----------------------------------------------------------------------------
 
+@pytest.mark.root
 def test_both_links_cut_in_network_namespaces(tmp_path):
     """Both links cut for real: the master site's processes in one network namespace, the
     patient site's in another, joined only by two veth pairs (links a and b), taken down with

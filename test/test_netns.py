@@ -30,6 +30,9 @@ from telesurg.contract.graph import BRIDGE, NodeSpec
 from telesurg.session.demo import session_environment
 from telesurg.session.processes import NodeGroup, NodeProcess, die_with_parent
 
+# Tier (setup.cfg markers): network namespaces (root), bridge and probe processes in them.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.root]
+
 PROBE_SCRIPT = Path(__file__).with_name("netns_probe.py")
 PROBE = NodeSpec("netns_probe", "", "", "both", "test/netns_probe.py")
 DISCOVERY_TIMEOUT_S = 30.0

@@ -96,6 +96,7 @@ def test_defaults_match_table():
     assert defaults("master_console")["scale"] == 0.2
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("node, key, value, expected", [
     ("arm_controller", "command_timeout_ms", 5000.0, "out of range"),
     ("master_console", "scael", 0.2, "unknown parameter 'scael'"),

@@ -23,6 +23,9 @@ from telesurg.bags.storage import BagReader
 from telesurg.contract.topics import Qos
 from telesurg.ros.qos import qos_profile
 
+# Tier (setup.cfg markers): `telesurg record` processes and a ROS context on a DDS domain.
+pytestmark = pytest.mark.multiprocess
+
 DISCOVERY_TIMEOUT_S = 20.0  # discovery takes 0.5-3.5 s here; the recorder also imports rclpy
 STOP_TIMEOUT_S = 20.0
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,

@@ -541,6 +541,7 @@ def pose_times(received) -> list[tuple[float, int]]:
             for t, topic, data in received if topic == "/mtm/measured_cp"]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_replay_plays_every_message_in_order_with_the_recorded_timing(tmp_path, ros_env,
                                                                       storage):
@@ -564,6 +565,7 @@ def test_replay_plays_every_message_in_order_with_the_recorded_timing(tmp_path, 
     assert all(-0.1 <= a - o <= 0.4 for a, o in zip(arrivals, offsets, strict=True))
 
 
+@pytest.mark.multiprocess
 def test_replay_of_some_topics_plays_only_those(tmp_path, ros_env):
     bag = ros2_bag(tmp_path, "mcap")
     played = ("/console/clutch", "/mtm/measured_cp")
@@ -574,6 +576,7 @@ def test_replay_of_some_topics_plays_only_those(tmp_path, ros_env):
     assert f"published {sum(len(d) for d in found.values())} messages" in out
 
 
+@pytest.mark.multiprocess
 def test_replay_from_a_start_time_first_gives_the_states_then_in_force(tmp_path, ros_env):
     bag = ros2_bag(tmp_path, "mcap")
     out, received = replay(bag, ros_env, "--start", "0.8")
@@ -592,6 +595,7 @@ def test_replay_from_a_start_time_first_gives_the_states_then_in_force(tmp_path,
     assert f"published {2 + after_start} messages" in out  # the 2 states in force first
 
 
+@pytest.mark.multiprocess
 def test_replay_at_twice_the_rate_takes_half_the_time(tmp_path, ros_env):
     bag = ros2_bag(tmp_path, "mcap")
     _, received = replay(bag, ros_env, "--rate", "2")
@@ -619,6 +623,7 @@ def assert_refused_in_one_line(result, *naming: str) -> str:
     return lines[0]
 
 
+@pytest.mark.multiprocess
 def test_replay_of_a_topic_not_in_the_bag_is_refused_naming_it(tmp_path, ros_env):
     bag = ros2_bag(tmp_path, "mcap")
     result = run_cli("replay", str(bag), "--topics", "/console/clutch", "/psm/nope",
@@ -627,6 +632,7 @@ def test_replay_of_a_topic_not_in_the_bag_is_refused_naming_it(tmp_path, ros_env
     assert "/console/clutch," not in line.split("(it has")[0]  # only the missing one named
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("case", ["missing", "garbage_mcap", "garbage_db3", "cut_db3",
                                   "cut_mcap_header", "garbage_metadata", "empty_dir"])
 def test_replay_of_a_bag_it_cannot_read_is_refused_naming_the_file(tmp_path, ros_env, case):
@@ -657,6 +663,7 @@ def test_replay_of_a_bag_it_cannot_read_is_refused_naming_the_file(tmp_path, ros
     assert result.stdout == ""
 
 
+@pytest.mark.multiprocess
 def test_demo_replay_without_a_usable_master_bag_is_refused_before_any_node_starts(tmp_path,
                                                                                   ros_env):
     run_dir = tmp_path / "run"

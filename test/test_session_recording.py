@@ -14,7 +14,8 @@ from mcap_ros2.decoder import DecoderFactory
 from telesurg.contract.topics import SITE_TOPICS
 
 # Whole sessions on a shared 2-core machine (see test_session.py).
-pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=1)
+# Tier (setup.cfg markers): whole two-site `telesurg demo` sessions.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.flaky(reruns=1, reruns_delay=1)]
 
 
 def run_demo(env, *args, timeout=240):
