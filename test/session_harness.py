@@ -4,7 +4,7 @@ Brings up what `telesurg demo` brings up (telesurg.session.demo: open_links, pla
 of telesurg.contract.graph in NodeGroups): the master site (virtual surgeon, master console,
 bridge) and the patient site (bridge, safety supervisor, arm controller, MuJoCo simulator), each on
 its own DDS domain, joined only by the two bridges over links a and b. The links run either through
-the demo's emulated-links process (lan, geostationary_satellite, ... profiles; EmulatedLinks cuts
+the demo's emulated-links process (lan, geostationary_satellite, ... profiles; LinkEmulator cuts
 them) or, with netns=True, over two veth pairs between two network namespaces, the master site's
 processes in one and the patient site's in the other (`ip link set DEV down` cuts them;
 telesurg.bench.sessions, shared with the benchmarks, makes them and picks the DDS domains).
@@ -306,7 +306,7 @@ class Session:
         self.task, self.seed = task, seed
         self.say = say
         self.namespaces: Namespaces | None = Namespaces("fault") if netns else None
-        self.links = None  # EmulatedLinks, unless in namespaces
+        self.links = None  # LinkEmulator, unless in namespaces
         self.groups: dict[str, NodeGroup] = {}
         self.plans: dict[str, dict[str, tuple]] = {}
         self.domains: dict[str, int] = {}

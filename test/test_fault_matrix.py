@@ -555,7 +555,7 @@ def flap_down_s(flap: int) -> float:
 
 
 def test_flapping_links_end_consistent(lan_session):
-    """100 rapid down/up cycles of both links (EmulatedLinks.set_down), 30 ms up each: 50 with
+    """100 rapid down/up cycles of both links (LinkEmulator.set_down), 30 ms up each: 50 with
     30 ms down (under the bridges' 100 ms link timeout: the arm may go on following), then 50
     alternating 30 ms and 150 ms down (past the timeout: the link is LOST and the arm pauses).
     Afterwards: every node alive, the supervisor, the console and the arm controller agree

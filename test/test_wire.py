@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from telesurg.bridge.wire import (
     MAX_DATAGRAM_BYTES,
+    AntiReplayWindow,
     AuthenticationFailed,
     BadVersion,
     Datagram,
@@ -17,7 +18,6 @@ from telesurg.bridge.wire import (
     KeyFileError,
     MessageKind,
     ReflectedDatagram,
-    ReplayWindow,
     SequenceReuse,
     TruncatedDatagram,
     WireCodec,
@@ -125,7 +125,7 @@ def test_a_nonce_is_never_reused():
 
 def test_replayed_datagram_is_rejected_by_the_window():
     sender, receiver = codecs()
-    window = ReplayWindow()
+    window = AntiReplayWindow()
     datagram = sender.encode(MessageKind.DATA, 0, 1, 0, 1, b"move")
 
     assert window.accept(receiver.decode(datagram).sequence)
@@ -134,7 +134,7 @@ def test_replayed_datagram_is_rejected_by_the_window():
 
 
 def test_window_drops_sequences_older_than_its_width():
-    window = ReplayWindow(width=16)
+    window = AntiReplayWindow(width=16)
     assert window.accept(100)
     assert window.accept(85)  # 100 - 15: the oldest still in the window
     assert not window.accept(84)
@@ -158,7 +158,7 @@ def two_link_arrivals(draw, width):
 @settings(max_examples=100, deadline=None)
 @given(arrivals=two_link_arrivals(width=16))
 def test_window_passes_every_sequence_exactly_once(arrivals):
-    window = ReplayWindow(width=16)
+    window = AntiReplayWindow(width=16)
     passed = [sequence for sequence in arrivals if window.accept(sequence)]
 
     assert sorted(passed) == sorted(set(arrivals))
@@ -169,7 +169,7 @@ def test_window_passes_every_sequence_exactly_once(arrivals):
 @settings(max_examples=200, deadline=None)
 @given(arrivals=st.lists(st.integers(0, 100), max_size=300))
 def test_window_matches_a_model_with_unbounded_memory(arrivals):
-    window = ReplayWindow(width=16)
+    window = AntiReplayWindow(width=16)
     seen, highest, too_old, duplicates = set(), None, 0, 0
     for sequence in arrivals:
         if highest is not None and sequence <= highest - 16:

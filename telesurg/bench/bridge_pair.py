@@ -5,7 +5,7 @@ Transports, each a picklable spec that a site's process opens:
 
 - RawUdp: a plain socket at each end, straight to the other: the path without a bridge.
 - Bridge: a BridgeCore at each end (roles master and patient) on one or two links, straight on
-  loopback or each through a relay emulating a link profile (EmulatedLinks, its own process).
+  loopback or each through a relay emulating a link profile (LinkEmulator, its own process).
 - RosTopic: a publisher of /psm/servo_cp in the master site's DDS domain and a subscriber in the
   patient site's: the whole topic-to-topic path, through two bridge node processes.
 
@@ -49,7 +49,7 @@ from telesurg.contract import topics
 from telesurg.contract.graph import DEFAULT_LINKS
 from telesurg.contract.states import LINK_OVERALL_ID, LinkState, OverallState
 from telesurg.contract.topics import MASTER, PATIENT
-from telesurg.linkem.emulator import EmulatedLinks
+from telesurg.linkem.emulator import LinkEmulator
 
 SERVO_TOPIC = topics.PSM_SERVO_CP
 LOCALHOST = "127.0.0.1"
@@ -542,7 +542,7 @@ def bridge_ends(folder: Path, links: int = 2, profile: str | None = None, seed: 
                 ) -> Iterator[tuple[Bridge, Bridge, object]]:
     """(master spec, patient spec, emulated links or None) of two bridges joined by links a
     (and b if links is 2), straight on loopback or, with a profile, each link through a relay
-    emulating it (EmulatedLinks, seeded from seed: set_down(name, True) cuts a link)."""
+    emulating it (LinkEmulator, seeded from seed: set_down(name, True) cuts a link)."""
     names = DEFAULT_LINKS[:links]
     ports = free_udp_ports(2 * links)
     bridge_ports = {name: ports[2 * i:2 * i + 2] for i, name in enumerate(names)}
@@ -551,7 +551,7 @@ def bridge_ends(folder: Path, links: int = 2, profile: str | None = None, seed: 
         if profile is None:  # each bridge sends straight to the other's port
             peer_ports = {name: ends[::-1] for name, ends in bridge_ports.items()}
         else:
-            emulated = stack.enter_context(EmulatedLinks(
+            emulated = stack.enter_context(LinkEmulator(
                 [(name, profile, *bridge_ports[name], seed + 2 * i)
                  for i, name in enumerate(names)], folder / "emulated_links.log"))
             peer_ports = emulated.ports

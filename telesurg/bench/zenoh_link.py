@@ -3,7 +3,7 @@ carrying the failover benchmark's stream through the same link emulator with the
 outage, interleaved with telesurg's dual-link bridge pair.
 
 Two Zenoh peers in processes of their own, no router: the subscriber listens on one UDP
-endpoint per link; the publisher connects to each link's relay (EmulatedLinks) with its socket
+endpoint per link; the publisher connects to each link's relay (LinkEmulator) with its socket
 bound to the port that relay sends to, so every Zenoh datagram (handshake, keep-alives, data)
 crosses the emulator. UDP, not TCP: the emulator relays datagrams, and a latest-wins stream
 gains nothing from TCP retransmitting stale commands. The publisher uses what rmw_zenoh maps a
@@ -193,7 +193,7 @@ class _Peer:
 
 def cut_link(emulated, start_ns: int, name: str, start_s: float, down_s: float
              ) -> tuple[int, int]:
-    """Cut link `name` of EmulatedLinks from start_s after start_ns for down_s: (cut, restore)
+    """Cut link `name` of LinkEmulator from start_s after start_ns for down_s: (cut, restore)
     in monotonic ns, both stamped while the link is down. A command stamped between them is
     lost with the link, unless it is stamped so close to the restore that it leaves after."""
     time.sleep(max(0.0, start_s - (time.monotonic_ns() - start_ns) * 1e-9))
@@ -233,7 +233,7 @@ def zenoh_stream(profile: str, links: tuple[str, ...], rate_hz: float, duration_
     links its session had at the end.
     """
     from telesurg.bridge.config import free_udp_ports
-    from telesurg.linkem.emulator import EmulatedLinks
+    from telesurg.linkem.emulator import LinkEmulator
     from telesurg.linkem.model import PROFILES
 
     ports = free_udp_ports(2 * len(links))
@@ -249,7 +249,7 @@ def zenoh_stream(profile: str, links: tuple[str, ...], rate_hz: float, duration_
             f"--listen={udp_endpoint(port)}" for port in subscriber_ports)],
             log_dir / "subscriber.log")
         stack.callback(subscriber.close)
-        emulated = stack.enter_context(EmulatedLinks(
+        emulated = stack.enter_context(LinkEmulator(
             [(name, profile, publisher_port, subscriber_port, seed + 2 * index)
              for index, (name, publisher_port, subscriber_port)
              in enumerate(zip(links, publisher_ports, subscriber_ports, strict=True))],

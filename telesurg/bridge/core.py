@@ -29,9 +29,9 @@ from telesurg.bridge.config import BridgeConfig, LinkConfig
 from telesurg.bridge.link_health import HealthSnapshot, LinkHealth, LinkHealthConfig, StateChange
 from telesurg.bridge.wire import (
     MAX_DATAGRAM_BYTES,
+    AntiReplayWindow,
     DropCounters,
     MessageKind,
-    ReplayWindow,
     WireCodec,
     WireError,
     max_message_bytes,
@@ -129,7 +129,7 @@ class BridgeCore:
         self.peer_id = 0  # the trusted peer sender (0: none yet)
         self._candidate_id = 0  # the newest untrusted sender heard: the one our heartbeats answer
         self._replaced_ids: set[int] = set()
-        self._window = ReplayWindow()
+        self._window = AntiReplayWindow()
         self.drops = DropCounters()
         self.sent = 0
         self.delivered = 0
@@ -327,7 +327,7 @@ class BridgeCore:
         if self.peer_id:
             self._replaced_ids.add(self.peer_id)
         self.peer_id = sender
-        self._window = ReplayWindow()
+        self._window = AntiReplayWindow()
         return True
 
     def _take_echo(self, link: _Link, payload: bytes, now: float) -> None:

@@ -26,11 +26,11 @@ both links: sharing would need the link id outside the authenticated part, and t
 encryption of a small payload costs about a microsecond.
 
 Sender restarts. A bridge picks a random 64-bit sender id at each start, so a restarted bridge is
-a new sender with a new subkey, a new nonce space and, at the receiver, a new ReplayWindow.
+a new sender with a new subkey, a new nonce space and, at the receiver, a new AntiReplayWindow.
 Reusing an id with sequences starting over would reuse nonces and have the old window drop the
 new datagrams; WireCodec therefore draws the id itself unless a test passes one.
 
-Replay. Per sender, ReplayWindow drops the second PRP copy and any replayed datagram. It cannot
+Replay. Per sender, AntiReplayWindow drops the second PRP copy and any replayed datagram. It cannot
 tell a recording of an earlier session (another sender id, so a fresh window) from a restarted
 peer: the bridge checks freshness before trusting a new sender id (a heartbeat challenge, see
 telesurg.bridge.core).
@@ -259,7 +259,7 @@ class WireCodec:
                         topic_index, payload)
 
 
-class ReplayWindow:
+class AntiReplayWindow:
     """Accepts each sequence number of one sender at most once (duplicate copies, replays).
 
     Accepts every never-seen sequence above (highest accepted - width), in any order; the first

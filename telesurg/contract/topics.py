@@ -126,11 +126,14 @@ BRIDGE_LINK_STATE = Topic("/bridge/link_state", _DIAGNOSTICS, Qos.STATE, BOTH,
 DIAGNOSTICS = Topic("/diagnostics", _DIAGNOSTICS, Qos.EVENT, BOTH,
                     "every node with health to report")
 
+#: The crossing topics in the default bridge configuration's order, which gives each its index
+#: on the wire: master_to_patient first, then patient_to_master.
 TOPICS: tuple[Topic, ...] = (
-    MTM_MEASURED_CP, MTM_GRIPPER_MEASURED_JS, CONSOLE_CLUTCH, CONSOLE_OPERATOR_PRESENT,
-    CONSOLE_FOLLOWING, PSM_SERVO_CP, PSM_JAW_SERVO_JP, PSM_STATE_COMMAND, PSM_OPERATING_STATE,
-    SAFETY_STATUS, PSM_MEASURED_CP, PSM_SETPOINT_CP, PSM_MEASURED_JS, FORWARD_POSITION_COMMANDS,
-    JOINT_STATES, BRIDGE_LINK_STATE, DIAGNOSTICS,
+    MTM_MEASURED_CP, MTM_GRIPPER_MEASURED_JS, CONSOLE_CLUTCH,
+    PSM_SERVO_CP, PSM_JAW_SERVO_JP, PSM_STATE_COMMAND, CONSOLE_FOLLOWING, CONSOLE_OPERATOR_PRESENT,
+    PSM_MEASURED_CP, PSM_OPERATING_STATE, SAFETY_STATUS,
+    PSM_SETPOINT_CP, PSM_MEASURED_JS, FORWARD_POSITION_COMMANDS, JOINT_STATES,
+    BRIDGE_LINK_STATE, DIAGNOSTICS,
 )
 #: Topics every ROS 2 node has by itself: each site publishes its own.
 ROS_BUILTIN_TOPICS = frozenset({"/rosout", "/parameter_events"})

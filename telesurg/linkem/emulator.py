@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class EmulatedLinks:
+class LinkEmulator:
     """The demo's handle on the link process: its ports, and cutting or restoring a link."""
 
     def __init__(self, links: list[tuple[str, str, int, int, int]], log_path):
@@ -106,7 +106,7 @@ class EmulatedLinks:
             self.process.wait()
         self._log.close()
 
-    def __enter__(self) -> EmulatedLinks:
+    def __enter__(self) -> LinkEmulator:
         return self
 
     def __exit__(self, *exc_info) -> None:

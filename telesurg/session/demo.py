@@ -171,12 +171,12 @@ def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
     profile. Returns the bridge configuration file and the links' process."""
     from telesurg.bridge.config import free_udp_ports, write_loopback_bridge_config
     from telesurg.bridge.wire import write_key
-    from telesurg.linkem.emulator import EmulatedLinks
+    from telesurg.linkem.emulator import LinkEmulator
 
     write_key(out / "bridge.key")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     bridge_ports = {name: free_udp_ports(2) for name in DEFAULT_LINKS}
-    links = stack.enter_context(EmulatedLinks(
+    links = stack.enter_context(LinkEmulator(
         [(name, profile, *bridge_ports[name], 2 * seed) for seed, (name, profile)
          in enumerate(zip(DEFAULT_LINKS, options.link_profiles, strict=True))],
         out / "logs" / "emulated_links.log"))
@@ -185,7 +185,7 @@ def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
     return write_loopback_bridge_config(out, ends, link_timeout_ms=DEMO_LINK_TIMEOUT_MS), links
 
 
-class Operator:
+class ScriptedOperator:
     """The person at the console, in the master site's DDS domain: enables the arm at the start
     and, once the links are not all cut, resumes it after every pause (the surgeon then
     presses the operator-present pedal again to re-engage)."""
@@ -320,7 +320,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             if replay:  # the recorded surgeon's device, held still until the arm is enabled
                 player, replayer = replay.start_player(sites[0].node, replay_go, stop_replay, say)
             _wait_until_ready(groups, sites)
-            operator = Operator(sites[0].node, say)
+            operator = ScriptedOperator(sites[0].node, say)
             operator.enable(STARTUP_TIMEOUT_S)
             replay_go.set()
             say(f"graph up: {', '.join(n.spec.name for g in groups for n in g.nodes)}; "

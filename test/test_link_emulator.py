@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from telesurg.linkem.emulator import EmulatedLinks
+from telesurg.linkem.emulator import LinkEmulator
 
 # Tier (setup.cfg markers): the link emulator runs as its own process.
 pytestmark = pytest.mark.multiprocess
@@ -22,7 +22,7 @@ def test_links_relay_both_ways_and_a_cut_link_carries_nothing(tmp_path):
     spec = [(name, "perfect", master.getsockname()[1], patient.getsockname()[1], i)
             for i, (name, (master, patient)) in enumerate(ends.items())]
     try:
-        with EmulatedLinks(spec, tmp_path / "links.log") as links:
+        with LinkEmulator(spec, tmp_path / "links.log") as links:
             for name, (master, patient) in ends.items():
                 to_master, to_patient = links.ports[name]
                 master.sendto(b"command " + name.encode(), ("127.0.0.1", to_master))
@@ -53,5 +53,5 @@ def test_links_relay_both_ways_and_a_cut_link_carries_nothing(tmp_path):
 
 def test_a_link_process_that_cannot_start_says_where_to_look(tmp_path):
     with pytest.raises(RuntimeError, match="links.log"):
-        EmulatedLinks([("a", "no_such_profile", 1, 2, 0)], tmp_path / "links.log")
+        LinkEmulator([("a", "no_such_profile", 1, 2, 0)], tmp_path / "links.log")
     assert "no_such_profile" in (tmp_path / "links.log").read_text()
