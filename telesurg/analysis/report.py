@@ -1,7 +1,7 @@
 """`telesurg report`: report.html with figures of a recorded session (a run directory or a bag).
 
 Three layers, each usable alone:
-- reading (load_recording): the sites' bags (telesurg.bags.storage), decoded into ROS messages;
+- reading (load_recording): the sites' bags (telesurg.bags.storage), their messages decoded;
 - extraction (pose_track ... task_window): pure functions from decoded messages to plain arrays
   and intervals, in nanoseconds of the machine's wall clock (both sites' recorders and nodes run
   on it): receive times, or header stamps where those tell better when a thing happened;
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from telesurg.analysis import metrics
-from telesurg.bags.storage import BagError, BagReader
+from telesurg.bags.storage import BagError, BagReader, decode
 from telesurg.contract import topics
 from telesurg.contract.states import LINK_OVERALL_ID, OperatingState, OverallState
 from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS
@@ -93,10 +93,6 @@ def guess_site(topic_names) -> str:
 def load_recording(bags: dict[str | None, Path]) -> Recording:
     """Read and decode the topics the report draws from each bag (site None: guessed from its
     topics). Raises BagError naming the bag if it cannot be read or a message decoded."""
-    from rclpy.serialization import deserialize_message
-
-    from telesurg.ros.messages import message_class
-
     recording = Recording({}, {}, None, None)
     spans = []
     for site, path in bags.items():
@@ -113,9 +109,8 @@ def load_recording(bags: dict[str | None, Path]) -> Recording:
                 recording.unclosed.append(path)
         decoded = {}
         for topic, messages in raw.items():
-            cls = message_class(expected[topic])
             try:
-                decoded[topic] = [(t, deserialize_message(data, cls)) for t, data in messages]
+                decoded[topic] = [(t, decode(data, expected[topic])) for t, data in messages]
             except Exception as error:  # a corrupt CDR payload inside a readable bag
                 raise BagError(f"{path}: undecodable {topic} message: {error}") from None
         recording.bags[site] = path

@@ -35,7 +35,7 @@ from telesurg.analysis.metrics import (
 )
 from telesurg.arm.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
 from telesurg.bags.recorder import RECORDER_NODE_NAME
-from telesurg.bags.storage import BagReader
+from telesurg.bags.storage import BagReader, decode
 from telesurg.contract import topics
 from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, NodeSpec, nodes_of_site
 from telesurg.contract.params import ConfigError, load_parameter_file
@@ -456,12 +456,7 @@ def stamp_ns(message) -> int:
 
 def decoded(messages: dict, site: str, topic: topics.Topic) -> list[tuple[int, object]]:
     """(arrival ns, message) of a recorded topic at a site."""
-    from rclpy.serialization import deserialize_message
-
-    from telesurg.ros.messages import message_class
-
-    cls = message_class(topic.type_name)
-    return [(t, deserialize_message(data, cls)) for t, data in messages[site].get(topic.name, [])]
+    return [(t, decode(data, topic.type_name)) for t, data in messages[site].get(topic.name, [])]
 
 
 def command_tips(commands) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ from telesurg.analysis.metrics import (
     percentiles,
 )
 from telesurg.bags.player import Player
-from telesurg.bags.storage import BagError, BagReader
+from telesurg.bags.storage import BagError, BagReader, decode
 from telesurg.contract import topics
 from telesurg.contract.states import OperatingState
 from telesurg.contract.topics import MASTER, PATIENT
@@ -61,17 +61,9 @@ CATCH_UP_MS = 50.0
 PEDAL_PERIOD_S = 0.01
 
 
-def _decode(data: bytes, type_name: str):
-    from rclpy.serialization import deserialize_message
-
-    from telesurg.ros.messages import message_class
-
-    return deserialize_message(data, message_class(type_name))
-
-
 def tip_path(messages: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
     """Header stamps (ns) and tip positions (m) of recorded /psm/measured_cp messages."""
-    poses = [_decode(data, topics.PSM_MEASURED_CP.type_name) for _, data in messages]
+    poses = [decode(data, topics.PSM_MEASURED_CP.type_name) for _, data in messages]
     stamps = np.array([m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in poses],
                       dtype=np.int64)
     points = np.array([[m.pose.position.x, m.pose.position.y, m.pose.position.z]
@@ -85,13 +77,13 @@ def receive_times(messages: list[tuple[int, bytes]]) -> np.ndarray:
 
 
 def following_changes(following: list[tuple[int, bytes]]) -> list[tuple[int, bool]]:
-    return [(t, _decode(data, topics.CONSOLE_FOLLOWING.type_name).data) for t, data in following]
+    return [(t, decode(data, topics.CONSOLE_FOLLOWING.type_name).data) for t, data in following]
 
 
 def first_engagement(following: list[tuple[int, bytes]], after_ns: int) -> int | None:
     """Receive time of the first /console/following True at or after after_ns."""
     type_name = topics.CONSOLE_FOLLOWING.type_name
-    return next((t for t, data in following if t >= after_ns and _decode(data, type_name).data),
+    return next((t for t, data in following if t >= after_ns and decode(data, type_name).data),
                 None)
 
 
@@ -207,7 +199,7 @@ class ReplayPlan:
                                         topics.PSM_SERVO_CP)
             recorded = master.read_all([states.name, following.name, servo.name])
             enabled = next((t for t, data in recorded[states.name]
-                            if _decode(data, states.type_name).data == OperatingState.ENABLED),
+                            if decode(data, states.type_name).data == OperatingState.ENABLED),
                            None)
             if enabled is None:
                 raise BagError(f"{bags['master']}: the arm was never ENABLED in this recording; "
@@ -242,7 +234,7 @@ class ReplayPlan:
             lambda topic, pressed: player.publishers[topic].publish(Bool(data=pressed)), say)
 
         def taker(topic: str):
-            return lambda data: surgeon.take(topic, _decode(data, SURGEON_TOPICS[topic]).data,
+            return lambda data: surgeon.take(topic, decode(data, SURGEON_TOPICS[topic]).data,
                                              player.position_ns)
 
         player = Player(node, reader, list(SURGEON_TOPICS), self.start_s,
