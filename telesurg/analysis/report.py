@@ -25,9 +25,9 @@ import numpy as np
 from telesurg.analysis import metrics
 from telesurg.bags.storage import BagError, BagReader, decode
 from telesurg.contract import topics
+from telesurg.contract.fields import link_state_values, stamp_ns, tip_position
 from telesurg.contract.states import LINK_OVERALL_ID, OperatingState, OverallState
 from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS
-from telesurg.session.demo import link_state_values, stamp_ns
 from telesurg.session.playback import BAG_DIRS
 
 DPI = 100
@@ -171,8 +171,7 @@ def pose_track(poses: list[tuple[int, object]]) -> Track:
     """Tip positions of PoseStamped messages by header stamp (when the pose was true), sorted,
     one per stamp."""
     stamps = np.array([stamp_ns(message) for _, message in poses], dtype=np.int64)
-    positions = np.array([[m.pose.position.x, m.pose.position.y, m.pose.position.z]
-                          for _, m in poses], dtype=float).reshape(-1, 3)
+    positions = np.array([tip_position(m) for _, m in poses], dtype=float).reshape(-1, 3)
     stamps, first = np.unique(stamps, return_index=True)
     return Track(stamps, positions[first])
 

@@ -37,6 +37,7 @@ from telesurg.arm.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, 
 from telesurg.bags.recorder import RECORDER_NODE_NAME
 from telesurg.bags.storage import BagReader, decode
 from telesurg.contract import topics
+from telesurg.contract.fields import link_state_values, stamp_ns, tip_position
 from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, NodeSpec, nodes_of_site
 from telesurg.contract.params import ConfigError, load_parameter_file
 from telesurg.contract.resources import default_config, fastdds_profile
@@ -450,10 +451,6 @@ def _wait_until_ready(groups: list[NodeGroup], sites: list[Site]) -> None:
                     "never joined); see the logs")
 
 
-def stamp_ns(message) -> int:
-    return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
-
-
 def decoded(messages: dict, site: str, topic: topics.Topic) -> list[tuple[int, object]]:
     """(arrival ns, message) of a recorded topic at a site."""
     return [(t, decode(data, topic.type_name)) for t, data in messages[site].get(topic.name, [])]
@@ -466,8 +463,7 @@ def command_tips(commands) -> list[np.ndarray]:
 
 def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
     def tips(site, topic):
-        return {stamp_ns(m): np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
-                for _, m in decoded(messages, site, topic)}
+        return {stamp_ns(m): tip_position(m) for _, m in decoded(messages, site, topic)}
 
     goals = tips(MASTER, topics.PSM_SERVO_CP)
     setpoints = tips(PATIENT, topics.PSM_SETPOINT_CP)
@@ -537,12 +533,6 @@ def print_summary(summary: dict, say=print) -> None:
             f"({summary['replay_rebased_stretches']} stretches compared from their start)")
 
 
-def link_state_values(message) -> dict[str, tuple[str, dict[str, str]]]:
-    """A /bridge/link_state report as {hardware id ('overall' or a link): (state, values)}."""
-    return {status.hardware_id: (status.message, {v.key: v.value for v in status.values})
-            for status in message.status}
-
-
 def network_summary(master_states: list, patient_states: list) -> dict:
     """Command delivery and link figures from each site bridge's reports: the final counters
     (after the drain), and per link the patient bridge's view over the session."""
@@ -605,9 +595,9 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
                                 "cause": after["cause"]})
     holds = [(stamp_ns(m), hold) for _, m in decoded(messages, PATIENT, topics.DIAGNOSTICS)
              for hold in map(ArmHold.of, m.status) if hold is not None]
-    setpoints = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, PATIENT,
+    setpoints = sorted((stamp_ns(m), tip_position(m)) for _, m in decoded(messages, PATIENT,
                                                                    topics.PSM_SETPOINT_CP))
-    measured = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, PATIENT,
+    measured = sorted((stamp_ns(m), tip_position(m)) for _, m in decoded(messages, PATIENT,
                                                                   topics.PSM_MEASURED_CP))
     commands = decoded(messages, PATIENT, topics.FORWARD_POSITION_COMMANDS)
     tips = command_tips(commands)
@@ -671,11 +661,6 @@ def _hold_start(holds: list[tuple[int, ArmHold]], paused_at: int) -> int | None:
         if stamp >= paused_at - 100_000_000 and hold.paused:
             return start
     return None
-
-
-def _tip(message) -> np.ndarray:
-    position = message.pose.position
-    return np.array([position.x, position.y, position.z])
 
 
 def _last_datagram_before_lost(link_states: list, before_ns: int) -> int | None:

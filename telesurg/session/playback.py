@@ -30,6 +30,7 @@ from telesurg.analysis.metrics import (
 from telesurg.bags.player import Player
 from telesurg.bags.storage import BagError, BagReader, decode
 from telesurg.contract import topics
+from telesurg.contract.fields import stamp_ns, tip_position
 from telesurg.contract.states import OperatingState
 from telesurg.contract.topics import MASTER, PATIENT
 from telesurg.master.surgeon import PresenceRetry
@@ -64,10 +65,8 @@ PEDAL_PERIOD_S = 0.01
 def tip_path(messages: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
     """Header stamps (ns) and tip positions (m) of recorded /psm/measured_cp messages."""
     poses = [decode(data, topics.PSM_MEASURED_CP.type_name) for _, data in messages]
-    stamps = np.array([m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in poses],
-                      dtype=np.int64)
-    points = np.array([[m.pose.position.x, m.pose.position.y, m.pose.position.z]
-                       for m in poses]).reshape(-1, 3)
+    stamps = np.array([stamp_ns(m) for m in poses], dtype=np.int64)
+    points = np.array([tip_position(m) for m in poses]).reshape(-1, 3)
     order = np.argsort(stamps, kind="stable")
     return stamps[order], points[order]
 
