@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from telesurg.analysis.metrics import largest_step
-from telesurg.arm.kinematics import ARM_JOINT_NAMES, BASE_FRAME, forward
+from telesurg.analysis.summary import command_tip
+from telesurg.arm.kinematics import BASE_FRAME
 from telesurg.bench.sessions import (
     Namespaces,
     NetnsUnavailable,  # noqa: F401 - the fault tests catch it from here
@@ -258,10 +259,6 @@ class SiteProbe:
 
 
 # -- message helpers -----------------------------------------------------------------------------
-
-def command_tip(message) -> np.ndarray:
-    return forward(np.asarray(message.data[:len(ARM_JOINT_NAMES)]))[:3, 3]
-
 
 def overall_state(message) -> str | None:
     return next((s.message for s in message.status if s.hardware_id == "overall"), None)

@@ -27,6 +27,7 @@ from telesurg.analysis.metrics import (
     path_deviation,
     percentiles,
 )
+from telesurg.analysis.recording import BAG_DIRS
 from telesurg.bags.player import Player
 from telesurg.bags.storage import BagError, BagReader, decode
 from telesurg.contract import topics
@@ -50,7 +51,6 @@ PEDAL_TOPICS = (PRESENCE_TOPIC, CLUTCH_TOPIC)
 MASTER_BAG_TOPICS = {**SURGEON_TOPICS, **_types(topics.PSM_OPERATING_STATE,
                                                 topics.CONSOLE_FOLLOWING, topics.PSM_SERVO_CP)}
 PATIENT_BAG_TOPICS = _types(topics.PSM_MEASURED_CP)
-BAG_DIRS = {MASTER: "master_bag", PATIENT: "patient_bag"}
 #: How far from the aligned time a replayed tip position may match the recorded path: the
 #: stalls of a busy machine delay either session by this order, in time but not in space.
 REPLAY_WINDOW_MS = 100.0
