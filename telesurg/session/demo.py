@@ -361,7 +361,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     summary.update(safety_summary(messages, sites[1].link_states, started_ns, task_ended_ns))
     if replay:
         summary["replay_of"] = str(options.replay)
-        summary.update(replay.deviation(messages, replayer.played_at_ns))
+        summary.update(replay.reference.deviation(messages, replayer.played_at_ns))
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
