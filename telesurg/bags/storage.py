@@ -326,14 +326,6 @@ def _reason(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
-def qos_to_dict(qos: Qos) -> dict:
-    """A recorded QoS profile as plain values (the keys of rosbag2's metadata.yaml)."""
-    return {"history": qos.history.name.lower(), "depth": qos.depth,
-            "reliability": qos.reliability.name.lower(),
-            "durability": qos.durability.name.lower(),
-            "liveliness": qos.liveliness.name.lower()}
-
-
 def make_qos(history: int, depth: int, reliability: int, durability: int,
              liveliness: int = 1) -> Qos:
     """A rosbags QoS profile from the integer policy values ROS uses (as rclpy's enums)."""
