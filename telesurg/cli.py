@@ -277,7 +277,8 @@ def _keygen(args) -> int:
 
 
 def _demo(args) -> int:
-    from telesurg.session.demo import DemoError, DemoOptions, print_summary, run_demo
+    from telesurg.analysis.summary import print_summary
+    from telesurg.session.demo import DemoError, DemoOptions, run_demo
 
     options = DemoOptions(task=args.task, duration_s=args.duration, seed=args.seed,
                           out=args.out, config=args.config,

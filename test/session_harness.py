@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from telesurg.analysis.metrics import largest_step
-from telesurg.arm.kinematics import ARM_JOINT_NAMES, BASE_FRAME, forward
+from telesurg.analysis.summary import command_tip
+from telesurg.arm.kinematics import BASE_FRAME
 from telesurg.bench.sessions import (
     Namespaces,
     NetnsUnavailable,  # noqa: F401 - the fault tests catch it from here
@@ -52,6 +53,7 @@ from telesurg.bench.sessions import (
     start_in_namespace,
 )
 from telesurg.bridge.wire import write_key
+from telesurg.contract.fields import set_stamp_ns, stamp_ns, tip_position
 from telesurg.contract.resources import default_config
 from telesurg.contract.topics import BRIDGE_LINK_STATE
 from telesurg.ros.messages import message_class
@@ -61,7 +63,6 @@ from telesurg.session.demo import (
     open_links,
     plan_sites,
     session_environment,
-    stamp_ns,
 )
 from telesurg.session.processes import NodeGroup, NodeProcess, die_with_parent
 
@@ -258,15 +259,6 @@ class SiteProbe:
 
 
 # -- message helpers -----------------------------------------------------------------------------
-
-def pose_tip(message) -> np.ndarray:
-    position = message.pose.position
-    return np.array([position.x, position.y, position.z])
-
-
-def command_tip(message) -> np.ndarray:
-    return forward(np.asarray(message.data[:len(ARM_JOINT_NAMES)]))[:3, 3]
-
 
 def overall_state(message) -> str | None:
     return next((s.message for s in message.status if s.hardware_id == "overall"), None)
@@ -656,7 +648,7 @@ class Session:
         end = end_ns if end_ns is not None else time.time_ns()
         messages = self._decoded("patient", "/psm/measured_cp", start_ns - 1000 * MS,
                                  end + 1000 * MS)
-        return sorted((stamp_ns(m), pose_tip(m)) for _, m in messages
+        return sorted((stamp_ns(m), tip_position(m)) for _, m in messages
                       if start_ns <= stamp_ns(m) <= end)
 
     def latest_measured(self):
@@ -673,7 +665,7 @@ class Session:
     def servo_commands(self, start_ns: int, end_ns: int | None = None) -> list:
         """(arrival, stamp, tip) of the /psm/servo_cp that arrived at the patient site in
         [start_ns, end_ns]."""
-        return [(t, stamp_ns(m), pose_tip(m))
+        return [(t, stamp_ns(m), tip_position(m))
                 for t, m in self._decoded("patient", "/psm/servo_cp", start_ns, end_ns)]
 
     def servo_goals(self, start_ns: int, end_ns: int | None = None) -> list:
@@ -698,10 +690,9 @@ def forged_pose(measured, offset_m: np.ndarray):
 
     message = PoseStamped()
     message.header.frame_id = BASE_FRAME
-    message.header.stamp.sec, message.header.stamp.nanosec = divmod(time.time_ns(),
-                                                                     1_000_000_000)
+    set_stamp_ns(message, time.time_ns())
     message.pose.orientation = measured.pose.orientation
-    position = pose_tip(measured) + offset_m
+    position = tip_position(measured) + offset_m
     message.pose.position.x, message.pose.position.y, message.pose.position.z = (
         float(v) for v in position)
     return message

@@ -17,7 +17,6 @@ from telesurg.arm.kinematics import (
     JOINT_NAMES,
     PITCH_TO_YAW_M,
     YAW_TO_TIP_M,
-    clamp_to_limits,
     forward,
     inverse,
 )
@@ -51,7 +50,8 @@ def test_joint_tables_agree():
     assert JOINT_NAMES == ARM_JOINT_NAMES + (JAW_JOINT_NAME,)
     assert set(JOINT_LIMITS) == set(JOINT_NAMES)
     assert HOME_POSITIONS.shape == (len(JOINT_NAMES),)
-    assert clamp_to_limits(HOME_POSITIONS)[1] == []
+    assert all(JOINT_LIMITS[name].lower <= value <= JOINT_LIMITS[name].upper
+               for name, value in zip(JOINT_NAMES, HOME_POSITIONS, strict=True))
 
 
 def test_home_points_the_instrument_straight_down():
@@ -194,8 +194,6 @@ def test_non_finite_input_raises(bad):
         forward(q)
     with pytest.raises(ValueError):
         inverse(forward(HOME_POSITIONS[:len(ARM_JOINT_NAMES)]), seed=q)
-    with pytest.raises(ValueError):
-        clamp_to_limits(q)
 
 
 def test_wrong_shapes_raise():
@@ -203,21 +201,3 @@ def test_wrong_shapes_raise():
         inverse(np.eye(3))
     with pytest.raises(ValueError):
         forward(HOME_POSITIONS)  # 7 values: forward takes the 6 arm joints
-    with pytest.raises(ValueError):
-        clamp_to_limits([0.0] * 5)
-
-
-def test_clamp_to_limits():
-    q = HOME_POSITIONS.copy()
-    q[0] = 2.0
-    q[JOINT_NAMES.index(JAW_JOINT_NAME)] = -0.1
-    clamped, out_of_range = clamp_to_limits(q)
-    assert out_of_range == ["outer_yaw", JAW_JOINT_NAME]
-    assert clamped[0] == JOINT_LIMITS["outer_yaw"].upper
-    assert clamped[-1] == JOINT_LIMITS[JAW_JOINT_NAME].lower
-    np.testing.assert_array_equal(clamped[1:-1], q[1:-1])
-    assert q[0] == 2.0  # a copy: the input is untouched
-    arm = HOME_POSITIONS[:len(ARM_JOINT_NAMES)]
-    clamped_arm, nothing = clamp_to_limits(arm)
-    np.testing.assert_array_equal(clamped_arm, arm)
-    assert nothing == []

@@ -1,7 +1,7 @@
 """The link emulator's statistics match its settings; queue, outages, seeds and parsing behave."""
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -11,7 +11,6 @@ from telesurg.linkem.model import (
     GilbertElliott,
     LinkModel,
     LinkProfile,
-    LinkStats,
     Outage,
     outage_timeline,
     parse_outage,
@@ -20,6 +19,50 @@ from telesurg.linkem.model import (
 DATAGRAM_BYTES = 200
 # A cellular-like path without loss, for the delay statistics.
 JITTERY = LinkProfile(delay_ms=70.0, jitter_ms=4.0)
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """What a run of datagrams through a link showed. Delays are of each datagram's first copy.
+
+    Percentages: loss of sent datagrams; duplicates and reordering of delivered ones, reordered
+    meaning delivered before some datagram sent earlier (the overtaker is the one counted).
+    """
+
+    sent: int
+    delivered: int
+    mean_delay_ms: float
+    delay_std_ms: float
+    loss_pct: float
+    duplicate_pct: float
+    reorder_pct: float
+    mean_loss_burst: float  # mean run length of consecutive lost datagrams
+    loss_bursts: int
+
+    @classmethod
+    def from_run(cls, send_times, deliveries: list[list[float]]) -> "LinkStats":
+        """Statistics from send times (in send order) and the schedule() answer for each."""
+        send_times = np.asarray(send_times, dtype=float)
+        lost = np.array([not times for times in deliveries], dtype=bool)
+        first = np.array([times[0] for times in deliveries if times], dtype=float)
+        delays_ms = 1e3 * (first - send_times[~lost])
+        duplicates = sum(len(times) > 1 for times in deliveries)
+        overtakers = int(np.count_nonzero(first[1:] < np.maximum.accumulate(first)[:-1]))
+        # Loss bursts: runs of True in lost, found at their rising and falling edges.
+        edges = np.diff(np.concatenate(([0], lost.astype(np.int8), [0])))
+        burst_lengths = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+        delivered = len(first)
+        return cls(
+            sent=len(deliveries),
+            delivered=delivered,
+            mean_delay_ms=float(delays_ms.mean()) if delivered else math.nan,
+            delay_std_ms=float(delays_ms.std()) if delivered else math.nan,
+            loss_pct=100.0 * int(np.count_nonzero(lost)) / max(1, len(deliveries)),
+            duplicate_pct=100.0 * duplicates / max(1, delivered),
+            reorder_pct=100.0 * overtakers / max(1, delivered),
+            mean_loss_burst=float(burst_lengths.mean()) if len(burst_lengths) else 0.0,
+            loss_bursts=len(burst_lengths),
+        )
 
 
 def _run(profile, count, rate_hz=1000.0, seed=1, outages=()):

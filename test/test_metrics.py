@@ -12,10 +12,16 @@ from telesurg.analysis.metrics import (
     limit_violations,
     motion_while_held,
     percentiles,
-    tracking_errors,
+    tracking_error_series,
 )
 
 MS = 1_000_000
+
+
+def arrays(positions: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Time-ordered stamps and positions of {stamp: position}."""
+    stamps = sorted(positions)
+    return np.array(stamps, dtype=np.int64), np.array([positions[s] for s in stamps])
 
 
 def test_tracking_error_compares_with_the_setpoint_in_force_when_measured():
@@ -26,9 +32,10 @@ def test_tracking_error_compares_with_the_setpoint_in_force_when_measured():
                 25 * MS: np.array([0.025, 0.0, 0.002]),   # 2 mm off the path
                 100 * MS: np.array([9.0, 9.0, 9.0]),      # setpoints too far apart: skipped
                 300 * MS: np.zeros(3)}                   # after the last setpoint: skipped
-    np.testing.assert_allclose(tracking_errors(setpoints, measured), [0.0, 0.001, 0.002],
-                               atol=1e-12)
-    assert tracking_errors(setpoints, {300 * MS: np.zeros(3)}).size == 0
+    stamps, errors = tracking_error_series(*arrays(setpoints), *arrays(measured))
+    assert stamps.tolist() == [5 * MS, 15 * MS, 25 * MS]
+    np.testing.assert_allclose(errors, [0.0, 0.001, 0.002], atol=1e-12)
+    assert tracking_error_series(*arrays(setpoints), *arrays({300 * MS: np.zeros(3)}))[1].size == 0
 
 
 def test_percentiles_scale_and_empty():

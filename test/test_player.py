@@ -34,8 +34,17 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from std_msgs.msg import Bool, String
 
 from telesurg.analysis.metrics import command_gaps, following_stretches, path_deviation
+from telesurg.analysis.playback import ReplayReference
+from telesurg.analysis.recording import Track
 from telesurg.bags.player import check_topics, latched_before, publisher_qos, schedule
 from telesurg.bags.storage import TYPESTORE, BagError, BagReader, BagTopic, BagWriter, make_qos
+from telesurg.master.replayed_surgeon import (
+    CLUTCH_TOPIC,
+    PRESENCE_TOPIC,
+    ReplayedPresence,
+    ReplaySurgeon,
+    following_at,
+)
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -241,15 +250,12 @@ def recorded_session(stamps_ns, tips, following, commands_ns):
 
 
 def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause():
-    from telesurg.session.playback import ReplayPlan
-
     stamps = START_NS + np.arange(0, 10_000, 10, dtype=np.int64) * MS  # 100 Hz tips, 10 s
     path = reference_path(stamps)
     path[stamps < START_NS + 1 * S] = path[stamps >= START_NS + 1 * S][0]  # held until 1 s
     engage = START_NS + 1 * S
     commands = np.arange(engage, stamps[-1], 4 * MS)
-    plan = ReplayPlan(Path("run"), Path("run/master_bag"), 0.0, 10.0, engage,
-                      [(engage, True)], commands, stamps, path, START_NS)
+    reference = ReplayReference(START_NS, engage, [(engage, True)], commands, Track(stamps, path))
 
     # The same session again, 3 s later: in step to the end, on the path.
     later = 3 * S
@@ -257,7 +263,7 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
     # Aligned by the player's clock (the recording's start played 3 s later) or, without
     # it, on the first engagement: the same.
     for played_at in (START_NS + later, None):
-        figures = plan.deviation(same, played_at)
+        figures = reference.deviation(same, played_at)
         assert figures["replay_deviation_mm"]["max"] < 1e-6
     assert figures["replay_deviation_mm"]["max"] < 1e-6
     assert figures["replay_in_step_to_end"] and figures["replay_differences"] == 0
@@ -265,7 +271,7 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
     assert figures["replay_following_s"] == pytest.approx(9.0, abs=0.02)
 
     # 1 mm off along z: 1 mm.
-    off = plan.deviation(recorded_session(stamps + later, path + [0.0, 0.0, 0.001],
+    off = reference.deviation(recorded_session(stamps + later, path + [0.0, 0.0, 0.001],
                                           [(engage + later, True)], commands + later),
                          START_NS + later)
     assert off["replay_deviation_mm"]["p50"] == pytest.approx(1.0, abs=1e-3)
@@ -283,7 +289,7 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
         stamps + later, paused,
         [(engage + later, True), (pause + later, False), (resume + later, True)],
         commands[(commands < pause) | (commands >= resume)] + later)
-    figures = plan.deviation(replay, START_NS + later)
+    figures = reference.deviation(replay, START_NS + later)
     assert figures["replay_deviation_mm"]["max"] < 1e-6
     assert (figures["replay_stretches"], figures["replay_rebased_stretches"]) == (2, 1)
     assert figures["replay_differences"] == 1 and not figures["replay_in_step_to_end"]
@@ -294,7 +300,7 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
     behind = path.copy()
     behind[stamps < late] = path[stamps == engage][0]
     behind[stamps >= late] -= path[stamps == late][0] - path[stamps == engage][0]
-    figures = plan.deviation(recorded_session(stamps + later, behind, [(late + later, True)],
+    figures = reference.deviation(recorded_session(stamps + later, behind, [(late + later, True)],
                                               commands[commands >= late] + later),
                              START_NS + later)
     assert figures["replay_deviation_mm"]["max"] < 1e-6
@@ -306,8 +312,6 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
 
 
 def test_replayed_presence_presses_again_only_where_the_recording_went_on_following():
-    from telesurg.session.playback import ReplayedPresence
-
     presence = ReplayedPresence(patience_s=0.3, release_s=0.2)
 
     def pedal(t, recorded_following, following, recorded_pedal=True, clutch=False):
@@ -329,8 +333,6 @@ def test_replayed_presence_presses_again_only_where_the_recording_went_on_follow
 
 
 def test_the_replayed_surgeon_never_presses_a_pedal_held_at_the_start_and_presses_again():
-    from telesurg.session.playback import CLUTCH_TOPIC, PRESENCE_TOPIC, ReplaySurgeon
-
     now = [0.0]
     published, said = [], []
     surgeon = ReplaySurgeon([(5 * S, True)], lambda topic, down: published.append((topic, down)),
@@ -360,8 +362,6 @@ def test_the_replayed_surgeon_never_presses_a_pedal_held_at_the_start_and_presse
 
 
 def test_following_at_reads_the_state_in_force():
-    from telesurg.session.playback import following_at
-
     changes = [(10, True), (20, False), (30, True)]
     assert [following_at(changes, t) for t in (5, 10, 15, 20, 29, 30, 99)] == \
         [False, True, True, False, False, True, True]

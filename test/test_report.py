@@ -13,20 +13,16 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 from std_msgs.msg import Bool, String
 
-from telesurg.analysis.metrics import tracking_errors
+from telesurg.analysis.recording import safety_states, transitions
 from telesurg.analysis.report import (
     FIGURES,
-    Track,
     flatten,
     link_history,
     link_outages,
     lost_intervals,
     run_report,
-    safety_states,
     state_runs,
     task_window,
-    tracking_error_series,
-    transitions,
     write_report,
 )
 from telesurg.bags.storage import IN_PROGRESS, RECORDING_KEY, BagWriter
@@ -213,7 +209,7 @@ def test_transitions_carry_their_causes_and_skip_bad_reports():
                 for t, state, cause in SAFETY]
     statuses.insert(2, (1, String(data="not json")))
     changes = transitions(safety_states(statuses))
-    assert [(c.time_ns, c.before, c.after, c.cause) for c in changes] == [
+    assert [(c.time_ns, c.previous, c.current, c.cause) for c in changes] == [
         (500 * MS, "DISABLED", "ENABLED", "enable command"),
         (3000 * MS, "ENABLED", "PAUSED", "link lost"),
         (3500 * MS, "PAUSED", "ENABLED", "resume command")]
@@ -228,23 +224,6 @@ def test_task_window_anchored_on_a_recorded_transition():
     assert task_window({"duration_s": 1.0, "transitions": []}, recorded) is None
 
 
-def test_tracking_error_series_agrees_with_the_summary_metric():
-    rng = np.random.default_rng(3)
-    set_stamps = np.cumsum(rng.integers(1, 80, 300)) * MS  # some gaps beyond 50 ms
-    measured_stamps = np.sort(rng.integers(0, set_stamps[-1] + 50 * MS, 400))
-    measured_stamps = np.unique(measured_stamps)
-    setpoints = {int(s): rng.normal(size=3) for s in set_stamps}
-    measured = {int(s): rng.normal(size=3) for s in measured_stamps}
-
-    def track(points):
-        stamps = np.array(sorted(points), dtype=np.int64)
-        return Track(stamps, np.array([points[s] for s in stamps]))
-
-    stamps, errors = tracking_error_series(track(setpoints), track(measured))
-    assert stamps.size == errors.size > 100
-    np.testing.assert_allclose(errors, tracking_errors(setpoints, measured))
-
-
 def test_the_figures_data_reflects_the_recording(report, run_dir):
     # A figure's data comes from the same extraction: checked through it on the real bags.
     from telesurg.analysis.report import extract_session, find_sources, load_recording
@@ -255,7 +234,7 @@ def test_the_figures_data_reflects_the_recording(report, run_dir):
     np.testing.assert_allclose(errors * 1e3, 0.3, atol=1e-6)
     times, ages = session.command_age
     assert np.isclose(ages.min(), 5.0) and np.isclose(ages.max(), 150.0)
-    assert session.following[1] == (T0 + 700 * MS, "following")  # the master's copy
+    assert session.following[1] == (T0 + 700 * MS, True)  # the master's copy
     assert session.task == (TASK_START_NS, TASK_START_NS + 3200 * MS)
 
 

@@ -20,25 +20,14 @@ def percentiles(values, scale: float = 1.0) -> dict[str, float | None]:
             "max": round(float(values.max()), 4)}
 
 
-def tracking_errors(setpoints: dict[int, np.ndarray], measured: dict[int, np.ndarray],
-                    max_gap_s: float = 0.05) -> np.ndarray:
-    """Tip distance between each measured pose and the setpoint in force when it was measured
-    (interpolated between the setpoints around it), so that the age of a measurement when it
-    reached the controller does not count as tracking error. Measurements without setpoints
-    less than max_gap_s apart around them are skipped."""
-    set_stamps, stamps = sorted(setpoints), sorted(measured)
-    return tracking_error_series(
-        np.array(set_stamps, dtype=np.int64),
-        np.array([setpoints[s] for s in set_stamps]).reshape(-1, 3),
-        np.array(stamps, dtype=np.int64),
-        np.array([measured[s] for s in stamps]).reshape(-1, 3), max_gap_s)[1]
-
-
 def tracking_error_series(set_stamps: np.ndarray, set_positions: np.ndarray,
                           stamps: np.ndarray, positions: np.ndarray,
                           max_gap_s: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """tracking_errors over time, from time-ordered arrays: (the measured stamps kept, their
-    tip distances)."""
+    """Tip distance between each measured pose (time-ordered stamps ns, positions) and the
+    setpoint in force when it was measured (interpolated between the setpoints around it), so
+    that the age of a measurement when it reached the controller does not count as tracking
+    error: (the measured stamps kept, their distances). Measurements without setpoints less
+    than max_gap_s apart around them are skipped."""
     if set_stamps.size < 2 or not stamps.size:
         return np.array([], dtype=np.int64), np.array([])
     after = np.searchsorted(set_stamps, stamps)

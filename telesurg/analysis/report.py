@@ -1,10 +1,10 @@
 """`telesurg report`: report.html with figures of a recorded session (a run directory or a bag).
 
 Three layers, each usable alone:
-- reading (load_recording): the sites' bags (telesurg.bags.storage), decoded into ROS messages;
-- extraction (pose_track ... task_window): pure functions from decoded messages to plain arrays
-  and intervals, in nanoseconds of the machine's wall clock (both sites' recorders and nodes run
-  on it): receive times, or header stamps where those tell better when a thing happened;
+- reading (load_recording): the sites' bags (telesurg.bags.storage), their messages decoded;
+- extraction (command_ages ... task_window, over telesurg.analysis.recording's streams): pure
+  functions from decoded messages to plain arrays and intervals, in nanoseconds of the
+  machine's wall clock;
 - drawing and writing (FIGURES, render_html): one PNG per figure with matplotlib's Agg backend,
   and the page. A figure whose topics were not recorded is skipped, and the page says why.
 """
@@ -22,13 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from telesurg.analysis import metrics
-from telesurg.bags.storage import BagError, BagReader
+from telesurg.analysis.recording import (
+    BAG_DIRS,
+    Track,
+    Transition,
+    following_changes,
+    pose_track,
+    safety_states,
+    tracking_error_series,
+    transitions,
+)
+from telesurg.bags.storage import BagError, BagReader, decode
 from telesurg.contract import topics
+from telesurg.contract.fields import link_state_values, stamp_ns
 from telesurg.contract.states import LINK_OVERALL_ID, OperatingState, OverallState
 from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS
-from telesurg.session.demo import link_state_values, stamp_ns
-from telesurg.session.playback import BAG_DIRS
 
 DPI = 100
 FIGURES_DIR = "figures"
@@ -93,10 +101,6 @@ def guess_site(topic_names) -> str:
 def load_recording(bags: dict[str | None, Path]) -> Recording:
     """Read and decode the topics the report draws from each bag (site None: guessed from its
     topics). Raises BagError naming the bag if it cannot be read or a message decoded."""
-    from rclpy.serialization import deserialize_message
-
-    from telesurg.ros.messages import message_class
-
     recording = Recording({}, {}, None, None)
     spans = []
     for site, path in bags.items():
@@ -113,9 +117,8 @@ def load_recording(bags: dict[str | None, Path]) -> Recording:
                 recording.unclosed.append(path)
         decoded = {}
         for topic, messages in raw.items():
-            cls = message_class(expected[topic])
             try:
-                decoded[topic] = [(t, deserialize_message(data, cls)) for t, data in messages]
+                decoded[topic] = [(t, decode(data, expected[topic])) for t, data in messages]
             except Exception as error:  # a corrupt CDR payload inside a readable bag
                 raise BagError(f"{path}: undecodable {topic} message: {error}") from None
         recording.bags[site] = path
@@ -131,29 +134,10 @@ def load_recording(bags: dict[str | None, Path]) -> Recording:
 
 
 @dataclass(frozen=True)
-class Track:
-    """Tip positions by time: times_ns (n,) int64, in time order, and positions_m (n, 3)."""
-
-    times_ns: np.ndarray
-    positions_m: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.times_ns)
-
-
-@dataclass(frozen=True)
 class Interval:
     start_ns: int
     end_ns: int
     state: str
-
-
-@dataclass(frozen=True)
-class Transition:
-    time_ns: int
-    before: str
-    after: str
-    cause: str
 
 
 @dataclass(frozen=True)
@@ -170,23 +154,6 @@ class LinkSeries:
 class LinkHistory:
     links: dict[str, LinkSeries]
     overall: list[tuple[int, str]]  # REDUNDANT / SINGLE / LOST
-
-
-def pose_track(poses: list[tuple[int, object]]) -> Track:
-    """Tip positions of PoseStamped messages by header stamp (when the pose was true), sorted,
-    one per stamp."""
-    stamps = np.array([stamp_ns(message) for _, message in poses], dtype=np.int64)
-    positions = np.array([[m.pose.position.x, m.pose.position.y, m.pose.position.z]
-                          for _, m in poses], dtype=float).reshape(-1, 3)
-    stamps, first = np.unique(stamps, return_index=True)
-    return Track(stamps, positions[first])
-
-
-def tracking_error_series(setpoint: Track, measured: Track,
-                          max_gap_s: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """(measured stamps ns, tip distance m): the summary's tracking error over time."""
-    return metrics.tracking_error_series(setpoint.times_ns, setpoint.positions_m,
-                                         measured.times_ns, measured.positions_m, max_gap_s)
 
 
 def command_ages(deliveries: list[tuple[int, object]]) -> tuple[np.ndarray, np.ndarray]:
@@ -252,36 +219,9 @@ def lost_intervals(history: LinkHistory, end_ns: int) -> list[Interval]:
     return [run for run in state_runs(history.overall, end_ns) if run.state == OverallState.LOST]
 
 
-def safety_states(statuses: list[tuple[int, object]]) -> list[tuple[int, str, str]]:
-    """(time, state, cause) of /safety/status reports (String holding JSON); a report that is
-    not such JSON is left out."""
-    samples = []
-    for time_ns, message in statuses:
-        try:
-            status = json.loads(message.data)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(status, dict) and isinstance(status.get("state"), str):
-            samples.append((time_ns, status["state"], str(status.get("cause") or "")))
-    return samples
-
-
 def operating_states(states: list[tuple[int, object]]) -> list[tuple[int, str, str]]:
     """(time, state, cause) of /psm/operating_state reports, which carry no cause."""
     return [(time_ns, message.data, "") for time_ns, message in states]
-
-
-def transitions(samples: list[tuple[int, str, str]]) -> list[Transition]:
-    """Every change of state in time-ordered (time, state, cause) samples, with the cause the
-    first sample of the new state gives."""
-    return [Transition(t, before, after, cause)
-            for (_, before, _), (t, after, cause) in zip(samples, samples[1:], strict=False)
-            if after != before]
-
-
-def following_changes(messages: list[tuple[int, object]]) -> list[tuple[int, str]]:
-    """/console/following (Bool) reports as (time, 'following' or 'not following')."""
-    return [(t, "following" if message.data else "not following") for t, message in messages]
 
 
 def task_window(summary: dict, recorded: list[Transition]) -> tuple[int, int] | None:
@@ -297,7 +237,7 @@ def task_window(summary: dict, recorded: list[Transition]) -> tuple[int, int] | 
         if not isinstance(entry, dict) or not isinstance(entry.get("t_s"), int | float):
             continue
         match = next((t for t in recorded
-                      if (t.before, t.after) == (entry.get("from"), entry.get("to"))), None)
+                      if (t.previous, t.current) == (entry.get("from"), entry.get("to"))), None)
         if match is not None:
             start = match.time_ns - round(entry["t_s"] * 1e9)
             return start, start + round(duration_s * 1e9)
@@ -319,7 +259,7 @@ class Session:
     links_site: str = ""
     states: list[tuple[int, str, str]] | None = None
     states_topic: str = ""
-    following: list[tuple[int, str]] | None = None
+    following: list[tuple[int, bool]] | None = None
     task: tuple[int, int] | None = None
 
     def seconds(self, times_ns) -> np.ndarray:
@@ -527,7 +467,9 @@ def draw_operating_state(session: Session, path: Path) -> str:
     # The operating state on top, where its transitions are annotated.
     lanes = [("arm", state_runs([(t, s) for t, s, _ in session.states], session.end_ns))]
     if session.following:
-        lanes.insert(0, ("surgeon", state_runs(session.following, session.end_ns)))
+        following = [(t, "following" if engaged else "not following")
+                     for t, engaged in session.following]
+        lanes.insert(0, ("surgeon", state_runs(following, session.end_ns)))
     lane_colours = {**STATE_COLOURS, "following": "#1e88e5", "not following": "#e0e0e0"}
     changes = session.transitions()
     with saved_figure(path, size=(11.0, 3.0 + 0.3 * min(len(changes), 6))) as (figure, (ax,)):
@@ -542,7 +484,7 @@ def draw_operating_state(session: Session, path: Path) -> str:
         for index, change in enumerate(changes):
             at = session.seconds([change.time_ns])[0]
             level = top + 0.35 * (1 + index % 4)  # staggered so close ones don't overlap
-            text = f"{change.after}: {change.cause}" if change.cause else change.after
+            text = f"{change.current}: {change.cause}" if change.cause else change.current
             # Text to the right of its moment, or to the left near the end; the line from the
             # text's lower corner straight down to the moment.
             right = at > 0.75 * session.span_s

@@ -62,10 +62,8 @@ YAW_TO_TIP_M = 0.0102
 
 _ARM_JOINTS = len(ARM_JOINT_NAMES)
 _ROLL = ARM_JOINT_NAMES.index("outer_roll")
-_LOWER = np.array([JOINT_LIMITS[name].lower for name in JOINT_NAMES])
-_UPPER = np.array([JOINT_LIMITS[name].upper for name in JOINT_NAMES])
 # Every roll angle atan2 can return must be inside the roll range (branch choice relies on it).
-assert _LOWER[_ROLL] <= -math.pi and math.pi <= _UPPER[_ROLL]
+assert JOINT_LIMITS["outer_roll"].lower <= -math.pi <= math.pi <= JOINT_LIMITS["outer_roll"].upper
 
 # Round-off in an exactly reachable pose can put a joint a hair past its limit: not a violation.
 _LIMIT_TOLERANCE = 1e-9
@@ -166,18 +164,6 @@ def inverse(pose, seed=None) -> IkResult:
         orientation_error_rad=_rotation_angle(reached_axes, axes),
         reason="; ".join(problems),
     )
-
-
-def clamp_to_limits(q) -> tuple[np.ndarray, list[str]]:
-    """Copy of q (6 arm or 7 joint values) clamped to JOINT_LIMITS, and which joints were out."""
-    values = np.array(q, dtype=float)
-    if values.shape not in ((_ARM_JOINTS,), (len(JOINT_NAMES),)) or not np.isfinite(values).all():
-        raise ValueError(f"q must be {_ARM_JOINTS} or {len(JOINT_NAMES)} finite values, got {q!r}")
-    count = len(values)
-    clamped = np.clip(values, _LOWER[:count], _UPPER[:count])
-    out_of_range = [name for name, value, limited in zip(JOINT_NAMES[:count], values, clamped,
-                                                         strict=True) if value != limited]
-    return clamped, out_of_range
 
 
 def _tip_frame(yaw, pitch, insertion, roll, wrist_pitch, wrist_yaw):

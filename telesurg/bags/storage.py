@@ -1,4 +1,5 @@
-"""Sessions as rosbag2 files: writing with crash checkpoints, reading with one-line errors.
+"""Sessions as rosbag2 files: writing with crash checkpoints, reading with one-line errors,
+and their messages decoded (decode).
 
 Plain Python over the `rosbags` library (no rclpy): the bags are real rosbag2 directories
 (metadata.yaml and one MCAP or sqlite3 file) that `ros2 bag info`, `ros2 bag play` and the MCAP
@@ -44,6 +45,14 @@ IN_PROGRESS = "in progress"
 
 class BagError(Exception):
     """A bag that cannot be read or written; the message names the file and the problem."""
+
+
+def decode(data: bytes, type_name: str):
+    """A recorded message (CDR bytes) of type_name as a message object, in pure Python. Its
+    fields have the names of rclpy's messages; values differ in kind only where rclpy uses
+    its own containers: numeric arrays come as numpy arrays, DiagnosticStatus.level as an
+    int. Raises on a payload that does not decode (rosbags raises several kinds)."""
+    return TYPESTORE.deserialize_cdr(data, type_name)
 
 
 @dataclass(frozen=True)
@@ -315,14 +324,6 @@ def _mcap_chunk_indexes(records: bytes) -> list[bytes]:
 def _reason(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
-
-
-def qos_to_dict(qos: Qos) -> dict:
-    """A recorded QoS profile as plain values (the keys of rosbag2's metadata.yaml)."""
-    return {"history": qos.history.name.lower(), "depth": qos.depth,
-            "reliability": qos.reliability.name.lower(),
-            "durability": qos.durability.name.lower(),
-            "liveliness": qos.liveliness.name.lower()}
 
 
 def make_qos(history: int, depth: int, reliability: int, durability: int,

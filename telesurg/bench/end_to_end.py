@@ -40,6 +40,7 @@ from telesurg.arm.kinematics import forward
 from telesurg.bench import Result, Row
 from telesurg.bench.sessions import cpu_note, pick_domain_pair, run_measurer, start_sites
 from telesurg.contract import topics
+from telesurg.contract.fields import set_stamp_ns, stamp_ns, tip_position
 from telesurg.contract.graph import SESSION_NODES
 from telesurg.contract.params import load_parameter_file
 from telesurg.contract.resources import default_config
@@ -48,7 +49,7 @@ from telesurg.contract.topics import Qos
 from telesurg.linkem.model import PROFILES
 from telesurg.master.surgeon import PresenceRetry
 from telesurg.ros.node import PeriodicLoop
-from telesurg.session.demo import DemoOptions, open_links, plan_sites, stamp_ns
+from telesurg.session.demo import DemoOptions, open_links, plan_sites
 
 STEPS = 100
 STEP_INTERVAL_S = 0.6  # the tremor filter's ringing has decayed to ~4 % by then
@@ -189,9 +190,8 @@ class Probe:
                               message.data[:6].tolist()))
 
     def _on_servo(self, message, info) -> None:
-        position = message.pose.position
         self.servo.append((stamp_ns(message), info["source_timestamp"],
-                           (position.x, position.y, position.z)))
+                           tuple(tip_position(message).tolist())))
 
     def _on_status(self, message) -> None:
         self.state = OperatingState.parse(json.loads(message.data)["state"])
@@ -209,7 +209,7 @@ class Probe:
         position = self._pose.pose.position
         position.x, position.y, position.z = self._position.tolist()
         published = time.time_ns()
-        self._pose.header.stamp.sec, self._pose.header.stamp.nanosec = divmod(published, 10**9)
+        set_stamp_ns(self._pose, published)
         self._pose_pub.publish(self._pose)
         if stepped:
             self.steps.append((published, direction.tolist()))

@@ -49,6 +49,7 @@ from telesurg.bench.sessions import (
 )
 from telesurg.bridge.wire import write_key
 from telesurg.contract import topics
+from telesurg.contract.fields import link_state_values, stamp_ns, tip_position
 from telesurg.contract.graph import DEFAULT_LINKS
 from telesurg.contract.resources import default_config
 from telesurg.contract.states import (
@@ -60,13 +61,7 @@ from telesurg.contract.states import (
 )
 from telesurg.contract.topics import Qos
 from telesurg.patient.safety import Cause
-from telesurg.session.demo import (
-    DEMO_LINK_TIMEOUT_MS,
-    DemoOptions,
-    link_state_values,
-    plan_sites,
-    stamp_ns,
-)
+from telesurg.session.demo import DEMO_LINK_TIMEOUT_MS, DemoOptions, plan_sites
 
 TRIALS = 30
 MAX_ATTEMPTS = 40  # a trial excluded (e.g. a clutch at the cut) is run again, up to this many
@@ -181,8 +176,7 @@ class PatientSite:
         self.following = message.data
 
     def _on_measured(self, message) -> None:
-        position = message.pose.position
-        self.tips.append((stamp_ns(message), np.array([position.x, position.y, position.z])))
+        self.tips.append((stamp_ns(message), tip_position(message)))
 
     def state(self) -> str | None:
         return self.statuses[-1][1] if self.statuses else None

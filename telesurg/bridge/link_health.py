@@ -162,7 +162,8 @@ def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[below] * (1.0 - weight) + sorted_values[above] * weight
 
 
-def _ms(seconds: float | None) -> float | None:
+def _seconds_to_ms(seconds: float | None) -> float | None:
+    """Seconds in milliseconds; None (not measured yet) stays None."""
     return None if seconds is None else seconds * 1e3
 
 
@@ -280,12 +281,12 @@ class LinkMonitor:
             degraded_by=degraded_by,
             last_heard_age_ms=(now - self._last_heard) * 1e3
             if math.isfinite(self._last_heard) else None,
-            rtt_ms=_ms(self._rtts[-1] if self._rtts else None),
-            rtt_p50_ms=_ms(rtt_p50),
-            rtt_p99_ms=_ms(self._rtt_p99 if rtts else None),
-            one_way_delay_ms=_ms(None if rtt_p50 is None else rtt_p50 / 2.0),
-            relative_delay_ms=_ms(relative_latest),
-            relative_delay_p99_ms=_ms(relative_p99),
+            rtt_ms=_seconds_to_ms(self._rtts[-1] if self._rtts else None),
+            rtt_p50_ms=_seconds_to_ms(rtt_p50),
+            rtt_p99_ms=_seconds_to_ms(self._rtt_p99 if rtts else None),
+            one_way_delay_ms=_seconds_to_ms(None if rtt_p50 is None else rtt_p50 / 2.0),
+            relative_delay_ms=_seconds_to_ms(relative_latest),
+            relative_delay_p99_ms=_seconds_to_ms(relative_p99),
             loss_percent=self.loss_percent(),
             jitter_ms=self._jitter * 1e3,
             received=self.received,

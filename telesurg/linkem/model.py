@@ -3,7 +3,7 @@
 `tc netem` is not available on our machines, so a UDP relay per link runs every datagram through
 LinkModel.schedule(), which answers when (if ever) the datagram arrives: propagation delay,
 jitter, independent and bursty (Gilbert-Elliott) loss, duplication, bounded reordering, a
-bandwidth-limited queue and scheduled outages. Pure Python + numpy (no rclpy, no sockets).
+bandwidth-limited queue and scheduled outages. Pure Python (no rclpy, no sockets).
 
 Jitter is an Ornstein-Uhlenbeck process in time rather than independent per datagram: on a real
 FIFO path the delay varies through queue occupancy and radio scheduling, which change slowly
@@ -19,8 +19,6 @@ import math
 import random
 import re
 from dataclasses import dataclass
-
-import numpy as np
 
 ALL_LINKS = "all"  # the LINK of an outage that takes every link down at once
 # An overtaking datagram arrives this much before the one it overtakes: an adjacent swap.
@@ -260,47 +258,3 @@ class LinkModel:
                 0.0, self._jitter_s * math.sqrt(1.0 - kept * kept)))
         self._jitter_time = t
         return self._jitter_offset_s
-
-
-@dataclass(frozen=True)
-class LinkStats:
-    """What a run of datagrams through a link showed. Delays are of each datagram's first copy.
-
-    Percentages: loss of sent datagrams; duplicates and reordering of delivered ones, reordered
-    meaning delivered before some datagram sent earlier (the overtaker is the one counted).
-    """
-
-    sent: int
-    delivered: int
-    mean_delay_ms: float
-    delay_std_ms: float
-    loss_pct: float
-    duplicate_pct: float
-    reorder_pct: float
-    mean_loss_burst: float  # mean run length of consecutive lost datagrams
-    loss_bursts: int
-
-    @classmethod
-    def from_run(cls, send_times, deliveries: list[list[float]]) -> LinkStats:
-        """Statistics from send times (in send order) and the schedule() answer for each."""
-        send_times = np.asarray(send_times, dtype=float)
-        lost = np.array([not times for times in deliveries], dtype=bool)
-        first = np.array([times[0] for times in deliveries if times], dtype=float)
-        delays_ms = 1e3 * (first - send_times[~lost])
-        duplicates = sum(len(times) > 1 for times in deliveries)
-        overtakers = int(np.count_nonzero(first[1:] < np.maximum.accumulate(first)[:-1]))
-        # Loss bursts: runs of True in lost, found at their rising and falling edges.
-        edges = np.diff(np.concatenate(([0], lost.astype(np.int8), [0])))
-        burst_lengths = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
-        delivered = len(first)
-        return cls(
-            sent=len(deliveries),
-            delivered=delivered,
-            mean_delay_ms=float(delays_ms.mean()) if delivered else math.nan,
-            delay_std_ms=float(delays_ms.std()) if delivered else math.nan,
-            loss_pct=100.0 * int(np.count_nonzero(lost)) / max(1, len(deliveries)),
-            duplicate_pct=100.0 * duplicates / max(1, delivered),
-            reorder_pct=100.0 * overtakers / max(1, delivered),
-            mean_loss_burst=float(burst_lengths.mean()) if len(burst_lengths) else 0.0,
-            loss_bursts=len(burst_lengths),
-        )

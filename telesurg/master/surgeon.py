@@ -9,7 +9,6 @@ approaches the edge of its workspace; only the teleoperation mapping stops follo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,12 +33,6 @@ SUTURE_GRIPPER_OPEN_RAD = 0.8
 SUTURE_GRIPPER_CLOSED_RAD = 0.15
 FIGURE8_HALF_WIDTH_M = 0.02
 FIGURE8_HZ = 0.2
-
-
-@dataclass(frozen=True)
-class SurgeonSample:
-    t: float
-    master: MasterInput
 
 
 def _rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -81,11 +74,6 @@ class VirtualSurgeon:
         events = int(SESSION_LIMIT_S / CLUTCH_EVERY_S)
         self._clutch_starts = (PRESENCE_AT_S + CLUTCH_EVERY_S * np.arange(1, events + 1)
                                + rng.uniform(-CLUTCH_JITTER_S, CLUTCH_JITTER_S, size=events))
-
-    def samples(self, duration_s: float, rate_hz: float) -> list[SurgeonSample]:
-        """Samples at t = 0, 1/rate_hz, ... up to duration_s."""
-        count = int(round(duration_s * rate_hz)) + 1
-        return [SurgeonSample(t, self.sample(t)) for t in np.arange(count) / rate_hz]
 
     def sample(self, t: float) -> MasterInput:
         if not 0.0 <= t <= SESSION_LIMIT_S:

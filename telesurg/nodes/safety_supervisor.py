@@ -28,6 +28,7 @@ from std_msgs.msg import Bool, String
 
 from telesurg.arm.kinematics import ARM_JOINT_NAMES
 from telesurg.contract import topics
+from telesurg.contract.fields import stamp_ns, tip_position
 from telesurg.contract.states import LINK_OVERALL_ID, OperatingState
 from telesurg.patient.safety import SafetyConfig, SafetySupervisor
 from telesurg.ros.messages import is_valid_stamp
@@ -89,10 +90,8 @@ class SafetySupervisorNode(Node):
     def _on_servo_cp(self, msg: PoseStamped) -> None:
         if not is_valid_stamp(msg.header.stamp):
             return
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        age_ms = (time.time_ns() - stamp_ns) * 1e-6  # needs the sites' clocks in step (PTP)
-        position = msg.pose.position
-        self._feed(self.core.on_command, (position.x, position.y, position.z), age_ms)
+        age_ms = (time.time_ns() - stamp_ns(msg)) * 1e-6  # needs the sites' clocks in step (PTP)
+        self._feed(self.core.on_command, tip_position(msg), age_ms)
 
     def _on_following(self, msg: Bool) -> None:
         self._feed(self.core.on_following, msg.data)

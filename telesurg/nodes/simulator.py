@@ -17,6 +17,7 @@ from std_msgs.msg import Float64MultiArray
 from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
 from telesurg.arm.simulation import ArmSimulation
 from telesurg.contract import topics
+from telesurg.contract.fields import set_stamp_ns
 from telesurg.contract.resources import arm_urdf
 from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
@@ -76,7 +77,7 @@ class SimulatorNode(Node):
         # Stamp with the instant the physics state stands for, not when this thread got to
         # publish it: under CPU load the two can differ by milliseconds.
         stamp_ns = self._start_ns + round(self._steps_done * self._timestep * 1e9)
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        set_stamp_ns(msg, stamp_ns)
         msg.position = positions.tolist()
         msg.velocity = velocities.tolist()
         msg.effort = efforts.tolist()

@@ -4,7 +4,8 @@ Brings up the master site and the patient site (telesurg.contract.graph) on two 
 only by two bridges, each link through an emulated long-distance network (telesurg.linkem.relay, in
 this process) that scheduled outages can cut. The virtual surgeon performs a task for the requested
 time while both sites are recorded; then the command sources stop, what is in flight drains, every
-node stops cleanly, and the session figures are written and printed (summary.json).
+node stops cleanly, and the session figures (telesurg.analysis.summary) are written to
+summary.json.
 """
 
 from __future__ import annotations
@@ -21,36 +22,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from telesurg.analysis.metrics import (
-    engage_offsets,
-    following_intervals,
-    largest_gap_within,
-    largest_step,
-    limit_violations,
-    motion_while_held,
-    percentiles,
-    tracking_errors,
+from telesurg.analysis.recording import BAG_DIRS
+from telesurg.analysis.summary import (
+    SummaryError,
+    network_summary,
+    safety_summary,
+    summarize,
 )
-from telesurg.arm.kinematics import ARM_JOINT_NAMES, JOINT_LIMITS, JOINT_NAMES, forward
 from telesurg.bags.recorder import RECORDER_NODE_NAME
 from telesurg.bags.storage import BagReader
 from telesurg.contract import topics
 from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, NodeSpec, nodes_of_site
 from telesurg.contract.params import ConfigError, load_parameter_file
 from telesurg.contract.resources import default_config, fastdds_profile
-from telesurg.contract.states import (
-    LINK_OVERALL_ID,
-    ArmHold,
-    OperatingState,
-    OverallState,
-    StateCommand,
-)
+from telesurg.contract.states import OperatingState, StateCommand
 from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS, SITES, Qos
 from telesurg.linkem.model import PROFILES, Outage, outage_timeline
-from telesurg.patient.safety import Cause
-from telesurg.session.playback import BAG_DIRS, ReplayPlan
+from telesurg.session.playback import ReplayPlan
 from telesurg.session.processes import NodeGroup, cpu_seconds
 
 #: The bridges' link timeout in the demo: twice the 50 ms default, because on a shared 2-core
@@ -364,12 +352,16 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
         messages = {site.name: _read_bag(bag_root / BAG_DIRS[site.name], task_ended_ns)
                     for site in sites}
-    summary = summarize(messages, options, recorded_s)
-    summary.update(network_summary(sites[0].link_states, sites[1].link_states))
+    summary = summarize(messages, "replay" if options.replay else options.task, options.seed,
+                        recorded_s)
+    try:
+        summary.update(network_summary(sites[0].link_states, sites[1].link_states))
+    except SummaryError as error:
+        raise DemoError(str(error)) from None
     summary.update(safety_summary(messages, sites[1].link_states, started_ns, task_ended_ns))
     if replay:
         summary["replay_of"] = str(options.replay)
-        summary.update(replay.deviation(messages, replayer.played_at_ns))
+        summary.update(replay.reference.deviation(messages, replayer.played_at_ns))
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
@@ -448,252 +440,3 @@ def _wait_until_ready(groups: list[NodeGroup], sites: list[Site]) -> None:
     raise DemoError(f"the node graph did not come up within {STARTUP_TIMEOUT_S:.0f} s "
                     "(no arm pose, the console never got master and arm poses, or a recorder "
                     "never joined); see the logs")
-
-
-def stamp_ns(message) -> int:
-    return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
-
-
-def decoded(messages: dict, site: str, topic: topics.Topic) -> list[tuple[int, object]]:
-    """(arrival ns, message) of a recorded topic at a site."""
-    from rclpy.serialization import deserialize_message
-
-    from telesurg.ros.messages import message_class
-
-    cls = message_class(topic.type_name)
-    return [(t, deserialize_message(data, cls)) for t, data in messages[site].get(topic.name, [])]
-
-
-def command_tips(commands) -> list[np.ndarray]:
-    """Tool tip positions of recorded joint commands."""
-    return [forward(np.asarray(m.data[:len(ARM_JOINT_NAMES)]))[:3, 3] for _, m in commands]
-
-
-def summarize(messages: dict, options: DemoOptions, recorded_s: float) -> dict:
-    def tips(site, topic):
-        return {stamp_ns(m): np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
-                for _, m in decoded(messages, site, topic)}
-
-    goals = tips(MASTER, topics.PSM_SERVO_CP)
-    setpoints = tips(PATIENT, topics.PSM_SETPOINT_CP)
-    measured = tips(PATIENT, topics.PSM_MEASURED_CP)
-    measured_stamps = sorted(measured)
-    measured_path = [measured[s] for s in measured_stamps]
-    commands = decoded(messages, PATIENT, topics.FORWARD_POSITION_COMMANDS)
-    command_times = [t for t, _ in commands]
-    command_joints = [m.data for _, m in commands]
-    lower = [JOINT_LIMITS[name].lower for name in JOINT_NAMES]
-    upper = [JOINT_LIMITS[name].upper for name in JOINT_NAMES]
-    changes = [(t, m.data) for t, m in decoded(messages, MASTER, topics.CONSOLE_FOLLOWING)]
-    intervals = following_intervals(changes, command_times[-1] if commands else 0)
-    clutches = sum(1 for _, m in decoded(messages, MASTER, topics.CONSOLE_CLUTCH) if m.data)
-    servo = messages[MASTER].get(topics.PSM_SERVO_CP.name, [])
-    arrivals = [(t, stamp_ns(m)) for t, m in decoded(messages, PATIENT, topics.PSM_SERVO_CP)]
-    servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
-    return {
-        "task": "replay" if options.replay else options.task,
-        "seed": options.seed,
-        "duration_s": round(recorded_s, 3),
-        "command_rate_hz": round((len(servo) - 1) / servo_span_s, 1) if servo_span_s else 0.0,
-        "command_gap_ms_max": round(1e-6 * largest_gap_within(arrivals, intervals), 3),
-        "tracking_error_mm": percentiles(tracking_errors(setpoints, measured), 1000.0),
-        "jump_max_mm": round(1000.0 * largest_step(command_tips(commands)), 4),
-        "joint_limit_violations": limit_violations(command_joints, lower, upper),
-        "engagements": len(intervals),
-        "clutch_presses": clutches,
-        "following_s": round(sum(end - start for start, end in intervals) * 1e-9, 3),
-        "motion_while_not_following_mm": round(1000.0 * motion_while_held(
-            measured_stamps, measured_path, intervals), 4),
-        "engage_offset_mm": round(1000.0 * max(engage_offsets(
-            [start for start, _ in intervals], sorted(goals), [goals[s] for s in sorted(goals)],
-            sorted(setpoints), [setpoints[s] for s in sorted(setpoints)]), default=0.0), 4),
-        "controller_ticks": len(commands),
-    }
-
-
-def print_summary(summary: dict, say=print) -> None:
-    error = summary["tracking_error_mm"]
-    age = summary["command_age_ms"]
-    say(f"  commands: {summary['command_rate_hz']} Hz; bridged {summary['commands_sent']} sent, "
-        f"{summary['commands_delivered']} delivered ({summary['commands_recovered']} from the "
-        f"next datagram), {summary['commands_lost']} lost; "
-        f"age at the patient bridge p50 {age['p50']} ms, p99 {age['p99']} ms; largest gap "
-        f"while following {summary['command_gap_ms_max']} ms")
-    say(f"  datagrams: {summary['duplicates_discarded']} second copies discarded, "
-        f"{summary['rejected_datagrams']} rejected, {summary['untrusted_discarded']} from "
-        "untrusted senders")
-    for name, link in summary["links"].items():
-        say(f"  link {name}: RTT p50 {link['rtt_ms_p50']} ms, p99 {link['rtt_ms_p99']} ms, "
-            f"loss {link['loss_pct']} %, down {link['down_events']} times")
-    say(f"  engagements {summary['engagements']}")
-    say(f"  tracking error (tip measured vs setpoint): p50 {error['p50']} mm, "
-        f"p99 {error['p99']} mm, max {error['max']} mm")
-    say(f"  largest tip step per controller tick: {summary['jump_max_mm']} mm; "
-        f"joint limit violations: {summary['joint_limit_violations']}")
-    say(f"  clutch presses {summary['clutch_presses']}; arm motion while not following "
-        f"{summary['motion_while_not_following_mm']} mm; first goal after an engage "
-        f"{summary['engage_offset_mm']} mm from the held arm")
-    if "replay_deviation_mm" in summary:
-        deviation = summary["replay_deviation_mm"]
-        say(f"  replay: tip path p50 {deviation['p50']} mm, p99 {deviation['p99']} mm, max "
-            f"{deviation['max']} mm from the recorded one; compared {summary['replay_compared_s']}"
-            f" s of the {summary['replay_following_s']} s it followed, "
-            f"{summary['replay_differences']} differences in following "
-            f"({summary['replay_rebased_stretches']} stretches compared from their start)")
-
-
-def link_state_values(message) -> dict[str, tuple[str, dict[str, str]]]:
-    """A /bridge/link_state report as {hardware id ('overall' or a link): (state, values)}."""
-    return {status.hardware_id: (status.message, {v.key: v.value for v in status.values})
-            for status in message.status}
-
-
-def network_summary(master_states: list, patient_states: list) -> dict:
-    """Command delivery and link figures from each site bridge's reports: the final counters
-    (after the drain), and per link the patient bridge's view over the session."""
-    if not master_states or not patient_states:
-        raise DemoError("a bridge never reported its link state (see logs/*/bridge.log)")
-    master = link_state_values(master_states[-1][1])[LINK_OVERALL_ID][1]
-    patient = link_state_values(patient_states[-1][1])[LINK_OVERALL_ID][1]
-
-    def number(values, key):
-        return float(values[key]) if values.get(key) else None
-
-    sent, delivered = int(master["commands_sent"]), int(patient["commands_delivered"])
-    reports = [link_state_values(message) for _, message in patient_states]
-    links = {}
-    for name in DEFAULT_LINKS:
-        views = [report[name][1] for report in reports if name in report]
-        rtts = [float(v["rtt_ms"]) for v in views if v.get("rtt_ms")]
-        rtt = percentiles(rtts)
-        links[name] = {
-            "rtt_ms_p50": rtt["p50"], "rtt_ms_p99": rtt["p99"],
-            # Mean of the 10 Hz reports of loss over the last 1,000 sequence numbers.
-            "loss_pct": round(float(np.mean([float(v["loss_percent"]) for v in views])), 4)
-            if views else None,
-            "down_events": int(views[-1]["down_events"]) if views else 0,
-        }
-    return {
-        "commands_sent": sent,
-        "commands_delivered": delivered,
-        "commands_lost": sent - delivered,
-        "commands_recovered": int(patient["recovered"]),
-        "duplicates_discarded": int(patient["duplicates_discarded"]),
-        "rejected_datagrams": int(master["rejected_datagrams"])
-        + int(patient["rejected_datagrams"]),
-        "untrusted_discarded": int(master["untrusted_discarded"])
-        + int(patient["untrusted_discarded"]),
-        "command_age_ms": {"p50": number(patient, "command_age_ms_p50"),
-                           "p99": number(patient, "command_age_ms_p99")},
-        "links": links,
-    }
-
-
-#: After a resume, how long the tip steps count towards resume_jump_mm.
-RESUME_WINDOW_NS = 500_000_000
-#: After a resume, how long the surgeon has to engage again.
-REENGAGE_WINDOW_NS = 3_000_000_000
-
-
-def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
-                   ended_ns: int) -> dict:
-    """Operating state transitions (patient site, /safety/status), and for every pause: how fast
-    the arm was held after the link was lost, how far it moved while paused, and how far it
-    stepped in the 500 ms after the resume."""
-    statuses = [(t, json.loads(m.data)) for t, m in decoded(messages, PATIENT,
-                                                             topics.SAFETY_STATUS)]
-    transitions = []
-    for (_, before), (t, after) in zip(statuses, statuses[1:], strict=False):
-        if after["state"] != before["state"]:
-            transitions.append({"t_s": round((t - started_ns) * 1e-9, 3),
-                                "from": before["state"], "to": after["state"],
-                                "cause": after["cause"]})
-    holds = [(stamp_ns(m), hold) for _, m in decoded(messages, PATIENT, topics.DIAGNOSTICS)
-             for hold in map(ArmHold.of, m.status) if hold is not None]
-    setpoints = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, PATIENT,
-                                                                   topics.PSM_SETPOINT_CP))
-    measured = sorted((stamp_ns(m), _tip(m)) for _, m in decoded(messages, PATIENT,
-                                                                  topics.PSM_MEASURED_CP))
-    commands = decoded(messages, PATIENT, topics.FORWARD_POSITION_COMMANDS)
-    tips = command_tips(commands)
-    reactions, paused_motion, resume_jumps = [], [], []
-    for index, transition in enumerate(transitions):
-        if transition["to"] != OperatingState.PAUSED:
-            continue
-        paused_at = started_ns + int(transition["t_s"] * 1e9)
-        left = transitions[index + 1] if index + 1 < len(transitions) else None
-        left_at = started_ns + int(left["t_s"] * 1e9) if left else None
-        last_datagram = (_last_datagram_before_lost(patient_link_states, paused_at)
-                         if Cause.LINK_LOST in transition["cause"].split(", ") else None)
-        hold_ns = _hold_start(holds, paused_at)
-        if hold_ns is None:
-            continue
-        if last_datagram is not None:
-            # The first hold the controller commanded after the last datagram: "commands
-            # stale" if it was following, the PAUSED hold if it already held (a clutch).
-            held = next((t for t, hold in holds if t >= last_datagram and hold.holding), None)
-            if held is not None:
-                reactions.append((held - last_datagram) * 1e-6)
-        hold_pose = next((tip for t, tip in setpoints if t >= hold_ns), None)
-        end = left_at if left_at is not None else measured[-1][0] if measured else hold_ns
-        if hold_pose is not None:
-            paused_motion.append(max((float(np.linalg.norm(tip - hold_pose))
-                                      for t, tip in measured if hold_ns <= t <= end),
-                                     default=0.0))
-        if left is not None and left["to"] == OperatingState.ENABLED:
-            window = [tip for (t, _), tip in zip(commands, tips, strict=True)
-                      if left_at <= t <= left_at + RESUME_WINDOW_NS]
-            resume_jumps.append(largest_step(window))
-    # Each resume with time left to re-engage (the surgeon re-presses the pedal after a second)
-    # must be followed by following again.
-    resumes = [started_ns + int(t["t_s"] * 1e9) for t in transitions
-               if t["from"] == OperatingState.PAUSED and t["to"] == OperatingState.ENABLED
-               and started_ns + int(t["t_s"] * 1e9) + REENGAGE_WINDOW_NS <= ended_ns]
-    changes = [(t, m.data) for t, m in decoded(messages, MASTER, topics.CONSOLE_FOLLOWING)]
-    return {
-        "pauses": sum(1 for t in transitions if t["to"] == OperatingState.PAUSED),
-        "pause_reaction_ms": percentiles(reactions),
-        "motion_while_paused_mm": round(1000.0 * max(paused_motion, default=0.0), 4),
-        "resume_jump_mm": round(1000.0 * max(resume_jumps, default=0.0), 4),
-        "following_after_resume": bool(resumes) and all(
-            any(following and resume < t <= resume + REENGAGE_WINDOW_NS
-                for t, following in changes) for resume in resumes),
-        "transitions": transitions,
-    }
-
-
-def _hold_start(holds: list[tuple[int, ArmHold]], paused_at: int) -> int | None:
-    """When the arm controller began the hold in force once it learned of the pause at
-    paused_at: the start of the run of hold reports that includes the first one for PAUSED
-    (for a lost link, usually "commands stale" came first)."""
-    start = None
-    for stamp, hold in holds:
-        if not hold.holding:
-            start = None
-            continue
-        if start is None:
-            start = stamp
-        if stamp >= paused_at - 100_000_000 and hold.paused:
-            return start
-    return None
-
-
-def _tip(message) -> np.ndarray:
-    position = message.pose.position
-    return np.array([position.x, position.y, position.z])
-
-
-def _last_datagram_before_lost(link_states: list, before_ns: int) -> int | None:
-    """When the patient bridge last heard any link, from its last report before before_ns,
-    if that says LOST: the report's stamp minus the smallest last-heard age."""
-    for _, message in reversed(link_states):
-        stamp = stamp_ns(message)
-        if stamp > before_ns:
-            continue
-        report = link_state_values(message)
-        if report.get(LINK_OVERALL_ID, ("",))[0] != OverallState.LOST:
-            return None
-        ages = [float(values["last_heard_age_ms"]) for name, (_, values) in report.items()
-                if name != LINK_OVERALL_ID and values.get("last_heard_age_ms")]
-        return stamp - int(min(ages) * 1e6) if ages else None
-    return None

@@ -139,7 +139,8 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _ms(value: float | None) -> str:
+def _format_ms(value: float | None) -> str:
+    """Milliseconds for reading: one decimal below 100, none above, "?" if unknown."""
     if value is None:
         return "?"
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
@@ -151,8 +152,8 @@ def format_links(report: dict) -> str:
     for name, link in report["links"].items():
         text = f"{name} {link.get('state')}"
         if link.get("state") != LinkState.UP:
-            text += f" heard {_ms(link.get('last_heard_age_ms'))} ms ago"
-        text += f" rtt {_ms(link.get('rtt_ms'))} ms"
+            text += f" heard {_format_ms(link.get('last_heard_age_ms'))} ms ago"
+        text += f" rtt {_format_ms(link.get('rtt_ms'))} ms"
         loss = link.get("loss_percent")
         text += f" loss {'?' if loss is None else f'{loss:.1f}'}%"
         parts.append(text)

@@ -1,9 +1,9 @@
-"""The demo's network figures, from the bridges' /bridge/link_state reports (no processes)."""
+"""The session summary's network figures, from the bridges' /bridge/link_state reports."""
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from telesurg.session.demo import DemoError, network_summary
+from telesurg.analysis.summary import SummaryError, network_summary
 
 
 def report(overall: dict, links: dict) -> DiagnosticArray:
@@ -50,5 +50,5 @@ def test_final_counters_and_link_figures_over_the_session():
 
 
 def test_a_bridge_that_never_reported_is_an_error():
-    with pytest.raises(DemoError, match="never reported"):
+    with pytest.raises(SummaryError, match="never reported"):
         network_summary([], [(1, report(counters(), {}))])
