@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run a telesurgery session in simulation and write its figures",
         description="Start the master site (virtual surgeon, master console, bridge) and the "
-                    "patient site (bridge, arm controller, MuJoCo simulator) as processes on "
+                    "patient site (bridge, safety supervisor, arm controller, MuJoCo simulator) "
+                    "as processes on "
                     "two DDS domains, joined only by the bridges over two emulated links a and "
                     "b; run a task, stop cleanly, and write OUT/summary.json with tracking "
                     "error, tip jumps, limit violations, command delivery and link figures.")
@@ -119,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "recording's")
     record = commands.add_parser(
         "record", help="record a site's contract topics into a rosbag2 bag until Ctrl-C",
-        description="Subscribe to every contract topic of the site (DESIGN.md) in its DDS "
-                    "domain and write each message, as received, into a new rosbag2 bag at "
-                    "OUT: metadata.yaml (topic types, type hashes, offered QoS, message counts, "
-                    "duration) and one MCAP (default) or sqlite3 file. Ctrl-C or SIGTERM "
+        description="Subscribe to every contract topic of the site (the README's topic table) "
+                    "in its DDS domain and write each message, as received, into a new rosbag2 "
+                    "bag at OUT: metadata.yaml (topic types, type hashes, offered QoS, message "
+                    "counts, duration) and one MCAP (default) or sqlite3 file. Ctrl-C or SIGTERM "
                     "closes the bag; if the recorder is killed, at most the last second is "
                     "lost (it checkpoints every second).")
     record.add_argument("--site", choices=SITES, required=True, help="which site's topics")

@@ -72,7 +72,7 @@ class Topic:
 
     @property
     def short_type(self) -> str:
-        """package/Name, as DESIGN.md and `ros2 topic info` write it."""
+        """package/Name, as docs/design.md and `ros2 topic info` write it."""
         package, _, name = self.type_name.split("/")
         return f"{package}/{name}"
 

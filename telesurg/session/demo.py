@@ -1,11 +1,11 @@
 """`telesurg demo`: a telesurgery session in simulation, as real node processes over DDS.
 
 Brings up the master site and the patient site (telesurg.contract.graph) on two DDS domains joined
-only by two bridges, each link through an emulated long-distance network (telesurg.linkem.relay, in
-this process) that scheduled outages can cut. The virtual surgeon performs a task for the requested
-time while both sites are recorded; then the command sources stop, what is in flight drains, every
-node stops cleanly, and the session figures (telesurg.analysis.summary) are written to
-summary.json.
+only by two bridges, each link through an emulated long-distance network (a telesurg.linkem.relay
+per link, in a process of their own) that scheduled outages can cut. The virtual surgeon performs a
+task for the requested time while both sites are recorded; then the command sources stop, what is
+in flight drains, every node stops cleanly, and the session figures (telesurg.analysis.summary) are
+written to summary.json.
 """
 
 from __future__ import annotations
