@@ -131,6 +131,79 @@ def test_lost_is_declared_on_time_after_the_last_datagram(tmp_path, direct_bridg
     assert config.link_timeout_ms - 1.0 <= reaction_ms <= config.link_timeout_ms + 50.0
 
 
+class TappedSocket:
+    """A link socket that also keeps every datagram sent on it, as an eavesdropper on the path
+    would record them."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.sent: list[bytes] = []
+
+    def sendto(self, datagram, address):
+        self.sent.append(bytes(datagram))
+        return self._sock.sendto(datagram, address)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize("replayed_links", [("a",), ("a", "b")])
+def test_replayed_datagrams_never_keep_a_lost_link_alive(tmp_path, direct_bridge_config,
+                                                         replayed_links):
+    """The master falls silent (frozen, cut off); a keyless attacker keeps replaying, on the
+    patient's link sockets, datagrams the master sent earlier on those same links. None of them
+    is new on its link, so none may count as the link being alive: LOST comes on time and stays
+    (a link monitor restarted by a replay after the silence used to bring REDUNDANT back)."""
+    key = write_key(tmp_path / "bridge.key")
+    path, ports = direct_bridge_config
+    config = load_bridge_config(path, "patient")
+    overall, delivered = [], []
+
+    def on_change(changes):
+        overall.extend((time.monotonic(), str(change.current)) for change in changes
+                       if change.link is None)
+
+    master = BridgeCore(load_bridge_config(path, "master"), key,
+                        lambda *_: None, lambda _: None)
+    patient = BridgeCore(config, key, lambda *message: delivered.append(message), on_change)
+    taps = {link.config.name: TappedSocket(link.sock) for link in master.links}
+    for link in master.links:
+        link.sock = taps[link.config.name]
+    master.start()
+    patient.start()
+    patient_ports = {"a": ports[1], "b": ports[3]}
+    try:
+        for step in range(40):
+            time.sleep(0.01)
+            master.send_heartbeat()
+            patient.send_heartbeat()
+            master.send(0, b"command %d" % step)
+        last_sent = time.monotonic()  # the master's last datagram: it is silent from here on
+        assert str(patient.snapshot().state) == "REDUNDANT"
+        overall.clear()
+        recorded = {name: list(tap.sent) for name, tap in taps.items()}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+            while time.monotonic() < last_sent + 0.5:
+                for name in replayed_links:
+                    for datagram in recorded[name][-20:]:
+                        attacker.sendto(datagram, ("127.0.0.1", patient_ports[name]))
+                time.sleep(0.002)
+        assert [state for _, state in overall] == ["LOST"], (
+            f"overall states after the master fell silent: {overall}")
+        assert patient.drops.snapshot().get("replayed", 0) > 100
+        # Every genuine command once (those before the trust handshake not at all), no replay.
+        assert delivered and delivered[-1] == (0, b"command 39")
+        assert len(set(delivered)) == len(delivered)
+    finally:
+        master.close()
+        patient.close()
+    reaction_ms = (overall[0][0] - last_sent) * 1000.0
+    print(f"LOST {reaction_ms:.1f} ms after the last genuine datagram, replays on "
+          f"{'+'.join(replayed_links)}")
+    # Design: LOST within link_timeout_ms + 10 ms. Asserted with room for a loaded machine.
+    assert reaction_ms <= config.link_timeout_ms + 50.0
+
+
 class Recorder:
     """Captures the datagrams a bridge sends on link a, as an eavesdropper on the path would."""
 

@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from telesurg.analysis.metrics import LatencyHistogram
 from telesurg.bridge.config import BridgeConfig, LinkConfig
@@ -70,6 +70,9 @@ class _Link:
     # Newest peer heartbeat heard here: its sender timestamp and our monotonic arrival, in ns.
     echo: tuple[int, int] = (0, 0)
     send_errors: int = 0
+    # The trusted peer's sequences heard on this link: only a datagram new on its own link shows
+    # that the link carries the peer now (a copy recorded earlier and replayed does not).
+    window: AntiReplayWindow = field(default_factory=AntiReplayWindow)
 
 
 def echo(link: _Link, now_ns: int) -> bytes:
@@ -284,6 +287,11 @@ class BridgeCore:
                 self.drops.record(error.reason)
                 return
         fresh = self._window.accept(datagram.sequence)
+        if not link.window.accept(datagram.sequence):
+            # Seen on this link before: a recorded copy replayed (or a duplicate the network
+            # made). It proves nothing about the link now, so the link's health never sees it.
+            self.drops.record("replayed")
+            return
         now = arrival_ns * 1e-9
         with self._lock:
             monitor = self.health.links[link.config.name]
@@ -328,6 +336,8 @@ class BridgeCore:
             self._replaced_ids.add(self.peer_id)
         self.peer_id = sender
         self._window = AntiReplayWindow()
+        for link in self.links:
+            link.window = AntiReplayWindow()
         return True
 
     def _take_echo(self, link: _Link, payload: bytes, now: float) -> None:
