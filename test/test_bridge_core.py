@@ -304,6 +304,21 @@ def test_command_age_is_measured_from_the_header_stamp(cores):
     assert 20.0 <= patient.command_age.percentile(50) <= 20.0 + 100.0
 
 
+def test_an_age_no_clock_can_give_is_counted_apart_not_clipped(cores):
+    """Stamped an hour ahead or an hour ago: neither is an age of this link (clocks out of step,
+    a forged stamp); both are counted as out of range and left out of the percentiles."""
+    master, patient, delivered, _, _ = cores
+    servo_cp = next(t.index for t in patient.config.incoming if t.name == "/psm/servo_cp")
+    message = PoseStamped()
+    for offset_ns in (3600 * 10**9, -3600 * 10**9, 20_000_000):
+        message.header.stamp.sec, message.header.stamp.nanosec = divmod(
+            time.time_ns() - offset_ns, 10**9)
+        assert master.send(servo_cp, serialize_message(message))
+    assert wait_for(lambda: len(delivered) == 3)
+    assert (patient.command_age.count, patient.command_age.out_of_range) == (1, 2)
+    assert patient.command_age.percentile(100) < 1000.0
+
+
 def test_an_unstamped_message_has_no_age():
     assert header_stamp_ns(serialize_message(PoseStamped())) is None
     assert header_stamp_ns(b"\x00\x01") is None

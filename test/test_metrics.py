@@ -90,20 +90,20 @@ def test_latency_histogram_percentiles_match_numpy_within_a_bin():
     histogram = LatencyHistogram(bin_ms=0.01)
     for value in values:
         histogram.add(value)
-    assert histogram.count == len(values) and histogram.clipped == 0
+    assert histogram.count == len(values) and histogram.out_of_range == 0
     for q in (50, 99, 100):
         assert abs(histogram.percentile(q) - np.percentile(values, q)) <= 0.011
 
 
-def test_latency_histogram_keeps_out_of_range_values_at_the_ends():
-    histogram = LatencyHistogram(bin_ms=1.0, max_ms=10.0)
+def test_latency_histogram_counts_implausible_values_apart_and_never_clips_them():
+    histogram = LatencyHistogram(bin_ms=1.0, max_ms=10.0, tolerance_ms=2.0)
     assert histogram.percentile(50) is None
-    for value in (-3.0, 2.5, 50.0):
-        histogram.add(value)
-    assert histogram.clipped == 2
-    assert histogram.percentile(1) == 1.0  # the negative one, in the first bin
+    taken = [histogram.add(value) for value in (-1.5, 2.5, 4.5, -3.0, 50.0, float("nan"))]
+    assert taken == [True, True, True, False, False, False]
+    assert (histogram.count, histogram.out_of_range) == (3, 3)
+    assert histogram.percentile(1) == 1.0  # within the clocks' tolerance: the first bin
     assert histogram.percentile(50) == 3.0
-    assert histogram.percentile(100) == 11.0  # beyond max_ms: the last bin
+    assert histogram.percentile(100) == 5.0  # the hour-old or future ones are not in it
     with pytest.raises(ValueError, match="bin_ms"):
         LatencyHistogram(bin_ms=0.0)
 

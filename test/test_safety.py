@@ -471,17 +471,29 @@ def test_fault_ignores_pause_causes():
 # -- each cause at and around its threshold ------------------------------------------------
 
 
-@pytest.mark.parametrize("age_ms, pauses", [
-    (199.9, False), (200.0, False), (200.001, True), (math.inf, True), (None, False),
-    (math.nan, False), (-5.0, False),
+@pytest.mark.parametrize("age_ms, cause", [
+    (199.9, None), (200.0, None), (200.001, Cause.COMMAND_AGE), (math.inf, Cause.COMMAND_AGE),
+    (3_600_000.0, Cause.COMMAND_AGE), (None, None), (math.nan, None), (-5.0, None),
+    (-20.0, None), (-20.001, Cause.COMMAND_STAMP), (-3_600_000.0, Cause.COMMAND_STAMP),
 ])
-def test_command_age_limit(age_ms, pauses):
+def test_command_age_limit(age_ms, cause):
+    """An age over the limit pauses, and so does a stamp further ahead of this clock than the
+    clocks may disagree (an hour in the future used to pass as a negative age)."""
+    assert DEFAULTS.max_clock_skew_ms == 20.0  # the thresholds above
     sup = following()
     transitions = sup.on_command(T0, TIP, age_ms)
-    assert sup.state is (PAUSED if pauses else ENABLED)
-    if pauses:
+    assert sup.state is (PAUSED if cause else ENABLED)
+    if cause:
         assert transitions == sup.transitions[-1:]
-        assert transitions[0].cause == Cause.COMMAND_AGE
+        assert transitions[0].cause == cause
+
+
+def test_a_command_stamped_in_the_future_says_by_how_much():
+    sup = following()
+    sup.on_command(T0, TIP, -3_600_000.0)
+    assert sup.transitions[-1].detail == (
+        "command stamped in the future (3.6e+06 ms ahead of this clock, more than the 20 ms the "
+        "clocks may disagree)")
 
 
 @pytest.mark.parametrize("age_ms, warning", [

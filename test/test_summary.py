@@ -17,7 +17,7 @@ def report(overall: dict, links: dict) -> DiagnosticArray:
 def counters(**values):
     base = {"commands_sent": 0, "commands_delivered": 0, "recovered": 0, "duplicates_discarded": 0,
             "rejected_datagrams": 0, "untrusted_discarded": 0, "command_age_ms_p50": "",
-            "command_age_ms_p99": ""}
+            "command_age_ms_p99": "", "command_ages_out_of_range": 0}
     return base | values
 
 
@@ -34,7 +34,8 @@ def test_final_counters_and_link_figures_over_the_session():
                                                "b": link(130.0, 0.0, 0)})),
         (3, report(counters(commands_delivered=4998, recovered=2, duplicates_discarded=4990,
                             untrusted_discarded=3,
-                            command_age_ms_p50="61.5", command_age_ms_p99="64.25"),
+                            command_age_ms_p50="61.5", command_age_ms_p99="64.25",
+                            command_ages_out_of_range=7),
                    {"a": link(124.0, 0.1, 1), "b": link(126.0, 0.0, 0)})),
     ]
     summary = network_summary(master, patient)
@@ -43,6 +44,7 @@ def test_final_counters_and_link_figures_over_the_session():
     assert summary["duplicates_discarded"] == 4990
     assert summary["rejected_datagrams"] == 1 and summary["untrusted_discarded"] == 3
     assert summary["command_age_ms"] == {"p50": 61.5, "p99": 64.25}
+    assert summary["command_ages_out_of_range"] == 7
     a = summary["links"]["a"]
     assert a["rtt_ms_p50"] == 122.0 and 120.0 < a["rtt_ms_p99"] <= 124.0
     assert a["loss_pct"] == pytest.approx(0.1) and a["down_events"] == 1

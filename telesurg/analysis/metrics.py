@@ -120,25 +120,31 @@ class LatencyHistogram:
     """Latencies counted in fixed bins: percentiles over a session of any length in constant
     memory (a bridge receives millions of commands in an hour).
 
-    Values below 0 (clocks of two sites out of step) count in the first bin and values above
-    max_ms in the last, so a percentile is never silently dropped from; `clipped` counts them.
+    A value in [-tolerance_ms, 0) (two sites' clocks a little out of step) counts in the first
+    bin. A value below -tolerance_ms or above max_ms is no latency this histogram can stand for
+    (clocks far out of step, a forged stamp): it is counted in `out_of_range` and left out of the
+    percentiles, never clipped into them.
     """
 
-    def __init__(self, bin_ms: float = 0.01, max_ms: float = 2000.0):
-        if not 0.0 < bin_ms < max_ms:
-            raise ValueError(f"LatencyHistogram needs 0 < bin_ms < max_ms, got {bin_ms}, {max_ms}")
+    def __init__(self, bin_ms: float = 0.01, max_ms: float = 2000.0, tolerance_ms: float = 0.0):
+        if not 0.0 < bin_ms < max_ms or tolerance_ms < 0.0:
+            raise ValueError(f"LatencyHistogram needs 0 < bin_ms < max_ms and tolerance_ms >= 0, "
+                             f"got {bin_ms}, {max_ms}, {tolerance_ms}")
         self.bin_ms = bin_ms
+        self.max_ms = max_ms
+        self.tolerance_ms = tolerance_ms
         self._counts = np.zeros(int(round(max_ms / bin_ms)) + 1, dtype=np.int64)
         self.count = 0
-        self.clipped = 0
+        self.out_of_range = 0
 
-    def add(self, value_ms: float) -> None:
-        index = int(value_ms / self.bin_ms)
-        if not 0 <= index < len(self._counts):
-            self.clipped += 1
-            index = 0 if value_ms < 0 else len(self._counts) - 1
-        self._counts[index] += 1
+    def add(self, value_ms: float) -> bool:
+        """Count value_ms; False (and counted out of range) if it is not a plausible one."""
+        if not -self.tolerance_ms <= value_ms <= self.max_ms:  # NaN too
+            self.out_of_range += 1
+            return False
+        self._counts[max(0, int(value_ms / self.bin_ms))] += 1
         self.count += 1
+        return True
 
     def percentile(self, q: float) -> float | None:
         """The q-th percentile (0 to 100), to the upper edge of its bin; None when empty."""

@@ -92,8 +92,10 @@ def print_summary(summary: dict, say=print) -> None:
     say(f"  commands: {summary['command_rate_hz']} Hz; bridged {summary['commands_sent']} sent, "
         f"{summary['commands_delivered']} delivered ({summary['commands_recovered']} from the "
         f"next datagram), {summary['commands_lost']} lost; "
-        f"age at the patient bridge p50 {age['p50']} ms, p99 {age['p99']} ms; largest gap "
-        f"while following {summary['command_gap_ms_max']} ms")
+        f"age at the patient bridge p50 {age['p50']} ms, p99 {age['p99']} ms"
+        + (f" ({summary['command_ages_out_of_range']} ages out of range: clocks out of step?)"
+           if summary["command_ages_out_of_range"] else "")
+        + f"; largest gap while following {summary['command_gap_ms_max']} ms")
     say(f"  datagrams: {summary['duplicates_discarded']} second copies discarded, "
         f"{summary['rejected_datagrams']} rejected, {summary['untrusted_discarded']} from "
         "untrusted senders")
@@ -155,6 +157,7 @@ def network_summary(master_states: list, patient_states: list) -> dict:
         + int(patient["untrusted_discarded"]),
         "command_age_ms": {"p50": number(patient, "command_age_ms_p50"),
                            "p99": number(patient, "command_age_ms_p99")},
+        "command_ages_out_of_range": int(patient["command_ages_out_of_range"]),
         "links": links,
     }
 

@@ -38,6 +38,7 @@ from telesurg.bridge.wire import (
     pack_data,
     unpack_data,
 )
+from telesurg.contract.params import MAX_CLOCK_SKEW
 from telesurg.contract.topics import Qos
 
 #: Heartbeat payload: per link, the link id, the newest peer heartbeat timestamp heard on it and
@@ -112,7 +113,8 @@ def open_link_socket(link: LinkConfig) -> socket.socket:
 class BridgeCore:
     def __init__(self, config: BridgeConfig, key: bytes,
                  deliver: Callable[[int, bytes], None],
-                 health_changed: Callable[[list[StateChange]], None]):
+                 health_changed: Callable[[list[StateChange]], None],
+                 max_clock_skew_ms: float = MAX_CLOCK_SKEW.default):
         self.config = config
         self.codec = WireCodec(key)
         self._deliver = deliver
@@ -154,10 +156,12 @@ class BridgeCore:
         # The last message sent: (sequence, topic index, CDR, monotonic ns when sent).
         self._previous_data: tuple[int, int, bytes, int] | None = None
         self.oversized = 0
-        # Age of arriving commands (stamp at the other site to arrival here, wall clocks).
+        # Age of arriving commands (stamp at the other site to arrival here, wall clocks); one
+        # stamped further ahead than the clocks may disagree, or older than the histogram
+        # holds, is counted as out of range.
         self._aged_topics = frozenset(topic.index for topic in config.incoming
                                       if topic.stamped and topic.qos == Qos.COMMAND)
-        self.command_age = LatencyHistogram()
+        self.command_age = LatencyHistogram(tolerance_ms=max_clock_skew_ms)
         self._sequence = 0
         self._send_lock = threading.Lock()  # sequences must leave in order on every link
         self._lock = threading.Lock()  # health, shared by the receive and heartbeat threads

@@ -72,6 +72,15 @@ MAX_TIP_SPEED = Param(
     "Tool tip speed limit of the arm's setpoint (surgical motion stays well below); the safety "
     "supervisor's step limit grows by it over the time between two commands.", 0.01, 0.5)
 
+#: How far the two sites' clocks may disagree (they are synchronised with PTP or NTP), one
+#: parameter of two nodes: a command stamped further in the future than this is invalid (the
+#: safety supervisor pauses the arm on it), and the patient bridge leaves such ages out of its
+#: command-age figures, counted apart.
+MAX_CLOCK_SKEW = Param(
+    "max_clock_skew_ms", 20.0,
+    "How far the two sites' clocks may disagree: a command stamped further in the future than "
+    "this is invalid (pauses the arm; the bridge counts its age as out of range).", 0.0, 1000.0)
+
 NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
     "virtual_surgeon": (
         Param("task", "suturing", "Surgical task the virtual surgeon performs.",
@@ -122,6 +131,7 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               "A commanded tip step larger than this between two commands (plus "
               "max_tip_speed_m_s times the time between them) pauses the arm.", 0.1, 50.0),
         MAX_TIP_SPEED,
+        MAX_CLOCK_SKEW,
         Param("joint_limit_margin", 0.02,
               "Fraction of each joint's range from a limit that pauses the arm on entry.",
               0.001, 0.2),
@@ -182,6 +192,7 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               "experiments; both bridges must say so."),
         Param("link_state_rate_hz", 10.0, "Rate of /bridge/link_state (also sent on change).",
               1.0, 100.0),
+        MAX_CLOCK_SKEW,
     ),
     "simulator": (
         Param("physics_rate_hz", 1000.0, "MuJoCo physics steps per second (timestep 1/rate).",

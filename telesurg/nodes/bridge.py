@@ -52,7 +52,8 @@ class BridgeNode(Node):
                                                qos_profile(topic.qos))
             for topic in config.incoming}
         try:
-            self.core = BridgeCore(config, key, self._deliver, self._on_health_change)
+            self.core = BridgeCore(config, key, self._deliver, self._on_health_change,
+                                   p.max_clock_skew_ms)
         except OSError as error:
             raise ConfigError(f"{path}: {error}") from None
         for topic in config.outgoing:
@@ -166,7 +167,8 @@ def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore) ->
                 "rejected_datagrams": core.drops.total, "oversized": core.oversized,
                 "untrusted_discarded": core.untrusted_discarded,
                 "command_age_ms_p50": _value(core.command_age.percentile(50)),
-                "command_age_ms_p99": _value(core.command_age.percentile(99))}
+                "command_age_ms_p99": _value(core.command_age.percentile(99)),
+                "command_ages_out_of_range": core.command_age.out_of_range}
     counters.update({f"rejected_{reason}": count
                      for reason, count in core.drops.snapshot().items()})
     statuses.append(DiagnosticStatus(

@@ -31,6 +31,8 @@ naming every persisting cause and fault condition with its figures.
   Once commands stop, no old command is being acted on, and the next command's age decides: else
   a stream stopped by the pause would block resume for ever. Age unknown (None or NaN): not
   checked, reported in warnings().
+- COMMAND_STAMP: likewise, the latest command is stamped more than max_clock_skew_ms in the
+  future: the sites' clocks are out of step (or the stamp is forged), so no age limit holds.
 - PRESENCE_LOST: the operator-present pedal released while the console reports following (an
   event), or the console reporting following without the operator for presence_grace_ms (the
   two reports cross the bridge on topics of their own, so on an engage "following" may come
@@ -73,7 +75,7 @@ from enum import StrEnum
 import numpy as np
 
 from telesurg.contract import params
-from telesurg.contract.states import LINK_ALIVE, OperatingState
+from telesurg.contract.states import LINK_ALIVE, OperatingState, OverallState
 from telesurg.contract.states import StateCommand as Command
 
 
@@ -82,6 +84,7 @@ class Cause(StrEnum):
     LINK_LOST = "link lost"
     COMMAND_STALE = "command stream stale"
     COMMAND_AGE = "command too old"
+    COMMAND_STAMP = "command stamped in the future"
     STEP_LIMIT = "commanded step over the limit"
     JOINT_LIMIT = "arm near a joint limit"
     PRESENCE_LOST = "operator presence lost while following"
@@ -113,6 +116,8 @@ class SafetyConfig:
     # Plus this much per second since the previous command arrived (the arm controller's tip
     # speed cap, the same parameter): gaps in the stream do not read as jumps.
     max_tip_speed_m_s: float
+    # A command stamped further in the future than this is invalid: its age cannot be trusted.
+    max_clock_skew_ms: float
     # Fraction of each joint's range: the arm's joints mix radians and metres. 2 % is 0.06 rad
     # on the outer yaw, 4.8 mm on the insertion.
     joint_limit_margin: float
@@ -144,6 +149,9 @@ class SafetyConfig:
                      "arm_timeout_ms", "presence_grace_ms"):
             if getattr(self, name) <= 0.0:
                 raise ValueError(f"SafetyConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_clock_skew_ms < 0.0:
+            raise ValueError(f"SafetyConfig.max_clock_skew_ms must be >= 0, "
+                             f"got {self.max_clock_skew_ms!r}")
         if self.warn_command_age_ms >= self.max_command_age_ms:
             raise ValueError(f"SafetyConfig.warn_command_age_ms ({self.warn_command_age_ms!r}) "
                              f"must be < max_command_age_ms ({self.max_command_age_ms!r})")
@@ -278,7 +286,8 @@ class SafetySupervisor:
             elif config.warn_command_age_ms < age <= config.max_command_age_ms:
                 out.append(f"command age {_g(age)} ms above the warning level "
                            f"{_g(config.warn_command_age_ms)} ms")
-        if self._link_overall == "SINGLE" and now < self._link_heard + self._link_timeout:
+        if (self._link_overall == OverallState.SINGLE
+                and now < self._link_heard + self._link_timeout):
             out.append("link SINGLE: no redundancy left")
         if self._positions is not None:
             depth = self._depth(self._positions)
@@ -466,9 +475,14 @@ class SafetySupervisor:
                                     f"no command for {_g(silence * 1e3)} ms while following, "
                                     f"limit {_g(config.command_timeout_ms)} ms"))
         age = self._command_age_ms
-        if self._command_live(now) and age is not None and age > config.max_command_age_ms:
-            out.append(_Finding(Cause.COMMAND_AGE,
-                                f"{_g(age)} ms > {_g(config.max_command_age_ms)} ms"))
+        if self._command_live(now) and age is not None:
+            if age > config.max_command_age_ms:
+                out.append(_Finding(Cause.COMMAND_AGE,
+                                    f"{_g(age)} ms > {_g(config.max_command_age_ms)} ms"))
+            elif age < -config.max_clock_skew_ms:
+                out.append(_Finding(Cause.COMMAND_STAMP,
+                                    f"{_g(-age)} ms ahead of this clock, more than the "
+                                    f"{_g(config.max_clock_skew_ms)} ms the clocks may disagree"))
         if self._following and not self._present and now >= self._presence_deadline():
             out.append(_Finding(Cause.PRESENCE_LOST, ""))
         return out
