@@ -38,6 +38,7 @@ from telesurg.contract.resources import default_config, fastdds_profile
 from telesurg.contract.states import OperatingState, StateCommand
 from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS, SITES, Qos
 from telesurg.linkem.model import PROFILES, Outage, outage_timeline
+from telesurg.session.operator_cli import parse_status
 from telesurg.session.playback import ReplayPlan
 from telesurg.session.processes import NodeGroup, cpu_seconds
 
@@ -175,8 +176,10 @@ def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
 
 class ScriptedOperator:
     """The person at the console, in the master site's DDS domain: enables the arm at the start
-    and, once the links are not all cut, resumes it after every pause (the surgeon then
-    presses the operator-present pedal again to re-engage)."""
+    and resumes it after every pause once the links are not all cut (the surgeon then presses
+    the operator-present pedal again to re-engage). Says each pause it resumes, with its cause.
+    A pause before the task (a start-up race) is resumed like any other; a FAULT stops the
+    session at once, naming its cause: only a person may clear a fault."""
 
     RETRY_S = 0.5
 
@@ -186,34 +189,61 @@ class ScriptedOperator:
         from telesurg.ros.qos import publisher, subscription
 
         self.state: OperatingState | None = None
+        self.cause = ""  # of the last transition, from /safety/status
         self._say = say
         self._message = String
         self._publisher = publisher(node, topics.PSM_STATE_COMMAND)
         subscription(node, topics.PSM_OPERATING_STATE, self._on_state)
+        subscription(node, topics.SAFETY_STATUS, self._on_status)
         self._next_try = 0.0
+        self._pauses_seen = 0  # pauses heard so far
+        self._announced = 0  # of them, those said to be resumed
 
     def _on_state(self, message) -> None:
-        self.state = OperatingState.parse(message.data)
+        state = OperatingState.parse(message.data)
+        if state is OperatingState.PAUSED and self.state is not OperatingState.PAUSED:
+            self._pauses_seen += 1
+        self.state = state
+
+    def _on_status(self, message) -> None:
+        status = parse_status(message.data) or {}
+        self.cause = str(status.get("cause", ""))
 
     def _command(self, command: StateCommand) -> None:
         self._publisher.publish(self._message(data=command))
 
     def enable(self, timeout_s: float) -> None:
+        """Until the arm is ENABLED: enable it, resume it if it paused meanwhile; DemoError at
+        once on a FAULT, or after timeout_s."""
         deadline = time.monotonic() + timeout_s
         while self.state is not OperatingState.ENABLED:
+            if self.state is OperatingState.FAULT:
+                raise DemoError(f"the arm went to FAULT ({self.cause or 'cause unknown'}) "
+                                "before the task began; see logs/patient/safety_supervisor.log")
             if time.monotonic() > deadline:
                 raise DemoError(f"the arm was not ENABLED within {timeout_s:.0f} s of asking "
-                                f"(operating state {self.state}; see "
+                                f"(operating state {self.state}"
+                                f"{f', {self.cause}' if self.cause else ''}; see "
                                 "logs/patient/safety_supervisor.log)")
-            self._command(StateCommand.ENABLE)
+            if self.state is OperatingState.PAUSED:
+                self._announce_pause()
+                self._command(StateCommand.RESUME)
+            else:
+                self._command(StateCommand.ENABLE)
             time.sleep(self.RETRY_S)
 
     def resume_if_paused(self, links_all_cut: bool) -> None:
         now = time.monotonic()
         if self.state is OperatingState.PAUSED and not links_all_cut and now >= self._next_try:
             self._next_try = now + self.RETRY_S
-            self._say("  operator: resume")
+            self._announce_pause()
             self._command(StateCommand.RESUME)
+
+    def _announce_pause(self) -> None:
+        """Say once per pause that the operator resumes it, and why it paused."""
+        if self._pauses_seen > self._announced:
+            self._announced = self._pauses_seen
+            self._say(f"  operator: resume (the arm paused: {self.cause or 'cause unknown'})")
 
 
 class OutageSchedule(threading.Thread):

@@ -1,0 +1,104 @@
+"""The demo's scripted operator: it resumes a pause it did not cause (telling why the arm
+paused) instead of repeating a command the supervisor refuses, and stops at once on a FAULT."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from std_msgs.msg import String
+
+from telesurg.contract import topics
+from telesurg.session.demo import DemoError, ScriptedOperator
+
+
+class FakeNode:
+    """What ScriptedOperator uses of an rclpy node: its publishers and subscriptions."""
+
+    def __init__(self):
+        self.sent: dict[str, list[str]] = {}
+        self.callbacks = {}
+
+    def create_publisher(self, _type, name, _qos):
+        sent = self.sent.setdefault(name, [])
+        return type("Publisher", (), {"publish": lambda _self, message: sent.append(
+            message.data)})()
+
+    def create_subscription(self, _type, name, callback, _qos, raw=False):
+        self.callbacks[name] = callback
+
+    def hear(self, topic, text):
+        self.callbacks[topic.name](String(data=text))
+
+
+def operator_on(node, said):
+    operator = ScriptedOperator(node, said.append)
+    operator.RETRY_S = 0.01
+    return operator
+
+
+def supervisor_answers(node, answer):
+    """A supervisor thread that calls answer(commands so far) on every command sent."""
+    commands = node.sent[topics.PSM_STATE_COMMAND.name]
+    stop = threading.Event()
+
+    def run():
+        handled = 0
+        while not stop.wait(0.002):
+            while handled < len(commands):
+                handled += 1
+                answer(commands[:handled])
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return stop
+
+
+def test_a_pause_during_bring_up_is_resumed_and_said_not_enabled_for_ever():
+    node, said = FakeNode(), []
+    operator = operator_on(node, said)
+
+    def supervisor(commands):
+        if commands == ["enable"]:  # enabled, then paused at once by a start-up race
+            node.hear(topics.SAFETY_STATUS, json.dumps(
+                {"state": "PAUSED", "cause": "operator presence lost while following"}))
+            node.hear(topics.PSM_OPERATING_STATE, "PAUSED")
+        elif commands[-1] == "resume":
+            node.hear(topics.PSM_OPERATING_STATE, "ENABLED")
+    stop = supervisor_answers(node, supervisor)
+    try:
+        operator.enable(timeout_s=5.0)
+    finally:
+        stop.set()
+    commands = node.sent[topics.PSM_STATE_COMMAND.name]
+    assert commands[0] == "enable" and "resume" in commands
+    assert "enable" not in commands[1:], "enable repeated though the supervisor refuses it"
+    assert said == ["  operator: resume (the arm paused: operator presence lost while "
+                    "following)"]
+
+
+def test_a_fault_before_the_task_stops_at_once_naming_the_cause():
+    node, said = FakeNode(), []
+    operator = operator_on(node, said)
+    node.hear(topics.SAFETY_STATUS, json.dumps({"state": "FAULT",
+                                                 "cause": "arm joint states stopped"}))
+    node.hear(topics.PSM_OPERATING_STATE, "FAULT")
+    with pytest.raises(DemoError, match=r"FAULT \(arm joint states stopped\)"):
+        operator.enable(timeout_s=5.0)
+    assert node.sent[topics.PSM_STATE_COMMAND.name] == []
+
+
+def test_each_pause_in_the_task_is_said_once_with_its_cause():
+    node, said = FakeNode(), []
+    operator = operator_on(node, said)
+    operator.RETRY_S = 0.0  # every call may retry
+    for cause in ("link lost", "command stream stale"):
+        node.hear(topics.SAFETY_STATUS, json.dumps({"state": "PAUSED", "cause": cause}))
+        node.hear(topics.PSM_OPERATING_STATE, "PAUSED")
+        operator.resume_if_paused(links_all_cut=True)  # nothing while every link is cut
+        for _ in range(3):
+            operator.resume_if_paused(links_all_cut=False)
+        node.hear(topics.PSM_OPERATING_STATE, "ENABLED")
+    assert node.sent[topics.PSM_STATE_COMMAND.name] == ["resume"] * 6
+    assert said == ["  operator: resume (the arm paused: link lost)",
+                    "  operator: resume (the arm paused: command stream stale)"]
