@@ -102,3 +102,18 @@ def test_each_pause_in_the_task_is_said_once_with_its_cause():
     assert node.sent[topics.PSM_STATE_COMMAND.name] == ["resume"] * 6
     assert said == ["  operator: resume (the arm paused: link lost)",
                     "  operator: resume (the arm paused: command stream stale)"]
+
+
+def test_the_pause_is_said_with_its_own_cause_not_the_one_before():
+    """The state and the status (which names the cause) cross the bridge apart: the pause is
+    said once the status that goes with it has come."""
+    node, said = FakeNode(), []
+    operator = operator_on(node, said)
+    operator.RETRY_S = 0.0
+    node.hear(topics.SAFETY_STATUS, json.dumps({"state": "ENABLED", "cause": "enable command"}))
+    node.hear(topics.PSM_OPERATING_STATE, "PAUSED")
+    operator.resume_if_paused(links_all_cut=False)
+    assert said == []
+    node.hear(topics.SAFETY_STATUS, json.dumps({"state": "PAUSED", "cause": "link lost"}))
+    operator.resume_if_paused(links_all_cut=False)
+    assert said == ["  operator: resume (the arm paused: link lost)"]

@@ -190,6 +190,7 @@ class ScriptedOperator:
 
         self.state: OperatingState | None = None
         self.cause = ""  # of the last transition, from /safety/status
+        self._status_state = ""  # the state that status gave
         self._say = say
         self._message = String
         self._publisher = publisher(node, topics.PSM_STATE_COMMAND)
@@ -208,6 +209,7 @@ class ScriptedOperator:
     def _on_status(self, message) -> None:
         status = parse_status(message.data) or {}
         self.cause = str(status.get("cause", ""))
+        self._status_state = str(status.get("state", ""))
 
     def _command(self, command: StateCommand) -> None:
         self._publisher.publish(self._message(data=command))
@@ -240,10 +242,12 @@ class ScriptedOperator:
             self._command(StateCommand.RESUME)
 
     def _announce_pause(self) -> None:
-        """Say once per pause that the operator resumes it, and why it paused."""
-        if self._pauses_seen > self._announced:
+        """Say once per pause that the operator resumes it, and why it paused (once the status
+        naming that cause has come: it travels apart from the state)."""
+        if (self._pauses_seen > self._announced
+                and self._status_state == OperatingState.PAUSED):
             self._announced = self._pauses_seen
-            self._say(f"  operator: resume (the arm paused: {self.cause or 'cause unknown'})")
+            self._say(f"  operator: resume (the arm paused: {self.cause})")
 
 
 class OutageSchedule(threading.Thread):
