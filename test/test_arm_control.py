@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_LIMITS, JOINT_NAMES, forward
+from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_LIMITS, JOINT_NAMES, forward, inverse
 from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
 
 DEFAULTS = ArmControllerConfig.defaults()  # what the arm_controller node runs with
@@ -65,6 +65,30 @@ def test_follows_a_goal_within_velocity_limits():
     assert not controller.holding
 
 
+#: The largest tool tip step one tick may command: the tip speed cap over the longest tick
+#: (a late tick earns 1.5 periods).
+TICK_STEP_LIMIT_M = DEFAULTS.max_tip_speed_m_s * 1.5 * DT
+
+
+def tip(q):
+    return forward(np.asarray(q)[:ARM_JOINTS])[:3, 3]
+
+
+def settle_on(controller, held, now):
+    """Tick (the arm standing at held) until the setpoint reaches held, every step within one
+    tick's limit; returns the time reached."""
+    for _ in range(20):
+        if np.allclose(controller.setpoint, held):
+            return now
+        before = tip(controller.setpoint)
+        now += DT
+        controller.on_operating_state(controller.operating_state or "", now)
+        controller.on_joint_states(held, now)
+        controller.tick(now)
+        assert np.linalg.norm(tip(controller.setpoint) - before) <= TICK_STEP_LIMIT_M + 1e-9
+    raise AssertionError(f"the setpoint never reached {held}: {controller.setpoint}")
+
+
 def test_stale_commands_hold_at_the_measured_position_not_the_setpoint():
     controller = started()
     goal = shifted_tip(HOME_POSITIONS, [0.002, 0.0, 0.0])
@@ -79,7 +103,37 @@ def test_stale_commands_hold_at_the_measured_position_not_the_setpoint():
         controller.on_joint_states(lagging, now)
         controller.tick(now)
     assert controller.holding and controller.hold_reason == "commands stale"
-    np.testing.assert_allclose(controller.setpoint, lagging)
+    settle_on(controller, lagging, now)
+
+
+def test_entering_and_leaving_a_hold_never_steps_further_than_one_tick_allows():
+    """The arm lags its setpoint by 0.8 mm of tip when commands go stale (a stalled site): the
+    hold goes back to where the arm is, and the first goal after it moves on, each within the
+    tick's step limit (the setpoint used to jump to the measured position at once)."""
+    controller = started()
+    goal = shifted_tip(HOME_POSITIONS, [0.003, 0.0, 0.0])
+    now = follow(controller, goal, 0.0, 60)
+    lag = shifted_tip(controller.setpoint, [-0.0008, 0.0, 0.0])
+    lagging = controller.setpoint.copy()
+    lagging[:ARM_JOINTS] = inverse(lag, seed=controller.setpoint[:ARM_JOINTS]).q
+    tips = [tip(controller.setpoint)]
+    for _ in range(ticks(DEFAULTS.command_timeout_s) + 20):  # commands stale, then held
+        now += DT
+        controller.on_joint_states(lagging, now)
+        controller.tick(now)
+        tips.append(tip(controller.setpoint))
+    assert controller.holding
+    np.testing.assert_allclose(controller.setpoint, lagging, atol=1e-9)
+    onwards = shifted_tip(lagging, [0.004, 0.0, 0.0])
+    for _ in range(30):  # commands again, 4 mm on: leaving the hold
+        now += DT
+        assert controller.on_servo_cp(onwards, now) == ""
+        controller.on_joint_states(controller.setpoint, now)
+        controller.tick(now)
+        tips.append(tip(controller.setpoint))
+    assert not controller.holding
+    steps = np.linalg.norm(np.diff(tips, axis=0), axis=1)
+    assert steps.max() <= TICK_STEP_LIMIT_M + 1e-9, steps.max()
 
 
 def test_a_goal_that_jumps_is_refused_and_the_arm_holds():
@@ -156,7 +210,7 @@ def test_any_state_but_enabled_holds_at_the_measured_position_and_ignores_comman
     controller.on_joint_states(lagging, now)
     controller.tick(now)
     assert controller.holding and controller.hold_reason == f"operating state {state}"
-    np.testing.assert_allclose(controller.setpoint, lagging)
+    now = settle_on(controller, lagging, now)
     far = shifted_tip(HOME_POSITIONS, [0.004, 0.0, 0.0])
     for _ in range(50):  # commands keep coming, the supervisor keeps repeating its state
         now += DT

@@ -78,6 +78,7 @@ class ArmController:
         self._jaw_goal: float | None = None
         self.holding = True
         self.hold_cause: HoldCause | None = HoldCause.NO_COMMAND_YET  # None while following
+        self._hold_at: np.ndarray | None = None  # where the arm was when the hold began
         self.unreachable_goals = 0
         self.refused_goals = 0
         self.operating_state: OperatingState | None = None  # the supervisor's, once heard
@@ -168,18 +169,26 @@ class ArmController:
                 self._hold(not_enabled)
             self.hold_cause = not_enabled
             self._last_command_time = -math.inf  # following resumes on fresh commands only
-            return self.setpoint
-        if now - self._last_command_time > self.config.command_timeout_s:
+        elif now - self._last_command_time > self.config.command_timeout_s:
             cause = (HoldCause.COMMANDS_STALE if self.setpoint is not None
                      else HoldCause.NO_COMMAND_YET)
             if not self.holding or self.setpoint is None:
                 self._hold(cause)
             elif self.hold_cause not in (HoldCause.COMMANDS_STALE, HoldCause.NO_COMMAND_YET):
                 self.hold_cause = HoldCause.NO_COMMAND_SINCE_ENABLED  # the old cause is gone
-            return self.setpoint
-        self.holding = False
-        self.hold_cause = None
-        target = self._target(now)
+        else:
+            self.holding = False
+            self.hold_cause = None
+        if self.holding:
+            self._step_towards(self._hold_at[:ARM_JOINTS], self._hold_at[-1], dt)
+        else:
+            self._step_towards(self._target(now), self._jaw_goal, dt)
+        return self.setpoint
+
+    def _step_towards(self, target: np.ndarray, jaw: float | None, dt: float) -> None:
+        """Move the setpoint towards target (arm joints) and jaw within one tick of dt: the
+        joint velocity limits and the tool tip speed cap hold for every step, entering and
+        leaving a hold included."""
         limit = self._max_speed * dt
         setpoint = self.setpoint.copy()
         step = np.clip(target - setpoint[:ARM_JOINTS], -limit[:ARM_JOINTS], limit[:ARM_JOINTS])
@@ -191,10 +200,9 @@ class ArmController:
         if tip_move > tip_limit:
             step *= tip_limit / tip_move
         setpoint[:ARM_JOINTS] += step
-        if self._jaw_goal is not None:
-            setpoint[-1] += np.clip(self._jaw_goal - setpoint[-1], -limit[-1], limit[-1])
+        if jaw is not None:
+            setpoint[-1] += np.clip(jaw - setpoint[-1], -limit[-1], limit[-1])
         self._set(np.clip(setpoint, self._lower, self._upper))
-        return self.setpoint
 
     def _target(self, now: float) -> np.ndarray:
         """Where the interpolation between the last two goals is at time now."""
@@ -205,10 +213,14 @@ class ArmController:
         return self._goal_from + alpha * (self._goal_to - self._goal_from)
 
     def _hold(self, cause: HoldCause) -> None:
-        """Hold where the arm is now (its measured position, not the last setpoint)."""
+        """Hold where the arm is now (its measured position, not the last setpoint): the
+        setpoint goes there within the same per-tick limits as any motion (it is the arm's
+        tracking lag away, or the whole way when this is the first setpoint)."""
         self.holding = True
         self.hold_cause = cause
-        self._set(np.clip(self.measured, self._lower, self._upper))
+        self._hold_at = np.clip(self.measured, self._lower, self._upper)
+        if self.setpoint is None:
+            self._set(self._hold_at)
         self._jaw_goal = None
         self._goal_from = self._goal_to = None
 
