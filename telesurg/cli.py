@@ -299,6 +299,12 @@ def _demo(args) -> int:
         return 130
     print_summary(summary)
     print(f"summary written to {options.out / 'summary.json'}")
+    if summary["faults"]:
+        fault = summary["faults"][0]
+        print(f"telesurg demo: failed: the arm went to FAULT at {fault['t_s']} s "
+              f"({fault['cause']}) and stayed out of teleoperation until a person clears it; "
+              "see logs/patient/safety_supervisor.log", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -73,3 +73,22 @@ def test_demo_refuses_a_malformed_or_unknown_outage_naming_it(capsys):
     assert main(["demo", "--outage", "c@1+1", "--duration", "1", "--out", "/nonexistent"]) == 1
     err = capsys.readouterr().err
     assert "unknown link 'c'" in err and "Traceback" not in err
+
+
+def test_a_session_whose_arm_faulted_prints_its_figures_and_fails(monkeypatch, capsys,
+                                                                   tmp_path):
+    """The figures of a run whose arm went to FAULT are written and printed, and the exit code
+    and a last line say that it faulted (it used to exit 0, never naming the FAULT)."""
+    from telesurg.session import demo
+
+    summary = {"faults": [{"t_s": 6.2, "cause": "arm joint states stopped"}]}
+    monkeypatch.setattr(demo, "run_demo", lambda options: summary)
+    monkeypatch.setattr("telesurg.analysis.summary.print_summary",
+                        lambda figures: print("figures"))
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("figures")
+    assert err.strip() == (
+        "telesurg demo: failed: the arm went to FAULT at 6.2 s (arm joint states stopped) and "
+        "stayed out of teleoperation until a person clears it; see "
+        "logs/patient/safety_supervisor.log")

@@ -103,6 +103,11 @@ def print_summary(summary: dict, say=print) -> None:
         say(f"  link {name}: RTT p50 {link['rtt_ms_p50']} ms, p99 {link['rtt_ms_p99']} ms, "
             f"loss {link['loss_pct']} %, down {link['down_events']} times")
     say(f"  engagements {summary['engagements']}")
+    pauses = [t for t in summary["transitions"] if t["to"] == OperatingState.PAUSED]
+    say(f"  safety: {len(pauses)} pauses"
+        + "".join(f"; {t['t_s']} s {t['cause']}" for t in pauses)
+        + "".join(f"; FAULT at {fault['t_s']} s: {fault['cause']}"
+                  for fault in summary["faults"]))
     say(f"  tracking error (tip measured vs setpoint): p50 {error['p50']} mm, "
         f"p99 {error['p99']} mm, max {error['max']} mm")
     say(f"  largest tip step per controller tick: {summary['jump_max_mm']} mm; "
@@ -216,6 +221,8 @@ def safety_summary(messages: dict, patient_link_states: list, started_ns: int,
     following = following_changes(decoded(messages, MASTER, topics.CONSOLE_FOLLOWING))
     return {
         "pauses": sum(1 for c in state_changes if c["to"] == OperatingState.PAUSED),
+        "faults": [{"t_s": c["t_s"], "cause": c["cause"]} for c in state_changes
+                   if c["to"] == OperatingState.FAULT],
         "pause_reaction_ms": percentiles(reactions),
         "motion_while_paused_mm": round(1000.0 * max(paused_motion, default=0.0), 4),
         "resume_jump_mm": round(1000.0 * max(resume_jumps, default=0.0), 4),

@@ -341,7 +341,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                     site.group.start(spec, arguments)
             if replay:  # the recorded surgeon's device, held still until the arm is enabled
                 player, replayer = replay.start_player(sites[0].node, replay_go, stop_replay, say)
-            _wait_until_ready(groups, sites)
+            _wait_until_ready(sites)
             operator = ScriptedOperator(sites[0].node, say)
             operator.enable(STARTUP_TIMEOUT_S)
             replay_go.set()
@@ -355,7 +355,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             while time.monotonic() - started < duration_s:
                 if replay and not player.is_alive():
                     break  # the recording has been played to its end
-                _raise_if_dead(groups, "during the session")
+                _raise_if_dead(sites, "during the session")
                 operator.resume_if_paused(outages.down == set(DEFAULT_LINKS))
                 time.sleep(0.1)
             recorded_s = time.monotonic() - started
@@ -414,10 +414,14 @@ def _read_bag(path: Path, until_ns: int) -> dict[str, list[tuple[int, bytes]]]:
                 for topic, messages in bag.read_all().items()}
 
 
+#: What a run leaves in its directory, all of which an earlier run's must not mix with.
+RUN_OUTPUTS = (*BAG_DIRS.values(), "summary.json", "report.html", "figures", "logs")
+
+
 def _clear_previous_run(out: Path, say) -> None:
-    """A run directory holds one run: the bags and report of an earlier one go."""
-    previous = [out / name for name in (*BAG_DIRS.values(), "report.html", "figures")
-                if (out / name).exists()]
+    """A run directory holds one run: everything an earlier one left goes first, so that a run
+    that fails leaves no earlier summary or report beside its own bags and logs."""
+    previous = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
     if previous:
         say(f"replacing the earlier run in {out}: {', '.join(p.name for p in previous)}")
     for path in previous:
@@ -452,21 +456,21 @@ def _wait_for_final_counters(sites: list[Site], options: DemoOptions) -> None:
         time.sleep(0.05)
 
 
-def _raise_if_dead(groups: list[NodeGroup], when: str) -> None:
-    for group in groups:
-        dead = group.first_dead()
+def _raise_if_dead(sites: list[Site], when: str) -> None:
+    for site in sites:
+        dead = site.group.first_dead()
         if dead:
-            raise DemoError(f"node {dead.spec.name} exited {when} "
+            raise DemoError(f"node {_node_label(site, dead)} exited {when} "
                             f"(code {dead.process.poll()}):\n{dead.log_tail()}")
 
 
-def _wait_until_ready(groups: list[NodeGroup], sites: list[Site]) -> None:
+def _wait_until_ready(sites: list[Site]) -> None:
     """Wait until the arm reports its pose, the console is ready to engage and both sites are
     being recorded."""
     wanted = {(site.name, topic.name) for site in sites for topic in READY_TOPICS[site.name]}
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        _raise_if_dead(groups, "at start-up")
+        _raise_if_dead(sites, "at start-up")
         heard = {(site.name, topic) for site in sites for topic in site.heard}
         if wanted <= heard and all(site.recording() for site in sites):
             return

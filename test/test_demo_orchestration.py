@@ -1,5 +1,7 @@
-"""The demo's scripted operator: it resumes a pause it did not cause (telling why the arm
-paused) instead of repeating a command the supervisor refuses, and stops at once on a FAULT."""
+"""The demo's orchestration without running a session: the scripted operator resumes a pause
+it did not cause (telling why the arm paused) instead of repeating a command the supervisor
+refuses and stops at once on a FAULT; a run directory holds one run; a dead node is named with
+its site."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import pytest
 from std_msgs.msg import String
 
 from telesurg.contract import topics
+from telesurg.contract.graph import BRIDGE
+from telesurg.session import demo
 from telesurg.session.demo import DemoError, ScriptedOperator
 
 
@@ -117,3 +121,33 @@ def test_the_pause_is_said_with_its_own_cause_not_the_one_before():
     node.hear(topics.SAFETY_STATUS, json.dumps({"state": "PAUSED", "cause": "link lost"}))
     operator.resume_if_paused(links_all_cut=False)
     assert said == ["  operator: resume (the arm paused: link lost)"]
+
+
+def test_a_new_run_clears_everything_an_earlier_run_left(tmp_path):
+    """A failed rerun used to leave the earlier summary.json beside its own bags and logs."""
+    for name in ("master_bag", "patient_bag", "figures", "logs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "old").write_text("earlier run")
+    for name in ("summary.json", "report.html"):
+        (tmp_path / name).write_text("earlier run")
+    (tmp_path / "notes.txt").write_text("the user's own")
+    said = []
+    demo._clear_previous_run(tmp_path, said.append)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+    assert said and "summary.json" in said[0]
+
+
+class DeadNode:
+    spec = BRIDGE
+    process = type("Process", (), {"poll": lambda self: 1})()
+
+    def log_tail(self):
+        return "Traceback ..."
+
+
+def test_a_dead_node_is_named_with_its_site():
+    site = demo.Site("patient", 12, [])
+    site.group = type("Group", (), {"first_dead": lambda self: DeadNode()})()
+    with pytest.raises(DemoError, match=r"^node patient/bridge exited during the session "
+                                        r"\(code 1\)"):
+        demo._raise_if_dead([site], "during the session")
