@@ -10,39 +10,53 @@ from pathlib import Path
 from telesurg.bags.storage import STORAGES, BagError
 from telesurg.bench import BENCHMARKS, RESULTS_PATH
 from telesurg.contract.graph import DEFAULT_LINKS
+from telesurg.contract.params import NODE_PARAMETERS
 from telesurg.contract.topics import SITES
-from telesurg.linkem.model import PROFILES, parse_outage
+from telesurg.linkem.model import ALL_LINKS, PROFILES, parse_outage
 from telesurg.session.operator_cli import STATE_COMMANDS, parse_domain
 
 LINK_PROFILES = tuple(PROFILES)
 
 
-def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not 1.0 <= value <= 3600.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [1, 3600] seconds")
+def _number_in(low: float, high: float, unit: str = ""):
+    """An argparse type: a number in [low, high], refused with a message that says so."""
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # NaN too
+            raise argparse.ArgumentTypeError(f"{text} is not in [{low:g}, {high:g}]{unit}")
+        return value
+    return number
+
+
+_positive_seconds = _number_in(1.0, 3600.0, " seconds")
+_rate = _number_in(0.01, 100.0)
+_start = _number_in(0.0, 86400.0, " seconds")
+
+
+def _seed(text: str) -> int:
+    """The virtual surgeon's seed, in the range its parameter accepts."""
+    seed = next(p for p in NODE_PARAMETERS["virtual_surgeon"] if p.name == "seed")
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not seed.low <= value <= seed.high:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: must be {seed.range_text()}")
     return value
 
 
 def _outage(text: str):
     try:
-        return parse_outage(text)
+        link, outage = parse_outage(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.01 <= value <= 100.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0.01, 100]")
-    return value
-
-
-def _start(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 86400.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 86400] seconds")
-    return value
+    if link not in (*DEFAULT_LINKS, ALL_LINKS):
+        raise argparse.ArgumentTypeError(f"outage {text!r}: unknown link {link!r}: one of "
+                                         f"{', '.join(DEFAULT_LINKS)} or {ALL_LINKS}")
+    return link, outage
 
 
 def _benchmark(text: str) -> str:
@@ -89,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what the virtual surgeon does (default: suturing)")
     demo.add_argument("--duration", type=_positive_seconds, default=None,
                       help="seconds of task after the graph is up (default: 20)")
-    demo.add_argument("--seed", type=int, default=1,
+    demo.add_argument("--seed", type=_seed, default=1,
                       help="seed of the surgeon's tremor and timing (default: 1)")
     demo.add_argument("--out", type=Path, default=Path("runs/latest"),
                       help="output directory for summary.json and logs (default: runs/latest)")
@@ -279,7 +293,7 @@ def _keygen(args) -> int:
 
 def _demo(args) -> int:
     from telesurg.analysis.summary import print_summary
-    from telesurg.session.demo import DemoError, DemoOptions, run_demo
+    from telesurg.session.demo import DemoError, DemoOptionError, DemoOptions, run_demo
 
     options = DemoOptions(task=args.task, duration_s=args.duration, seed=args.seed,
                           out=args.out, config=args.config,
@@ -289,6 +303,9 @@ def _demo(args) -> int:
     try:
         summary = run_demo(options)
     except BagError as error:
+        print(f"telesurg demo: {error}", file=sys.stderr)
+        return 2
+    except DemoOptionError as error:
         print(f"telesurg demo: {error}", file=sys.stderr)
         return 2
     except DemoError as error:

@@ -335,10 +335,16 @@ def write_key(path: str | Path, key: bytes | None = None) -> bytes:
 
 
 def load_key(path: str | Path) -> bytes:
-    """The 32-byte key in `path`; refuses a file accessible by group or others."""
+    """The 32-byte key in `path`; refuses a file accessible by group or others, and anything
+    but a regular file (opening a FIFO would wait for a writer for ever)."""
     try:
-        with open(path, "rb") as file:
-            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+        # Non-blocking: a FIFO opens at once, and is then refused for what it is.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(descriptor, "rb") as file:
+            status = os.fstat(file.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise KeyFileError(f"key file {path} is not a regular file")
+            mode = stat.S_IMODE(status.st_mode)
             if mode & 0o077:
                 raise KeyFileError(
                     f"key file {path} has mode {mode:04o}: it must not be accessible by group or "

@@ -205,6 +205,31 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class Below:
+    """A rule between two parameters of one node: lower must stay below upper."""
+
+    lower: str
+    upper: str
+
+    def check(self, values: Mapping[str, object], where: str) -> None:
+        if not values[self.lower] < values[self.upper]:
+            raise ConfigError(f"{where}: '{self.lower}' = {values[self.lower]!r} must be below "
+                              f"'{self.upper}' = {values[self.upper]!r}")
+
+
+#: Rules between parameters of one node, checked like each parameter's own range.
+NODE_RULES: dict[str, tuple[Below, ...]] = {
+    "safety_supervisor": (Below("warn_command_age_ms", "max_command_age_ms"),),
+}
+
+
+def check_node_rules(node: str, values: Mapping[str, object], where: str) -> None:
+    """ConfigError naming where if a node's complete parameter values break one of its rules."""
+    for rule in NODE_RULES.get(node, ()):
+        rule.check(values, where)
+
+
 def _shared_parameters() -> dict[Param, tuple[str, ...]]:
     nodes_of: dict[Param, list[str]] = {}
     for node, params in NODE_PARAMETERS.items():
@@ -248,9 +273,11 @@ def check_node_values(node: str, values: dict, where: str) -> dict:
 def read_yaml(path: Path, what: str):
     """The YAML document in path; ConfigError naming the file if unreadable or not YAML."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read {what}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {error.start})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
 
@@ -289,6 +316,8 @@ def load_parameter_file(path: str | Path) -> dict[str, dict]:
             if unknown:
                 raise ConfigError(f"{path}: {section}: unknown parameter '{sorted(unknown)[0]}'")
     _check_shared(result, path)
+    for node, values in result.items():
+        check_node_rules(node, defaults(node) | values, f"{path}: {node}")
     return result
 
 

@@ -132,7 +132,7 @@ class Outage:
         return self.start_s <= t < self.start_s + self.duration_s
 
 
-_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
 _OUTAGE_TEXT = re.compile(rf"([A-Za-z][\w-]*)@{_NUMBER}\+{_NUMBER}")
 
 
@@ -146,10 +146,12 @@ def parse_outage(text: str) -> tuple[str, Outage]:
         raise ValueError(f"outage {text!r} is not LINK@START+DURATION with LINK a link name or "
                          f"'{ALL_LINKS}' and START, DURATION seconds (e.g. a@5+5)")
     link, start, duration = match.groups()
-    try:
-        return link, Outage(float(start), float(duration))
-    except ValueError as error:
-        raise ValueError(f"outage {text!r}: {error}") from None
+    if float(start) < 0.0:
+        raise ValueError(f"outage {text!r}: START {start} s is negative (seconds after the "
+                         "task starts)")
+    if float(duration) <= 0.0:
+        raise ValueError(f"outage {text!r}: DURATION {duration} s is not positive")
+    return link, Outage(float(start), float(duration))
 
 
 def outage_timeline(outages, link_names) -> list[tuple[float, str, bool]]:

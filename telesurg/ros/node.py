@@ -14,7 +14,12 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from telesurg.contract.params import NODE_PARAMETERS, ConfigError, load_parameter_file
+from telesurg.contract.params import (
+    NODE_PARAMETERS,
+    ConfigError,
+    check_node_rules,
+    load_parameter_file,
+)
 
 
 def declare_parameters(node: Node, table_name: str) -> SimpleNamespace:
@@ -33,6 +38,7 @@ def declare_parameters(node: Node, table_name: str) -> SimpleNamespace:
         value = node.declare_parameter(param.name, param.default, descriptor).value
         # Catches what rclpy does not check itself (choices) for -p overrides too.
         values[param.name] = param.check(value, f"node '{node.get_name()}'")
+    check_node_rules(table_name, values, f"node '{node.get_name()}'")
     return SimpleNamespace(**values)
 
 

@@ -38,7 +38,7 @@ from telesurg.contract.resources import default_config, fastdds_profile
 from telesurg.contract.states import OperatingState, StateCommand
 from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS, SITES, Qos
 from telesurg.linkem.model import PROFILES, Outage, outage_timeline
-from telesurg.session.operator_cli import parse_status
+from telesurg.session.operator_cli import MAX_DOMAIN_ID, parse_domain, parse_status
 from telesurg.session.playback import ReplayPlan
 from telesurg.session.processes import NodeGroup, cpu_seconds
 
@@ -56,11 +56,15 @@ READY_TOPICS = {MASTER: (topics.CONSOLE_FOLLOWING,), PATIENT: (topics.PSM_MEASUR
 #: absorb a delay, the session's loops must not wait for it.
 RECORDER = NodeSpec("recorder", "telesurg", "telesurg.cli", "both",
                     "Records the site's contract topics into a rosbag2 bag.", niceness=5)
-MAX_DOMAIN_ID = 232
 
 
 class DemoError(RuntimeError):
     """The session could not run or ended badly; the message says why."""
+
+
+class DemoOptionError(DemoError):
+    """An option, a file or the environment the session was given is not usable: refused before
+    anything is started or written."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,25 @@ def session_environment(domain_id: int) -> dict[str, str]:
 def pick_domain_id() -> int:
     """ROS_DOMAIN_ID from the environment, else a random one so parallel sessions don't mix."""
     configured = os.environ.get("ROS_DOMAIN_ID")
-    return int(configured) if configured else random.randint(10, 99)
+    if not configured:
+        return random.randint(10, 99)
+    try:
+        return parse_domain(configured)
+    except ValueError as error:
+        raise DemoOptionError(f"ROS_DOMAIN_ID: {error}") from None
+
+
+def prepare_run_directory(out: Path) -> None:
+    """Create out (and its parents) if needed; DemoOptionError if it cannot hold a run."""
+    if out.exists() and not out.is_dir():
+        raise DemoOptionError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass  # writable: a read-only file system or folder fails here, not mid-session
+    except OSError as error:
+        raise DemoOptionError(f"--out {out}: cannot write a run there: "
+                              f"{error.strerror or error}") from None
 
 
 @dataclass
@@ -281,27 +303,33 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     try:
         load_parameter_file(config)
     except ConfigError as error:
-        raise DemoError(f"configuration error: {error}") from None
+        raise DemoOptionError(f"configuration error: {error}") from None
     if len(options.link_profiles) != len(DEFAULT_LINKS):
-        raise DemoError(f"one link profile per link ({', '.join(DEFAULT_LINKS)}), got "
-                        f"{len(options.link_profiles)}")
+        raise DemoOptionError(f"one link profile per link ({', '.join(DEFAULT_LINKS)}), got "
+                              f"{len(options.link_profiles)}")
     unknown = [p for p in options.link_profiles if p not in PROFILES]
     if unknown:
-        raise DemoError(f"unknown link profile {unknown[0]!r}: one of {', '.join(PROFILES)}")
+        raise DemoOptionError(f"unknown link profile {unknown[0]!r}: one of "
+                              f"{', '.join(PROFILES)}")
     try:
         outage_timeline(options.outages, DEFAULT_LINKS)
     except ValueError as error:
-        raise DemoError(str(error)) from None
+        raise DemoOptionError(str(error)) from None
     replay = ReplayPlan.of(options.replay) if options.replay else None
     duration_s = options.duration_s or (replay.span_s if replay else DEFAULT_DURATION_S)
     if replay:
         duration_s = min(duration_s, replay.span_s)
+    late = [(link, outage) for link, outage in options.outages if outage.start_s >= duration_s]
+    if late:
+        link, outage = late[0]
+        raise DemoOptionError(f"--outage {link}@{outage.start_s:g}+{outage.duration_s:g} starts "
+                              f"after the {duration_s:g} s task has ended: it would never happen")
+    domain_id = pick_domain_id()
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_directory(out)
     scratch = None if options.record else Path(tempfile.mkdtemp(prefix="telesurg-demo-"))
     bag_root = scratch or out
     _clear_previous_run(out, say)
-    domain_id = pick_domain_id()
     os.environ.update({k: v for k, v in session_environment(domain_id).items()
                        if k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION",
                                 "FASTDDS_DEFAULT_PROFILES_FILE")})
@@ -310,18 +338,19 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         bridge_config, links = open_links(options, out, stack)
         sites = plan_sites(options, config, domain_id, bridge_config, replay is not None)
-        contexts = []
         for site in sites:
             site.group = NodeGroup(session_environment(site.domain_id),
                                    out / "logs" / site.name)
             context = rclpy.Context()
             rclpy.init(context=context, domain_id=site.domain_id,
                        signal_handler_options=SignalHandlerOptions.NO)
-            contexts.append(context)
             site.executor = SingleThreadedExecutor(context=context)
             site.watch(context)
             site.executor.add_node(site.node)
-            threading.Thread(target=site.executor.spin, daemon=True).start()
+            spinner = threading.Thread(target=site.executor.spin, daemon=True)
+            spinner.start()
+            # Closed however the session ends (the with's exit), after its nodes have stopped.
+            stack.callback(_close_watch, site, context, spinner)
         domains = ", ".join(f"{site.name} {site.domain_id}" for site in sites)
         networks = ", ".join(f"{name} {profile}" for name, profile in
                              zip(DEFAULT_LINKS, options.link_profiles, strict=True))
@@ -377,10 +406,6 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             codes = {_node_label(site, n): code for site in sites
                      for n, code in zip(site.group.nodes, site.group.stop().values(),
                                         strict=True)}
-            for site, context in zip(sites, contexts, strict=True):
-                site.executor.shutdown()
-                site.node.destroy_node()
-                rclpy.try_shutdown(context=context)
         failed = {name: code for name, code in codes.items() if code not in (0, -signal.SIGINT)}
         if failed:
             raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
@@ -405,6 +430,18 @@ def run_demo(options: DemoOptions, say=print) -> dict:
 
         write_report(out, out)
     return summary
+
+
+def _close_watch(site: Site, context, spinner: threading.Thread) -> None:
+    """Stop the demo's own node of a site and wait for its executor thread: one left running
+    in rclpy while Python exits aborts the process ("terminate called without an active
+    exception")."""
+    import rclpy
+
+    site.executor.shutdown()
+    site.node.destroy_node()
+    rclpy.try_shutdown(context=context)
+    spinner.join(timeout=5.0)
 
 
 def _read_bag(path: Path, until_ns: int) -> dict[str, list[tuple[int, bytes]]]:
