@@ -79,6 +79,14 @@ def _add_domain_option(parser: argparse.ArgumentParser) -> None:
                              "else 0)")
 
 
+def _add_accept_damage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accept-damage", action="store_true",
+                        help="read a damaged recording (a chunk failing its checksum or "
+                             "structure) without its damaged chunks, saying how many messages "
+                             "of which topics were lost; without it, damage is an error "
+                             "(exit 2) naming the file and where")
+
+
 def _add_site_options(parser: argparse.ArgumentParser, timeout_help: str) -> None:
     _add_domain_option(parser)
     parser.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="S",
@@ -132,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "RUN_DIR/patient_bag's (replay_deviation_mm in summary.json); "
                            "--task and --seed are then ignored and --duration defaults to the "
                            "recording's")
+    _add_accept_damage_option(demo)
     record = commands.add_parser(
         "record", help="record a site's contract topics into a rosbag2 bag until Ctrl-C",
         description="Subscribe to every contract topic of the site (the README's topic table) "
@@ -155,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "status 0 when played (or interrupted), 2 when the bag cannot be read or "
                     "lacks a topic asked for.")
     replay.add_argument("bag", type=Path, metavar="BAG", help="bag to play")
+    _add_accept_damage_option(replay)
     replay.add_argument("--rate", type=_rate, default=1.0,
                         help="playback speed factor, in [0.01, 100] (default: 1)")
     replay.add_argument("--start", type=_start, default=0.0, metavar="S",
@@ -174,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "error, per-link round-trip time and loss with outages shaded, operating "
                     "state timeline with causes, command age; and the summary figures.")
     report.add_argument("source", type=Path, metavar="RUN_DIR_OR_BAG")
+    _add_accept_damage_option(report)
     report.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="where to write report.html (default: RUN_DIR, or beside the bag)")
     bench = commands.add_parser(
@@ -261,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         from telesurg.bags.player import run_replay
 
         return run_replay(args.bag, args.rate, args.start, args.topics, args.loop, args.domain,
-                          args.wait_subscribers)
+                          args.wait_subscribers, args.accept_damage)
     if args.command == "bench":
         from telesurg.bench import run_bench
 
@@ -269,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         from telesurg.analysis.report import run_report
 
-        return run_report(args.source, args.out)
+        return run_report(args.source, args.out, args.accept_damage)
 
     return 2
 
@@ -299,7 +310,8 @@ def _demo(args) -> int:
                           out=args.out, config=args.config,
                           link_profiles=(args.link_a or args.profile, args.link_b or args.profile),
                           outages=tuple(args.outage), record=args.record, storage=args.storage,
-                          replay=args.replay, report=args.report)
+                          replay=args.replay, report=args.report,
+                          accept_damage=args.accept_damage)
     try:
         summary = run_demo(options)
     except BagError as error:

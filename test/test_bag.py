@@ -14,6 +14,8 @@ import pytest
 import yaml
 from geometry_msgs.msg import PoseStamped
 from mcap.reader import make_reader
+from mcap.records import Chunk
+from mcap.stream_reader import StreamReader
 from mcap_ros2.decoder import DecoderFactory
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.interfaces import QosDurability, QosReliability
@@ -365,3 +367,95 @@ def test_a_bag_being_written_is_readable_at_its_last_checkpoint(tmp_path):
     with BagReader(tmp_path / "live") as reader:
         assert not reader.unclosed
         assert reader.topics["/count"].count == 11
+
+
+# -- damage --------------------------------------------------------------------------------
+
+
+def chunked_bag(path: Path, checksums: bool = True, poses: int = 4000) -> int:
+    """poses on /tip, a chunk closed every 400 (as the recorder's checkpoints do each second),
+    written by BagWriter, or by rosbags alone (chunks without checksums, as other tools may
+    write them); returns how many messages it holds."""
+    if checksums:
+        writer = BagWriter(path, "mcap")
+        writer.add_topic("/tip", POSE, [STREAM])
+        write = writer.write
+        close_chunk = writer.checkpoint
+    else:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP)
+        writer.open()
+        tip = writer.add_connection("/tip", POSE, typestore=TYPESTORE)
+
+        def write(_topic, stamp, data):
+            writer.write(tip, stamp, data)
+        close_chunk = writer.storage.close_chunk
+    for i in range(poses):
+        write("/tip", START_NS + i * 10 * MS, serialize_message(pose(i)))
+        if i % 400 == 399:
+            close_chunk()
+    writer.close()
+    return poses
+
+
+def damaged_bag(tmp_path: Path, checksums: bool = True) -> tuple[Path, int]:
+    """A chunked bag with 4 KiB overwritten a third into its MCAP file; returns it and how many
+    messages it holds."""
+    bag = tmp_path / "damaged"
+    total = chunked_bag(bag, checksums)
+    mcap = bag / "damaged.mcap"
+    data = bytearray(mcap.read_bytes())
+    third = len(data) // 3
+    data[third:third + 4096] = bytes(range(256)) * 16
+    mcap.write_bytes(bytes(data))
+    return bag, total
+
+
+def test_the_recorder_writes_chunk_checksums_an_independent_reader_verifies(tmp_path):
+    bag = tmp_path / "bag"
+    chunked_bag(bag)
+    with open(bag / "bag.mcap", "rb") as file:
+        chunks = [record for record in StreamReader(file, emit_chunks=True).records
+                  if isinstance(record, Chunk)]
+    assert len(chunks) == 10 and all(chunk.uncompressed_crc for chunk in chunks)
+    with open(bag / "bag.mcap", "rb") as file:  # checked as each chunk is opened
+        records = list(StreamReader(file, validate_crcs=True).records)
+    assert sum(1 for record in records if type(record).__name__ == "Message") == 4000
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "no checksums"])
+def test_a_damaged_bag_is_refused_naming_where_or_read_without_the_damage(tmp_path, checksums):
+    """4 KiB overwritten: once silently read with a thousand messages missing. Now an error
+    naming the file and the damaged bytes, or, when asked to, the rest of the bag with what
+    was lost said."""
+    bag, total = damaged_bag(tmp_path, checksums)
+    with pytest.raises(BagError) as error:
+        BagReader(bag)
+    message = str(error.value)
+    assert message.startswith(f"{bag}: damaged: 1 chunk damaged, the first at bytes ")
+    assert "--accept-damage reads the rest" in message and "/tip" in message
+    with BagReader(bag, accept_damage=True) as reader:
+        read = sum(len(messages) for messages in reader.read_all().values())
+        note = reader.damage_note
+    lost = total - read
+    assert 0 < lost < total // 2
+    assert f"read without them: lost {lost} messages" in note
+
+
+@pytest.mark.multiprocess  # runs `telesurg` commands
+def test_the_command_line_refuses_a_damaged_bag_and_reads_it_when_told(tmp_path):
+    bag, _ = damaged_bag(tmp_path)
+    for command in (["replay", str(bag), "--rate", "100"],
+                    ["report", str(bag), "--out", str(tmp_path / "report")]):
+        result = subprocess.run([sys.executable, "-m", "telesurg.cli", *command],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().startswith(f"telesurg {command[0]}: {bag}: damaged: ")
+        assert "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "telesurg.cli", "report", str(bag),
+                             "--out", str(tmp_path / "report"), "--accept-damage"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "read without them: lost" in result.stderr
+    assert "read without them: lost" in (tmp_path / "report" / "report.html").read_text()

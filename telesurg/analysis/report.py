@@ -83,6 +83,7 @@ class Recording:
     start_ns: int | None  # earliest message of any bag (None: the bags are empty)
     end_ns: int | None
     unclosed: list[Path] = field(default_factory=list)  # bags whose recorder never closed them
+    damage: list[str] = field(default_factory=list)  # what damaged bags lost (accept_damage)
 
     def topic(self, topic: str) -> tuple[str | None, list[tuple[int, object]]]:
         """(site, messages) of the preferred site that recorded the topic; (None, []) if none
@@ -98,13 +99,14 @@ def guess_site(topic_names) -> str:
     return MASTER if MASTER_ONLY_TOPICS & set(topic_names) else PATIENT
 
 
-def load_recording(bags: dict[str | None, Path]) -> Recording:
+def load_recording(bags: dict[str | None, Path], accept_damage: bool = False) -> Recording:
     """Read and decode the topics the report draws from each bag (site None: guessed from its
-    topics). Raises BagError naming the bag if it cannot be read or a message decoded."""
+    topics). Raises BagError naming the bag if it cannot be read or a message decoded, or is
+    damaged (unless accept_damage: then its sound chunks are read, and the loss noted)."""
     recording = Recording({}, {}, None, None)
     spans = []
     for site, path in bags.items():
-        with BagReader(path) as bag:
+        with BagReader(path, accept_damage) as bag:
             site = site or guess_site(bag.topics)
             expected = SITE_TOPICS[site]
             # A topic recorded with another type than the contract's is treated as absent.
@@ -115,6 +117,8 @@ def load_recording(bags: dict[str | None, Path]) -> Recording:
                 spans.append((bag.start_ns, bag.end_ns))
             if bag.unclosed:
                 recording.unclosed.append(path)
+            if bag.damage_note:
+                recording.damage.append(bag.damage_note)
         decoded = {}
         for topic, messages in raw.items():
             try:
@@ -652,7 +656,8 @@ def render_html(source: Path, recording: Recording, session: Session, summary: d
                    for site, path in recording.bags.items()) or "<li>no bags</li>"
     notes = "".join(f"<p class='skipped'>{e(str(path))} was never closed (its recorder "
                     "stopped abruptly): read up to its last checkpoint.</p>"
-                    for path in recording.unclosed)
+                    for path in recording.unclosed) + "".join(
+        f"<p class='skipped'>{e(note)}.</p>" for note in recording.damage)
     sections = []
     for drawn in figures:
         if drawn.caption is None:
@@ -730,12 +735,13 @@ def read_summary(path: Path) -> dict:
     return summary
 
 
-def build_report(source: Path, out_dir: Path | None) -> tuple[Path, int]:
-    """Write report.html and its figures; return the page's path and how many figures were
-    drawn. Raises BagError or ReportError (messages naming the file)."""
+def build_report(source: Path, out_dir: Path | None,
+                 accept_damage: bool = False) -> tuple[Path, Recording, int]:
+    """Write report.html and its figures; return the page's path, the recording it drew and
+    how many figures were drawn. Raises BagError or ReportError (messages naming the file)."""
     sources = find_sources(source)
     summary = read_summary(sources.summary) if sources.summary else None
-    recording = load_recording(sources.bags)
+    recording = load_recording(sources.bags, accept_damage)
     session = extract_session(recording, summary or {})
     out_dir = out_dir if out_dir is not None else sources.default_out
     figures_dir = out_dir / FIGURES_DIR
@@ -753,7 +759,7 @@ def build_report(source: Path, out_dir: Path | None) -> tuple[Path, int]:
             drawn.append(DrawnFigure(spec, spec.draw(session, png)))
     page = out_dir / "report.html"
     page.write_text(render_html(source, recording, session, summary, sources.summary, drawn))
-    return page, sum(1 for figure in drawn if figure.caption is not None)
+    return page, recording, sum(1 for figure in drawn if figure.caption is not None)
 
 
 def write_report(run_dir: Path, out_dir: Path) -> Path:
@@ -762,16 +768,20 @@ def write_report(run_dir: Path, out_dir: Path) -> Path:
     return build_report(Path(run_dir), Path(out_dir))[0]
 
 
-def run_report(source: Path, out: Path | None) -> int:
+def run_report(source: Path, out: Path | None, accept_damage: bool = False) -> int:
     """`telesurg report`: 0 when the report was written, 2 (one line on stderr) when the source
     cannot be reported on or the report not written."""
     try:
-        page, count = build_report(Path(source), Path(out) if out is not None else None)
+        page, recording, count = build_report(Path(source),
+                                              Path(out) if out is not None else None,
+                                              accept_damage)
     except (BagError, ReportError) as error:
         print(f"telesurg report: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"telesurg report: {error.filename or out}: {error.strerror}", file=sys.stderr)
         return 2
+    for note in recording.damage:
+        print(f"telesurg report: {note}", file=sys.stderr)
     print(f"wrote {page} ({count} figures)")
     return 0

@@ -181,17 +181,20 @@ class Player:
 
 
 def run_replay(bag_path: Path, rate: float, start_s: float, topics: list[str] | None,
-               loop: bool, domain: int | None, wait_subscribers_s: float = 0.0) -> int:
+               loop: bool, domain: int | None, wait_subscribers_s: float = 0.0,
+               accept_damage: bool = False) -> int:
     """`telesurg replay`."""
     import rclpy
     from rclpy.node import Node
     from rclpy.signals import SignalHandlerOptions
 
     try:
-        reader = BagReader(bag_path)
+        reader = BagReader(bag_path, accept_damage)
     except BagError as error:
         print(f"telesurg replay: {error}", file=sys.stderr)
         return 2
+    if reader.damage_note:
+        print(f"telesurg replay: {reader.damage_note}", file=sys.stderr)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
     node = Node("telesurg_replay", context=context)

@@ -32,6 +32,8 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from telesurg.bags.mcap_check import CHUNK_CRC_OFFSET, ChunkDamage, chunk_crc, mcap_damage
+
 #: Storage formats a bag can be written in; the first is the default (as in `ros2 bag record`).
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 #: Message definitions and type hashes written into new bags: the ROS 2 distribution the
@@ -89,6 +91,8 @@ class BagWriter:
             self._writer.open()
         except OSError as error:  # e.g. a parent that is a file, or not writable
             raise BagError(f"{path}: cannot create the bag: {error.strerror}") from None
+        if hasattr(self._writer.storage, "close_chunk"):
+            _write_chunk_checksums(self._writer.storage)
         self._connections: dict[str, object] = {}
         self._last_checkpoint = time.monotonic()
         self.checkpoint()
@@ -136,11 +140,32 @@ class BagWriter:
         return {topic: self._writer.counts[c.id] for topic, c in self._connections.items()}
 
 
+def _write_chunk_checksums(storage) -> None:
+    """Make an MCAP storage write each chunk's CRC-32, which rosbags leaves 0 (not computed):
+    with it, a reader tells a damaged chunk from a sound one (bags.mcap_check)."""
+    close_chunk = storage.close_chunk
+
+    def close_chunk_with_checksum() -> None:
+        records = storage.chunk.bio.getvalue()
+        chunk_at = storage.bio.tell()
+        close_chunk()
+        end = storage.bio.tell()
+        storage.bio.seek(chunk_at + CHUNK_CRC_OFFSET)
+        storage.bio.write(struct.pack("<I", chunk_crc(records)))
+        storage.bio.seek(end)
+
+    storage.close_chunk = close_chunk_with_checksum
+
+
 class BagReader:
     """A rosbag2 bag opened for reading: a directory with metadata.yaml, or a single .mcap or
-    .db3 file. Use as a context manager."""
+    .db3 file. Use as a context manager.
 
-    def __init__(self, path: Path) -> None:
+    An MCAP file is checked whole first (bags.mcap_check): a damaged chunk is a BagError saying
+    where and what it held, unless accept_damage, which reads the rest and says in damage_note
+    how many messages of which topics were lost with the damaged chunks."""
+
+    def __init__(self, path: Path, accept_damage: bool = False) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise BagError(f"{self.path}: no such bag")
@@ -148,6 +173,8 @@ class BagReader:
         #: Whether the bag was never closed (its recorder crashed) and was read up to the last
         #: complete chunk, the last checkpoint.
         self.unclosed = False
+        #: With accept_damage, what was lost to damage ("" if nothing was).
+        self.damage_note = ""
         try:
             self._reader = self._open(self.path)
         except Exception as error:  # rosbags raises many kinds; all mean "not a readable bag"
@@ -158,6 +185,7 @@ class BagReader:
                 raise BagError(f"{self.path}: truncated: its MCAP file ends before the summary "
                                "a closed bag has, so messages are missing") from None
             self._reader = self._open_unclosed()
+        self._check_chunks(accept_damage)
         self.topics = {
             c.topic: BagTopic(c.topic, c.msgtype, c.msgcount,
                               tuple(getattr(c.ext, "offered_qos_profiles", ())))
@@ -202,6 +230,68 @@ class BagReader:
             raise BagError(f"{self.path}: not a readable rosbag2 bag (never closed, and "
                            f"corrupt before its end): {_reason(error)}") from None
 
+    def _mcap_file(self) -> Path | None:
+        if self._scratch is not None:  # an unclosed bag, read through its repaired copy
+            return next(Path(self._scratch.name).rglob("*.mcap"))
+        if self.path.is_file():
+            return self.path if self.path.suffix == ".mcap" else None
+        return next(iter(self.path.glob("*.mcap")), None)
+
+    def _check_chunks(self, accept_damage: bool) -> None:
+        mcap = self._mcap_file()
+        if mcap is None:
+            return  # sqlite3: no chunks
+        data = mcap.read_bytes()
+        try:
+            damaged, channels = mcap_damage(data)
+        except ValueError as error:
+            raise BagError(f"{self.path}: damaged: {error}") from None
+        if not damaged:
+            return
+        lost: dict[str, int] = {}
+        for chunk in damaged:
+            for channel, count in chunk.messages.items():
+                topic = channels.get(channel, f"channel {channel}")
+                lost[topic] = lost.get(topic, 0) + count
+        first = damaged[0]
+        start_ns = self._reader.start_time
+        where = (f"{len(damaged)} chunk{'s' if len(damaged) > 1 else ''} damaged, the first at "
+                 f"bytes {first.offset}-{first.offset + first.length} ({first.problem}; its "
+                 f"messages from {(first.start_ns - start_ns) * 1e-9:.1f} to "
+                 f"{(first.end_ns - start_ns) * 1e-9:.1f} s into the recording)")
+        what = f"{sum(lost.values())} messages (" + ", ".join(
+            f"{topic} {count}" for topic, count in sorted(lost.items())) + ")"
+        if not accept_damage:
+            raise BagError(f"{self.path}: damaged: {where}: {what} cannot be read; "
+                           "--accept-damage reads the rest")
+        self._reader.close()
+        self._reader = self._open_without(mcap, data, damaged)
+        self.damage_note = f"{self.path}: damaged: {where}; read without them: lost {what}"
+
+    def _open_without(self, mcap: Path, data: bytes, damaged: list[ChunkDamage]) -> Reader:
+        """Open a copy of the bag's MCAP file without its damaged chunks and their message
+        indexes, closed with a new summary."""
+        kept, at = [], 0
+        for chunk in sorted(damaged, key=lambda chunk: chunk.offset):
+            kept.append(data[at:chunk.offset])
+            at = chunk.offset + chunk.length + chunk.index_length
+        kept.append(data[at:])
+        records = complete_mcap_records(b"".join(kept))
+        scratch = tempfile.TemporaryDirectory(prefix="telesurg-bag-")
+        copy_dir = Path(scratch.name) / self.path.name
+        copy_dir.mkdir()
+        if self.path.is_dir() and (self.path / "metadata.yaml").exists():
+            shutil.copy(self.path / "metadata.yaml", copy_dir)
+        (copy_dir / mcap.name).write_bytes(records + closed_mcap_end(records))
+        if self._scratch is not None:
+            self._scratch.cleanup()
+        self._scratch = scratch
+        try:
+            return self._open(copy_dir if self.path.is_dir() else copy_dir / mcap.name)
+        except Exception as error:
+            raise BagError(f"{self.path}: not readable without its damaged chunks: "
+                           f"{_reason(error)}") from None
+
     def __enter__(self) -> BagReader:
         return self
 
@@ -224,6 +314,8 @@ class BagReader:
         """(topic, receive time ns, CDR bytes) in time order."""
         wanted = set(self.topics) if topics is None else set(topics)
         connections = [c for c in self._reader.connections if c.topic in wanted]
+        if not connections:
+            return  # rosbags reads every connection when given none
         try:
             for connection, stamp, data in self._reader.messages(connections=connections,
                                                                  start=start_ns):

@@ -79,6 +79,7 @@ class DemoOptions:
     record: bool = True          # leave the sites' bags in out
     storage: str = "mcap"
     replay: Path | None = None   # a run directory whose master bag drives the session
+    accept_damage: bool = False  # replay a damaged recording without its damaged chunks
     report: bool = True          # write out/report.html
 
 
@@ -315,7 +316,9 @@ def run_demo(options: DemoOptions, say=print) -> dict:
         outage_timeline(options.outages, DEFAULT_LINKS)
     except ValueError as error:
         raise DemoOptionError(str(error)) from None
-    replay = ReplayPlan.of(options.replay) if options.replay else None
+    replay = ReplayPlan.of(options.replay, options.accept_damage) if options.replay else None
+    for note in replay.damage if replay else ():
+        say(f"telesurg demo: {note}")
     duration_s = options.duration_s or (replay.span_s if replay else DEFAULT_DURATION_S)
     if replay:
         duration_s = min(duration_s, replay.span_s)

@@ -44,10 +44,13 @@ class ReplayPlan:
     start_s: float        # into the master bag: when the recorded arm was first ENABLED
     span_s: float         # from there to the end of the recording
     reference: ReplayReference  # what the new session's tip path is compared with
+    accept_damage: bool = False  # read damaged bags without their damaged chunks
+    damage: tuple[str, ...] = ()  # what damaged bags lost, then
 
     @classmethod
-    def of(cls, run_dir: Path) -> ReplayPlan:
-        """Read and check RUN_DIR's bags; BagError naming the file and what is wrong."""
+    def of(cls, run_dir: Path, accept_damage: bool = False) -> ReplayPlan:
+        """Read and check RUN_DIR's bags; BagError naming the file and what is wrong (a damaged
+        bag too, unless accept_damage: then damage says what it lost)."""
         run_dir = Path(run_dir)
         bags = {site: run_dir / name for site, name in BAG_DIRS.items()}
         for path in bags.values():
@@ -55,7 +58,9 @@ class ReplayPlan:
                 raise BagError(f"{path}: no such bag (a replay needs RUN_DIR/master_bag and "
                                "RUN_DIR/patient_bag, as `telesurg demo` or `ros2 bag record -o` "
                                "write them)")
-        with BagReader(bags[MASTER]) as master:
+        damage = []
+        with BagReader(bags[MASTER], accept_damage) as master:
+            damage += [master.damage_note] if master.damage_note else []
             master.require(MASTER_BAG_TOPICS)
             recorded = {MASTER: master.read_all([topics.PSM_OPERATING_STATE.name,
                                                  topics.CONSOLE_FOLLOWING.name,
@@ -73,13 +78,15 @@ class ReplayPlan:
                                "recording; nothing to replay")
             start_s = (enabled - master.start_ns) * 1e-9
             span_s = (master.end_ns - enabled) * 1e-9
-        with BagReader(bags[PATIENT]) as patient:
+        with BagReader(bags[PATIENT], accept_damage) as patient:
+            damage += [patient.damage_note] if patient.damage_note else []
             patient.require(PATIENT_BAG_TOPICS)
             recorded[PATIENT] = patient.read_all([topics.PSM_MEASURED_CP.name])
         return cls(run_dir, bags[MASTER], start_s, span_s, ReplayReference(
             enabled, engaged, following,
             receive_times(recorded[MASTER][topics.PSM_SERVO_CP.name]),
-            pose_track(decoded(recorded, PATIENT, topics.PSM_MEASURED_CP))))
+            pose_track(decoded(recorded, PATIENT, topics.PSM_MEASURED_CP))),
+            accept_damage, tuple(damage))
 
     def start_player(self, node, go: threading.Event, stop: threading.Event,
                      say=print) -> tuple[threading.Thread, Player]:
@@ -91,7 +98,7 @@ class ReplayPlan:
 
         from telesurg.ros.qos import subscription
 
-        reader = BagReader(self.master_bag)
+        reader = BagReader(self.master_bag, self.accept_damage)
         surgeon = ReplaySurgeon(
             self.reference.following,
             lambda topic, pressed: player.publishers[topic].publish(Bool(data=pressed)), say)
