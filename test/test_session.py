@@ -120,6 +120,6 @@ def test_demo_refuses_a_bad_config_naming_key_and_file(ros_env, tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = run_demo(ros_env, "--config", str(path), "--out", str(tmp_path / "run"),
                       timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input, as every other
     assert "'scale' = 5.0 is out of range" in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr
