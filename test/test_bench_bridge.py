@@ -7,7 +7,7 @@ import pytest
 from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import deserialize_message
 
-from telesurg.bench import failover, overhead, throughput
+from telesurg.bench import failover, flood, overhead, throughput
 from telesurg.bench.bridge_pair import (
     MASTER,
     PATIENT,
@@ -20,6 +20,7 @@ from telesurg.bench.bridge_pair import (
 )
 from telesurg.bench.stream import PAYLOAD_BYTES
 from telesurg.bridge.core import header_stamp_ns
+from telesurg.bridge.wire import PROTOCOL_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,31 @@ def test_the_rate_search_doubles_bisects_and_confirms(search_capacity, confirm_c
     assert result.rows[0].met is (sustained is not None)
     assert result.figures["cpu_percent_at_1khz"] == {
         "bridge": {MASTER: 10.0, PATIENT: 12.0}, "raw_udp": {MASTER: 5.0, PATIENT: 3.0}}
+
+
+@pytest.mark.multiprocess  # the benchmark's site and flooder processes
+@pytest.mark.parametrize("kind", flood.KINDS)
+def test_a_short_flood_step_is_rejected_whole_and_the_commands_still_arrive(pair, tmp_path,
+                                                                            kind):
+    step = flood.run_step(pair, tmp_path, kind, rate_per_link=5000, duration_s=1.0)
+    assert step["achieved_per_link"] >= 2500  # generous: the flooder shares the machine
+    assert step["rejected"] == 2 * step["achieved_per_link"]  # every forged one, both links
+    assert step["delivered_fraction"] >= flood.DELIVERED_FRACTION and step["held"]
+
+
+def test_a_flood_kind_withstood_the_highest_rate_below_its_first_failure():
+    steps = [{"rate_per_link": rate, "held": held, "achieved_per_link": rate}
+             for rate, held in ((10_000, True), (25_000, True), (50_000, False),
+                                (75_000, True))]
+    assert flood.withstood(steps)["rate_per_link"] == 25_000
+    assert flood.withstood(steps[2:3]) is None
+
+
+def test_forged_datagrams_have_valid_headers_and_the_kind_s_sender():
+    forged = flood.forged_datagrams("peer_sender", 1, 0xABC, 3)
+    headers = [flood._HEADER.unpack_from(datagram) for datagram in forged]
+    assert {(h[0], h[2], h[3]) for h in headers} == {(PROTOCOL_VERSION, 1, 0xABC)}
+    assert len({h[4] for h in headers}) == 3  # fresh sequences: each one costs a decryption
+    senders = {flood._HEADER.unpack_from(d)[3]
+               for d in flood.forged_datagrams("forged_senders", 0, 0xABC, 50)}
+    assert len(senders) == 50 and 0xABC not in senders

@@ -238,3 +238,17 @@ def test_malformed_data_payloads_are_refused(payload):
     with pytest.raises(WireError) as error:
         unpack_data(payload)
     assert error.value.reason == "malformed data"
+
+
+def test_drop_counters_give_the_rate_of_rejections_over_the_last_second():
+    drops = DropCounters()
+    assert drops.per_second(0.0) == 0.0
+    for step in range(1, 31):  # 300 rejections a second, sampled at 10 Hz for 3 s
+        for _ in range(30):
+            drops.record("bad version")
+        rate = drops.per_second(step * 0.1)
+    assert rate == pytest.approx(300.0)
+    assert rate >= DropCounters.FLOOD_PER_S
+    for step in range(31, 52):  # then none for two seconds
+        rate = drops.per_second(step * 0.1)
+    assert rate == 0.0

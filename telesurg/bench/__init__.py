@@ -21,6 +21,7 @@ BENCHMARKS = {
     "overhead": "telesurg.bench.overhead",
     "throughput": "telesurg.bench.throughput",
     "failover": "telesurg.bench.failover",
+    "flood": "telesurg.bench.flood",
     "freeze": "telesurg.bench.freeze",
     "end_to_end": "telesurg.bench.end_to_end",
     "zenoh": "telesurg.bench.zenoh_link",

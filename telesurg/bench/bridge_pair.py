@@ -180,8 +180,9 @@ class _BridgeEnd:
         config = load_bridge_config(spec.config_path, spec.role, message_types=message_info)
         self._servo_index = next(topic.index for topic in config.outgoing + config.incoming
                                  if topic.name == SERVO_TOPIC.name)
+        self.lost_events = 0  # times the peer was LOST on every link
         self.core = BridgeCore(config, load_key(config.key_file),
-                               lambda _topic, cdr: deliver(cdr), lambda _changes: None)
+                               lambda _topic, cdr: deliver(cdr), self._on_health_change)
         self.core.start()
         self._heartbeat_period_s = 1.0 / config.heartbeat_rate_hz
         self._stop = threading.Event()
@@ -199,11 +200,19 @@ class _BridgeEnd:
         links = self.core.snapshot().links.values()
         return bool(self.core.peer_id) and all(link.state != LinkState.DOWN for link in links)
 
+    def _on_health_change(self, changes) -> None:
+        self.lost_events += sum(1 for change in changes
+                                if change.link is None and change.current == OverallState.LOST)
+
     def counters(self) -> dict[str, int]:
         """recovered: commands lost on every link but delivered from the next datagram's
-        copy."""
+        copy; link_down_events and lost_events: false alarms where no link was cut; rejected:
+        datagrams that failed a check."""
         return {"recovered": self.core.recovered, "socket_drops": socket_drops(
-            {link.sock.getsockname()[1] for link in self.core.links})}
+                    {link.sock.getsockname()[1] for link in self.core.links}),
+                "link_down_events": sum(
+                    figures.down_events for figures in self.core.snapshot().links.values()),
+                "lost_events": self.lost_events, "rejected": self.core.drops.total}
 
     def close(self) -> None:
         self._stop.set()
@@ -321,6 +330,10 @@ class _Site:
         return {"sent": sent, "send_rate_hz": sent / elapsed_s,
                 "cpu_percent": 100.0 * (_cpu_seconds() - cpu_start) / elapsed_s}
 
+    def peer_id(self) -> int:
+        """The sender id a bridge end trusts (the flood benchmark forges datagrams of it)."""
+        return self.end.core.peer_id
+
     def listen(self) -> None:
         self._listen_mark = (_cpu_seconds(), time.monotonic(), self.end.counters())
 
@@ -436,6 +449,11 @@ class SitePair:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+    def ask(self, site: str, command: str, *argument, timeout_s: float = 10.0):
+        """One request to a site and its answer (a site serves one request at a time)."""
+        self._request(site, command, *argument)
+        return self._answer(site, timeout_s)
 
     def _request(self, site: str, command: str, *argument) -> None:
         self._connections[site].send((command, argument))

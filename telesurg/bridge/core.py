@@ -58,8 +58,34 @@ REDUNDANCY_WINDOW_NS = 100_000_000
 _SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
+RECEIVE_BUFFER_BYTES = 4 << 20
 #: Longest the receive thread sleeps when no link deadline is due.
 _IDLE_WAIT_S = 0.1
+#: Key derivations for senders not trusted yet, at most (about 20 us each), while no trusted
+#: peer is alive: a flood of forged sender ids costs at most 2% of a core in derivations, and a
+#: restarted peer's heartbeats (100 per second per link) still meet a free one within seconds.
+DERIVATIONS_PER_S = 1000.0
+DERIVATION_BURST = 50
+
+
+class TokenBucket:
+    """At most rate_per_s takes per second on average, burst at once."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self._rate_per_ns = rate_per_s * 1e-9
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last_ns: int | None = None
+
+    def take(self, now_ns: int) -> bool:
+        if self._last_ns is not None:
+            self._tokens = min(self._burst, self._tokens
+                               + (now_ns - self._last_ns) * self._rate_per_ns)
+        self._last_ns = now_ns
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 @dataclass
@@ -101,6 +127,9 @@ def open_link_socket(link: LinkConfig) -> socket.socket:
                             link.interface.encode() + b"\0")
         sock.bind(link.bind)
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        # Room for a burst while the receive thread waits for a core (or wades through a
+        # flood): the kernel caps it at net.core.rmem_max.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     except OSError as error:
         sock.close()
         raise OSError(f"link {link.name}: cannot bind {link.bind[0]}:{link.bind[1]}"
@@ -132,6 +161,9 @@ class BridgeCore:
             raise
         self._by_fileno = {link.sock.fileno(): link for link in self.links}
         self.peer_id = 0  # the trusted peer sender (0: none yet)
+        self._peer_heard_ns = -(1 << 62)  # monotonic, its last authentic datagram
+        self._link_timeout_ns = int(config.link_timeout_ms * 1e6)
+        self._derivations = TokenBucket(DERIVATIONS_PER_S, DERIVATION_BURST)
         self._candidate_id = 0  # the newest untrusted sender heard: the one our heartbeats answer
         self._replaced_ids: set[int] = set()
         self._window = AntiReplayWindow()
@@ -274,14 +306,18 @@ class BridgeCore:
 
     def _receive(self, link: _Link, raw: bytes, arrival_ns: int) -> None:
         try:
-            datagram = self.codec.decode(raw)
+            header = self.codec.header(raw)
+            rejected = self._rejected_unread(link, header, arrival_ns)
+            if rejected:
+                self.drops.record(rejected)
+                return
+            datagram = self.codec.authenticate(raw, header)
         except WireError as error:
             self.drops.record(error.reason)
             return
-        if datagram.link_id != link.index:
-            self.drops.record("wrong link")  # authentic, but relabelled or misrouted
-            return
-        if datagram.sender_id != self.peer_id and not self._trust(datagram):
+        if datagram.sender_id == self.peer_id:
+            self._peer_heard_ns = arrival_ns
+        elif not self._trust(datagram):
             self.untrusted_discarded += 1
             return
         if datagram.kind == MessageKind.DATA:
@@ -291,11 +327,7 @@ class BridgeCore:
                 self.drops.record(error.reason)
                 return
         fresh = self._window.accept(datagram.sequence)
-        if not link.window.accept(datagram.sequence):
-            # Seen on this link before: a recorded copy replayed (or a duplicate the network
-            # made). It proves nothing about the link now, so the link's health never sees it.
-            self.drops.record("replayed")
-            return
+        link.window.accept(datagram.sequence)
         now = arrival_ns * 1e-9
         with self._lock:
             monitor = self.health.links[link.config.name]
@@ -313,6 +345,23 @@ class BridgeCore:
                 self._deliver_data(datagram.topic_index, message)
             else:
                 self.duplicates_discarded += 1
+
+    def _rejected_unread(self, link: _Link, header, arrival_ns: int) -> str:
+        """Why a datagram is dropped on its header alone, before any cryptography ("" if it is
+        to be authenticated): what bounds the cost of a flood of forged datagrams."""
+        if header.link_id != link.index:
+            return "wrong link"  # relabelled or misrouted
+        if header.sender_id == self.peer_id:
+            # Seen on this link before: a recorded copy replayed (or a duplicate the network
+            # made). It proves nothing about the link now, so the link's health never sees it.
+            return "" if link.window.is_new(header.sequence) else "replayed"
+        if arrival_ns - self._peer_heard_ns < self._link_timeout_ns:
+            # The trusted peer is alive: no other sender is (a restarted peer is heard once the
+            # old one has been silent for the link timeout), so no key derivation for one.
+            return "unknown sender"
+        if not self.codec.knows(header.sender_id) and not self._derivations.take(arrival_ns):
+            return "unknown sender over budget"
+        return ""
 
     def _deliver_data(self, topic_index: int, message: bytes) -> None:
         self.delivered += 1

@@ -43,9 +43,11 @@ import re
 import stat
 import struct
 import tempfile
+from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -183,6 +185,18 @@ class MalformedData(WireError):
     reason = "malformed data"
 
 
+class Header(NamedTuple):
+    """A datagram's header, as sent (authenticated only once the datagram is)."""
+
+    version: int
+    kind: int
+    link_id: int
+    sender_id: int
+    sequence: int
+    timestamp_ns: int
+    topic_index: int
+
+
 def new_sender_id() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
@@ -228,18 +242,32 @@ class WireCodec:
 
     def decode(self, datagram: bytes) -> Datagram:
         """The authenticated content of `datagram`; raises a WireError if it is invalid."""
+        return self.authenticate(datagram, self.header(datagram))
+
+    def header(self, datagram: bytes) -> Header:
+        """The datagram's header, checked for what needs no key (size, version, kind, not our
+        own): the cheap first look a receiver takes before spending a decryption on it."""
         if len(datagram) < _HEADER.size + _TAG_BYTES:
             raise TruncatedDatagram
         if len(datagram) > MAX_DATAGRAM_BYTES:
             raise OversizedDatagram
-        version, kind, link_id, sender_id, sequence, timestamp_ns, topic_index = (
-            _HEADER.unpack_from(datagram))
-        if version != PROTOCOL_VERSION:
+        header = Header(*_HEADER.unpack_from(datagram))
+        if header.version != PROTOCOL_VERSION:
             raise BadVersion
-        if kind not in _KINDS:
+        if header.kind not in _KINDS:
             raise UnknownKind
-        if sender_id == self.sender_id:
+        if header.sender_id == self.sender_id:
             raise ReflectedDatagram
+        return header
+
+    def knows(self, sender_id: int) -> bool:
+        """Whether a datagram of sender_id authenticates without a key derivation (about
+        20 us, against 3 us to check one datagram)."""
+        return sender_id in self._peer_ciphers
+
+    def authenticate(self, datagram: bytes, header: Header) -> Datagram:
+        """The authenticated content of a datagram whose header() is header."""
+        _, kind, link_id, sender_id, sequence, timestamp_ns, topic_index = header
         cipher = self._peer_ciphers.get(sender_id)
         authentic_sender = cipher is not None
         if not authentic_sender:
@@ -277,6 +305,14 @@ class AntiReplayWindow:
         self._seen = 0  # bit i set: sequence (highest - i) was accepted
         self._all_bits = (1 << width) - 1
 
+    def is_new(self, sequence: int) -> bool:
+        """Whether accept(sequence) would accept it (nothing changes)."""
+        highest = self._highest
+        if highest is None or sequence > highest:
+            return True
+        offset = highest - sequence
+        return offset < self.width and not self._seen & (1 << offset)
+
     def accept(self, sequence: int) -> bool:
         highest = self._highest
         if highest is None or sequence > highest:
@@ -298,10 +334,15 @@ class AntiReplayWindow:
 
 
 class DropCounters:
-    """Rejected datagrams per reason, for the bridge's diagnostics."""
+    """Rejected datagrams per reason, for the bridge's diagnostics, and their rate: a flood."""
+
+    #: A rate of rejected datagrams reported as a flood: a genuine peer is rejected now and
+    #: then (a reordered copy too old), never hundreds of times a second.
+    FLOOD_PER_S = 100.0
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
+        self._samples: deque[tuple[float, int]] = deque()  # (time s, total), the last second
 
     def record(self, reason: str) -> None:
         self._counts[reason] = self._counts.get(reason, 0) + 1
@@ -312,6 +353,15 @@ class DropCounters:
 
     def snapshot(self) -> dict[str, int]:
         return dict(self._counts)
+
+    def per_second(self, now: float) -> float:
+        """Rejected datagrams per second over about the last second (call it periodically)."""
+        total = self.total
+        self._samples.append((now, total))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= 1.0:
+            self._samples.popleft()
+        then, before = self._samples[0]
+        return (total - before) / (now - then) if now > then else 0.0
 
 
 def write_key(path: str | Path, key: bytes | None = None) -> bytes:

@@ -7,6 +7,8 @@ link, publishes what arrives from the other site, and reports its own view of th
 
 from __future__ import annotations
 
+import time
+
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 
@@ -17,7 +19,7 @@ from telesurg.bridge.config import (
 )
 from telesurg.bridge.core import BridgeCore
 from telesurg.bridge.link_health import HealthSnapshot
-from telesurg.bridge.wire import KeyFileError, load_key
+from telesurg.bridge.wire import DropCounters, KeyFileError, load_key
 from telesurg.contract import topics
 from telesurg.contract.params import ConfigError
 from telesurg.contract.states import LINK_OVERALL_ID, LinkState, OverallState
@@ -126,7 +128,13 @@ class BridgeNode(Node):
             self.get_logger().info(f"trusting peer sender {self.core.peer_id:016x}{replaced}: "
                                    "its heartbeats answer ours")
             self._logged_peer = self.core.peer_id
-        message = link_state_message(self._name, self.core.snapshot(), self.core)
+        rejected_per_s = self.core.drops.per_second(time.monotonic())
+        if rejected_per_s >= DropCounters.FLOOD_PER_S:
+            self.get_logger().warning(
+                f"flood: {rejected_per_s:.0f} datagrams/s rejected "
+                f"({self.core.drops.snapshot()} so far)", throttle_duration_sec=5.0)
+        message = link_state_message(self._name, self.core.snapshot(), self.core,
+                                     rejected_per_s)
         message.header.stamp = self.get_clock().now().to_msg()
         self._publish(self._link_state_pub, message)
         self._publish(self._diagnostics_pub, message)
@@ -147,7 +155,8 @@ def _value(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore) -> DiagnosticArray:
+def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore,
+                       rejected_per_s: float = 0.0) -> DiagnosticArray:
     """One status per link and one overall, with the figures as key/values."""
     statuses = []
     for link_name, figures in snapshot.links.items():
@@ -171,8 +180,13 @@ def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore) ->
                 "command_ages_out_of_range": core.command_age.out_of_range}
     counters.update({f"rejected_{reason}": count
                      for reason, count in core.drops.snapshot().items()})
+    # A flood of rejected datagrams is no change of state, but worth a warning.
+    level = LEVELS[snapshot.state]
+    if rejected_per_s >= DropCounters.FLOOD_PER_S:
+        level = max(level, DiagnosticStatus.WARN, key=ord)
+    counters["rejected_per_s"] = round(rejected_per_s, 1)
     statuses.append(DiagnosticStatus(
-        level=LEVELS[snapshot.state], name=f"{name}: overall", hardware_id=LINK_OVERALL_ID,
+        level=level, name=f"{name}: overall", hardware_id=LINK_OVERALL_ID,
         message=str(snapshot.state),
         values=[KeyValue(key=key, value=str(value)) for key, value in counters.items()]))
     return DiagnosticArray(status=statuses)
