@@ -24,6 +24,8 @@ from telesurg.ros.qos import qos_profile
 
 #: Deep queues, so that a busy moment loses nothing.
 _DEPTH = 1000
+#: Pause after each round of takes: about 100 wake-ups a second at most, whatever the rate.
+BATCH_WAIT_S = 0.01
 RECORDER_NODE_NAME = "telesurg_recorder"
 
 
@@ -86,6 +88,9 @@ class SiteRecorder:
                         if subscription.handle.pointer in ready:
                             self._take_all(topic, subscription)
                     self.bag.checkpoint_if_due()
+                    # Let messages gather: a wake-up costs more than taking a message, and
+                    # each message keeps the time the middleware received it.
+                    stop.wait(BATCH_WAIT_S)
         finally:
             self.bag.close()
 

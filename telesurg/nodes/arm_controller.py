@@ -32,6 +32,7 @@ from telesurg.contract.states import (
     OPERATING_STATE_KEY,
 )
 from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
+from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import fill_pose, is_valid_stamp, pose_to_matrix
 from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
@@ -70,7 +71,8 @@ class ArmControllerNode(Node):
         self._state_period_ns = int(1e9 / p.state_rate_hz)
         self._next_state_ns = 0
         self._arm_silent = True  # until the first /joint_states
-        self.create_timer(WATCHDOG_PERIOD_S, self._watch_arm)
+        self.loop = NodeLoop(self)
+        self.loop.every(WATCHDOG_PERIOD_S, self._watch_arm)
         self.get_logger().info(
             f"arm_controller: one tick per /joint_states (about {p.rate_hz:.0f} Hz), holding "
             f"until the safety supervisor says ENABLED and fresh servo commands arrive "

@@ -23,8 +23,9 @@ from telesurg.bridge.wire import DropCounters, KeyFileError, load_key
 from telesurg.contract import topics
 from telesurg.contract.params import ConfigError
 from telesurg.contract.states import LINK_OVERALL_ID, LinkState, OverallState
+from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import message_class, message_info
-from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
+from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, qos_profile
 
 #: An all-zero key: what both bridges use when run insecure, so they still understand each
@@ -66,12 +67,12 @@ class BridgeNode(Node):
         self._diagnostics_pub = publisher(self, topics.DIAGNOSTICS)
         self._name = f"bridge ({p.role})"
         self._logged_peer = 0
+        self._rejected_per_s = 0.0  # over the last second, as of the last periodic report
         self.core.start()
-        self.loops = [PeriodicLoop(self, config.heartbeat_rate_hz, self.core.send_heartbeat),
-                      PeriodicLoop(self, p.link_state_rate_hz, self._publish_link_state),
-                      PeriodicLoop(self, STATE_REFRESH_HZ, self.core.refresh_states)]
-        for loop in self.loops:
-            loop.start()
+        self.loop = NodeLoop(self)
+        self.loop.every(1.0 / config.heartbeat_rate_hz, self.core.send_heartbeat)
+        self.loop.every(1.0 / p.link_state_rate_hz, self._report_link_state)
+        self.loop.every(1.0 / STATE_REFRESH_HZ, self.core.refresh_states)
         links = ", ".join(f"{link.name} {link.bind[0]}:{link.bind[1]} -> "
                           f"{link.peer[0]}:{link.peer[1]}" for link in config.links)
         self.get_logger().info(
@@ -120,21 +121,27 @@ class BridgeNode(Node):
             self.get_logger().info(f"{what}: {change.previous} -> {change.current}")
             if change.link is None and change.previous == OverallState.LOST:
                 self.core.refresh_states()  # what changed while every link was down
-        self._publish_link_state()
+        self._send_link_state()
 
-    def _publish_link_state(self) -> None:
+    def _report_link_state(self) -> None:
+        """The periodic report (the loop's thread): the rate of rejections, then the state."""
         if self.core.peer_id != self._logged_peer:
             replaced = f" (replaces {self._logged_peer:016x})" if self._logged_peer else ""
             self.get_logger().info(f"trusting peer sender {self.core.peer_id:016x}{replaced}: "
                                    "its heartbeats answer ours")
             self._logged_peer = self.core.peer_id
-        rejected_per_s = self.core.drops.per_second(time.monotonic())
-        if rejected_per_s >= DropCounters.FLOOD_PER_S:
+        self._rejected_per_s = self.core.drops.per_second(time.monotonic())
+        if self._rejected_per_s >= DropCounters.FLOOD_PER_S:
             self.get_logger().warning(
-                f"flood: {rejected_per_s:.0f} datagrams/s rejected "
+                f"flood: {self._rejected_per_s:.0f} datagrams/s rejected "
                 f"({self.core.drops.snapshot()} so far)", throttle_duration_sec=5.0)
+        self._send_link_state()
+
+    def _send_link_state(self) -> None:
+        """/bridge/link_state and /diagnostics now (also from the receive thread, at once on a
+        change of state)."""
         message = link_state_message(self._name, self.core.snapshot(), self.core,
-                                     rejected_per_s)
+                                     self._rejected_per_s)
         message.header.stamp = self.get_clock().now().to_msg()
         self._publish(self._link_state_pub, message)
         self._publish(self._diagnostics_pub, message)

@@ -27,6 +27,7 @@ from telesurg.arm.kinematics import BASE_FRAME, JAW_JOINT_NAME
 from telesurg.contract import topics
 from telesurg.contract.states import OperatingState
 from telesurg.master.teleop import IDLE, MasterInput, StallGuard, TeleopConfig, TeleopMapping
+from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import fill_pose, is_valid_stamp, pose_to_matrix
 from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
@@ -65,7 +66,8 @@ class MasterConsoleNode(Node):
         self._jaw = JointState(name=[JAW_JOINT_NAME])
         self._following = None
         self._stall_guard = StallGuard(WATCHDOG_PERIOD_S, self._now())
-        self.create_timer(WATCHDOG_PERIOD_S, self._watch_inputs)
+        self.loop = NodeLoop(self)
+        self.loop.every(WATCHDOG_PERIOD_S, self._watch_inputs)
         self.get_logger().info(
             f"master_console for a {p.rate_hz:.0f} Hz master, scale {p.scale}, tremor filter "
             f"{'on' if p.tremor_filter else 'off'}; press operator-present to engage")

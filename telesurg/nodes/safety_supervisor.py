@@ -17,7 +17,6 @@ node only feeds them and publishes:
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -31,8 +30,9 @@ from telesurg.contract import topics
 from telesurg.contract.fields import stamp_ns, tip_position
 from telesurg.contract.states import LINK_OVERALL_ID, OperatingState
 from telesurg.patient.safety import SafetyConfig, SafetySupervisor
+from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import is_valid_stamp
-from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
+from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
 
 STATUS_PERIOD_S = 0.5  # status and diagnostics repeat this often (and go out on any change)
@@ -47,7 +47,6 @@ class SafetySupervisorNode(Node):
         super().__init__("safety_supervisor")
         p = declare_parameters(self, "safety_supervisor")
         self.core = SafetySupervisor.for_arm(SafetyConfig.from_parameters(vars(p)))
-        self._lock = threading.Lock()  # callbacks and the heartbeat thread share the core
         self._last_command: dict | None = None
         self._commands_received = 0
         self._arm_index = None  # positions of ARM_JOINT_NAMES in /psm/measured_js
@@ -61,8 +60,8 @@ class SafetySupervisorNode(Node):
         subscription(self, topics.CONSOLE_OPERATOR_PRESENT, self._on_present)
         subscription(self, topics.PSM_MEASURED_JS, self._on_joints)
         subscription(self, topics.PSM_STATE_COMMAND, self._on_state_command)
-        self.loops = [PeriodicLoop(self, p.heartbeat_rate_hz, self._heartbeat)]
-        self.loops[0].start()
+        self.loop = NodeLoop(self)
+        self.loop.every(1.0 / p.heartbeat_rate_hz, self._heartbeat)
         self.get_logger().info(
             f"safety_supervisor: {self.core.state}; pauses on link lost, commands stale "
             f"({p.command_timeout_ms:.0f} ms) or older than {p.max_command_age_ms:.0f} ms, "
@@ -76,8 +75,7 @@ class SafetySupervisorNode(Node):
     # Inputs --------------------------------------------------------------------------------
 
     def _feed(self, event, *args) -> None:
-        with self._lock:
-            transitions = event(self._now(), *args)
+        transitions = event(self._now(), *args)
         if transitions:
             self._report(transitions)
 
@@ -111,11 +109,10 @@ class SafetySupervisorNode(Node):
         self._feed(self.core.on_joint_states, [msg.position[i] for i in self._arm_index[1]])
 
     def _on_state_command(self, msg: String) -> None:
-        with self._lock:
-            result = self.core.command(self._now(), msg.data.strip())
-            self._commands_received += 1
-            self._last_command = {"command": msg.data.strip(), "accepted": result.accepted,
-                                  "reason": result.reason, "number": self._commands_received}
+        result = self.core.command(self._now(), msg.data.strip())
+        self._commands_received += 1
+        self._last_command = {"command": msg.data.strip(), "accepted": result.accepted,
+                              "reason": result.reason, "number": self._commands_received}
         what = f"state command {msg.data.strip()!r}: {result.reason}"
         if result.accepted:  # rclpy wants one severity per call site
             self.get_logger().info(what)
@@ -126,8 +123,7 @@ class SafetySupervisorNode(Node):
     # Outputs -------------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        with self._lock:
-            transitions = self.core.update(self._now())
+        transitions = self.core.update(self._now())
         self._report(transitions, heartbeat=True)
 
     def _report(self, transitions, heartbeat: bool = False, status_only: bool = False) -> None:
@@ -135,9 +131,8 @@ class SafetySupervisorNode(Node):
             self.get_logger().warning(
                 f"{transition.previous} -> {transition.current}: {transition.cause}"
                 f"{' (' + transition.detail + ')' if transition.detail else ''}")
-        with self._lock:
-            now = self._now()
-            state = str(self.core.state)
+        now = self._now()
+        state = str(self.core.state)
         if transitions or heartbeat:
             self._publish(self._state_pub, String(data=state))
         status_due = heartbeat and now >= self._next_status
@@ -145,12 +140,11 @@ class SafetySupervisorNode(Node):
             self._next_status = now + STATUS_PERIOD_S
         if transitions or status_only or status_due:
             # Built only when sent: the heartbeat repeats the state ten times as often.
-            with self._lock:
-                status = {"state": state, "cause": self.core.cause,
-                          "persisting": self.core.persisting_causes(now),
-                          "faults": self.core.fault_conditions(now),
-                          "warnings": self.core.warnings(now),
-                          "last_command": self._last_command}
+            status = {"state": state, "cause": self.core.cause,
+                      "persisting": self.core.persisting_causes(now),
+                      "faults": self.core.fault_conditions(now),
+                      "warnings": self.core.warnings(now),
+                      "last_command": self._last_command}
             self._publish(self._status_pub, String(data=json.dumps(status)))
             level = LEVELS[OperatingState(state)]
             self._publish(self._diagnostics_pub, DiagnosticArray(status=[DiagnosticStatus(
@@ -158,12 +152,9 @@ class SafetySupervisorNode(Node):
                 values=[KeyValue(key=key, value=json.dumps(value) if not isinstance(
                     value, str) else value) for key, value in status.items()])]))
 
-    def _publish(self, publisher, message) -> None:
-        try:
-            publisher.publish(message)
-        except Exception:  # the heartbeat thread may outlive the context by a moment
-            if self.context.ok():
-                raise
+    @staticmethod
+    def _publish(publisher, message) -> None:
+        publisher.publish(message)
 
 
 def main(args=None):

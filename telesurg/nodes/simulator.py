@@ -7,7 +7,6 @@ the arm controller cannot tell which one it drives. Physics runs in real time.
 
 from __future__ import annotations
 
-import threading
 import time
 
 from rclpy.node import Node
@@ -19,7 +18,8 @@ from telesurg.arm.simulation import ArmSimulation
 from telesurg.contract import topics
 from telesurg.contract.fields import set_stamp_ns
 from telesurg.contract.resources import arm_urdf
-from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
+from telesurg.ros.loop import NodeLoop
+from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
 
 #: Most physics steps taken in one loop tick: a stalled process catches up (the real arm would
@@ -41,11 +41,9 @@ class SimulatorNode(Node):
         subscription(self, topics.FORWARD_POSITION_COMMANDS, self._on_command)
         self._publisher = publisher(self, topics.JOINT_STATES)
         self._joint_state = JointState(name=list(JOINT_NAMES))
-        # The command callback (executor thread) and the physics loop share the simulation.
-        self._lock = threading.Lock()
         # One loop tick per /joint_states message, stepping the physics that is due by then.
-        self.loops = [PeriodicLoop(self, p.publish_rate_hz, self._step)]
-        self.loops[0].start()
+        self.loop = NodeLoop(self)
+        self.loop.every(1.0 / p.publish_rate_hz, self._step)
         self.get_logger().info(f"MuJoCo simulation of {urdf} at {p.physics_rate_hz:.0f} Hz")
 
     def _on_command(self, msg: Float64MultiArray) -> None:
@@ -54,8 +52,7 @@ class SimulatorNode(Node):
                 f"command has {len(msg.data)} values, expected {len(JOINT_NAMES)} "
                 f"({', '.join(JOINT_NAMES)}); ignored", throttle_duration_sec=5.0)
             return
-        with self._lock:
-            self.sim.command(msg.data)
+        self.sim.command(msg.data)
 
     def _step(self) -> None:
         due = int((time.monotonic() - self._start) / self._timestep) - self._steps_done
@@ -68,10 +65,9 @@ class SimulatorNode(Node):
                 throttle_duration_sec=5.0)
             self._steps_done += due - MAX_CATCH_UP_STEPS
             due = MAX_CATCH_UP_STEPS
-        with self._lock:
-            self.sim.step(due)
-            positions, velocities = self.sim.positions(), self.sim.velocities()
-            efforts = self.sim.efforts()
+        self.sim.step(due)
+        positions, velocities = self.sim.positions(), self.sim.velocities()
+        efforts = self.sim.efforts()
         self._steps_done += due
         msg = self._joint_state
         # Stamp with the instant the physics state stands for, not when this thread got to

@@ -17,8 +17,9 @@ from std_msgs.msg import Bool
 from telesurg.arm.rotations import homogeneous
 from telesurg.contract import topics
 from telesurg.master.surgeon import PresenceRetry, VirtualSurgeon
+from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import fill_pose
-from telesurg.ros.node import PeriodicLoop, declare_parameters, run_node
+from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
 
 MASTER_FRAME = "mtm_base"
@@ -42,8 +43,8 @@ class VirtualSurgeonNode(Node):
         self._pose.header.frame_id = MASTER_FRAME
         self._gripper = JointState(name=["gripper"])
         self._pedals = (None, None)
-        self.loops = [PeriodicLoop(self, p.rate_hz, self._tick)]
-        self.loops[0].start()
+        self.loop = NodeLoop(self)
+        self.loop.every(1.0 / p.rate_hz, self._tick)
         self.get_logger().info(f"virtual surgeon: task {p.task}, seed {p.seed}; waiting for the "
                                "console to be ready")
 

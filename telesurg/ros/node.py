@@ -102,7 +102,8 @@ def parameter_files(args: list[str]) -> list[str]:
 
 
 def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None = None) -> None:
-    """Check parameter files, create the node, spin until Ctrl-C/SIGTERM, shut down cleanly.
+    """Check parameter files, create the node, serve it (its NodeLoop, node.loop) until
+    Ctrl-C/SIGTERM, shut down cleanly.
 
     A configuration error exits with status 2 and a one-line message naming key and file.
     """
@@ -116,7 +117,7 @@ def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None 
     node = None
     try:
         node = create()
-        rclpy.spin(node)
+        node.loop.run()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ConfigError as error:
@@ -128,15 +129,9 @@ def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None 
         if not _context_shuts_down(within_s=0.5):
             raise
     finally:
-        loops = getattr(node, "loops", ())
-        for loop in loops:
-            loop.stop()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    for loop in loops:
-        if loop.error is not None:
-            raise loop.error
 
 
 def _context_shuts_down(within_s: float) -> bool:

@@ -136,6 +136,7 @@ class Site:
     #: stream has stopped and drained).
     link_states: list = field(default_factory=list)
     heard: set[str] = field(default_factory=set)  # names of READY_TOPICS heard so far
+    _readiness: list = field(default_factory=list)  # the subscriptions that hear them
 
     def watch(self, context) -> None:
         from rclpy.node import Node
@@ -147,9 +148,16 @@ class Site:
         subscription(self.node, topics.BRIDGE_LINK_STATE,
                      lambda message: self.link_states.append((time.time_ns(), message)),
                      qos=Qos.EVENT, depth=100)
-        for topic in READY_TOPICS[self.name]:
+        self._readiness = [
             subscription(self.node, topic, lambda _, name=topic.name: self.heard.add(name),
-                         qos=topic.qos)
+                         qos=topic.qos) for topic in READY_TOPICS[self.name]]
+
+    def stop_watching_readiness(self) -> None:
+        """Drop the subscriptions that told the site was up (the arm's pose streams at
+        100 Hz: taking it for the whole session would cost this process a few % of a core)."""
+        for watched in self._readiness:
+            self.node.destroy_subscription(watched)
+        self._readiness = []
 
     def recording(self) -> bool:
         """Whether the site's recorder subscribes to every topic of the site, as this node
@@ -513,6 +521,8 @@ def _wait_until_ready(sites: list[Site]) -> None:
         _raise_if_dead(sites, "at start-up")
         heard = {(site.name, topic) for site in sites for topic in site.heard}
         if wanted <= heard and all(site.recording() for site in sites):
+            for site in sites:
+                site.stop_watching_readiness()
             return
         time.sleep(0.05)
     raise DemoError(f"the node graph did not come up within {STARTUP_TIMEOUT_S:.0f} s "
