@@ -10,7 +10,7 @@ from pathlib import Path
 from telesurg.bags.storage import STORAGES, BagError
 from telesurg.bench import BENCHMARKS, RESULTS_PATH
 from telesurg.contract.graph import DEFAULT_LINKS
-from telesurg.contract.params import NODE_PARAMETERS
+from telesurg.contract.params import ARM_HARDWARE, NODE_PARAMETERS
 from telesurg.contract.topics import SITES
 from telesurg.linkem.model import ALL_LINKS, PROFILES, parse_outage
 from telesurg.session.operator_cli import STATE_COMMANDS, parse_domain
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run a telesurgery session in simulation and write its figures",
         description="Start the master site (virtual surgeon, master console, bridge) and the "
-                    "patient site (bridge, safety supervisor, arm controller, MuJoCo simulator) "
+                    "patient site (bridge, safety supervisor, arm controller with the MuJoCo arm) "
                     "as processes on "
                     "two DDS domains, joined only by the bridges over two emulated links a and "
                     "b; run a task, stop cleanly, and write OUT/summary.json with tracking "
@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "--task and --seed are then ignored and --duration defaults to the "
                            "recording's")
     _add_accept_damage_option(demo)
+    demo.add_argument("--arm-hardware", choices=ARM_HARDWARE, default=ARM_HARDWARE[0],
+                      help="the arm controller's hardware: mujoco (the simulation in the "
+                           "controller, the default) or ros2_control (the simulator node "
+                           "behind /joint_states and /forward_position_controller/commands, "
+                           "as Gazebo or a real arm would be)")
     record = commands.add_parser(
         "record", help="record a site's contract topics into a rosbag2 bag until Ctrl-C",
         description="Subscribe to every contract topic of the site (the README's topic table) "
@@ -311,7 +316,7 @@ def _demo(args) -> int:
                           link_profiles=(args.link_a or args.profile, args.link_b or args.profile),
                           outages=tuple(args.outage), record=args.record, storage=args.storage,
                           replay=args.replay, report=args.report,
-                          accept_damage=args.accept_damage)
+                          accept_damage=args.accept_damage, arm_hardware=args.arm_hardware)
     try:
         summary = run_demo(options)
     except BagError as error:

@@ -168,13 +168,17 @@ def test_site_launch_takes_node_lists_from_the_graph_and_copies_no_executable():
         for field in ("executable", "name"):
             value = keyword(call, field)
             assert isinstance(value, ast.Attribute) and value.attr == field, ast.unparse(call)
-    used = {callee(call) for call in calls(SITE_LAUNCH, "nodes_of_site", "split_simulator")}
-    assert used == {"nodes_of_site", "split_simulator"}
-    simulator, others = support.split_simulator(nodes_of_site("patient"))
-    assert simulator.name == support.SIMULATOR_NODE and others
+    used = {callee(call) for call in calls(SITE_LAUNCH, "nodes_of_site", "split_arm_controller")}
+    assert used == {"nodes_of_site", "split_arm_controller"}
+    controller, others = support.split_arm_controller(nodes_of_site("patient"))
+    assert controller.name == support.ARM_CONTROLLER_NODE and others
     assert {spec.site for spec in SESSION_NODES} == set(SITES)
     with pytest.raises(ValueError):
-        support.split_simulator(nodes_of_site("master"))
+        support.split_arm_controller(nodes_of_site("master"))
+    # The arm controller runs the MuJoCo arm itself with sim:=mujoco, else ros2_control's.
+    assert set(support.ARM_HARDWARE_OF_SIM) == set(support.SIMULATORS)
+    hardware = next(p for p in NODE_PARAMETERS["arm_controller"] if p.name == "hardware")
+    assert set(support.ARM_HARDWARE_OF_SIM.values()) == set(hardware.choices)
 
 
 def test_every_executable_is_a_console_script_or_of_a_declared_dependency():
@@ -523,6 +527,12 @@ def test_launch_file_builds_over_stand_ins(stand_in_launch, name):
             assert Path(default).is_file(), default  # an installed file
 
 
+def _hardware(node) -> str | None:
+    """The hardware parameter a Node action gives, if any."""
+    return next((parameters["hardware"] for parameters in node.kwargs.get("parameters", ())
+                 if isinstance(parameters, dict) and "hardware" in parameters), None)
+
+
 def test_patient_site_over_stand_ins_starts_the_arm_for_each_sim(stand_in_launch):
     (entities,) = _built("patient_site.launch.py").args
 
@@ -536,14 +546,15 @@ def test_patient_site_over_stand_ins_starts_the_arm_for_each_sim(stand_in_launch
         assert test.args[0].args == ("sim",)
         return (_kind(test), test.args[1])
 
-    nodes = {entity.kwargs["executable"]: sim_condition(entity) for entity in entities
-             if _kind(entity) == "Node"}
-    assert nodes == {"simulator": ("EqualsSubstitution", "mujoco"),
-                     "robot_state_publisher": ("EqualsSubstitution", "mujoco"),
-                     "rviz2": ("flag", "rviz")}
+    nodes = sorted((entity.kwargs["executable"], sim_condition(entity),
+                    _hardware(entity)) for entity in entities if _kind(entity) == "Node")
+    assert nodes == [("arm_controller", ("EqualsSubstitution", "mujoco"), "mujoco"),
+                     ("arm_controller", ("EqualsSubstitution", "none"), "ros2_control"),
+                     ("robot_state_publisher", ("EqualsSubstitution", "mujoco"), None),
+                     ("rviz2", ("flag", "rviz"), None)]
     (group,) = [entity for entity in entities if _kind(entity) == "GroupAction"]
     assert sim_condition(group) == ("NotEqualsSubstitution", "gazebo")
-    simulator, others = support.split_simulator(nodes_of_site("patient"))
+    _, others = support.split_arm_controller(nodes_of_site("patient"))
     grouped = [node.kwargs["executable"] for node in group.args[0]]
     assert grouped == [spec.executable for spec in others] + [BRIDGE.executable]
     (include,) = [entity for entity in entities if _kind(entity) == "IncludeLaunchDescription"]
@@ -584,9 +595,10 @@ def test_gazebo_over_stand_ins_chains_spawners_then_the_site_on_sim_time(stand_i
             (step,) = then
             started.append(step.kwargs["arguments"][0])
     assert started == list(support.CONTROLLERS)
-    _, others = support.split_simulator(nodes_of_site("patient"))
+    controller, others = support.split_arm_controller(nodes_of_site("patient"))
     assert [node.kwargs["executable"] for node in then] == [
-        *(spec.executable for spec in others), BRIDGE.executable]
+        *(spec.executable for spec in others), controller.executable, BRIDGE.executable]
+    assert _hardware(then[-2]) == "ros2_control"  # Gazebo's arm, over ros2_control's topics
     for node in then:
         assert {"use_sim_time": True} in node.kwargs["parameters"], node.kwargs["executable"]
     assert then[-1].kwargs["condition"].args[0].args == ("bridge",)

@@ -190,7 +190,13 @@ def parameter_of(field, values):
 
 def moved(param):
     """A valid value of param other than its default."""
-    return not param.default if param.kind is bool else (param.low + param.default) / 2
+    if param.kind is bool:
+        return not param.default
+    if param.choices:
+        return next(choice for choice in param.choices if choice != param.default)
+    if param.kind is str:
+        return param.default + "/other"
+    return (param.low + param.default) / 2
 
 
 @pytest.mark.parametrize("config_class, node", CONFIGS)

@@ -81,3 +81,38 @@ class ArmSimulation:
 
     def efforts(self) -> np.ndarray:
         return self.data.actuator_force.copy()
+
+
+class RealTimeArm:
+    """An ArmSimulation kept in step with a monotonic clock (seconds), as a real arm would be:
+    advance(now) runs the physics steps due by now."""
+
+    #: Most steps run at once: a stalled process catches up (the real arm would have moved
+    #: meanwhile) but beyond a quarter second (at 1 kHz) it drops time rather than race.
+    MAX_CATCH_UP_STEPS = 250
+
+    def __init__(self, sim: ArmSimulation, timestep: float, start_s: float):
+        self.sim = sim
+        self.timestep = timestep
+        self._start_s = start_s
+        self.steps_done = 0
+        self.dropped_steps = 0
+
+    def advance(self, now_s: float) -> int:
+        """Run the steps due by now_s (at most MAX_CATCH_UP_STEPS, the rest dropped); return
+        how many ran."""
+        due = int((now_s - self._start_s) / self.timestep) - self.steps_done
+        if due <= 0:
+            return 0
+        if due > self.MAX_CATCH_UP_STEPS:
+            self.dropped_steps += due - self.MAX_CATCH_UP_STEPS
+            self.steps_done += due - self.MAX_CATCH_UP_STEPS
+            due = self.MAX_CATCH_UP_STEPS
+        self.sim.step(due)
+        self.steps_done += due
+        return due
+
+    @property
+    def elapsed_s(self) -> float:
+        """The physics time since the start: what the arm's state stands for."""
+        return self.steps_done * self.timestep

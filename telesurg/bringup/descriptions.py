@@ -94,9 +94,9 @@ def bridge_arguments() -> list[DeclareLaunchArgument]:
 def sim_argument() -> DeclareLaunchArgument:
     return DeclareLaunchArgument(
         "sim", default_value=support.DEFAULT_SIMULATOR, choices=list(support.SIMULATORS),
-        description="The arm: mujoco (the embedded MuJoCo simulator node), gazebo (Gazebo Sim "
-                    "with ros2_control, gazebo.launch.py) or none (a real arm whose "
-                    "ros2_control publishes /joint_states and takes "
+        description="The arm: mujoco (the MuJoCo arm, run by the arm controller), gazebo "
+                    "(Gazebo Sim with ros2_control, gazebo.launch.py) or none (a real arm "
+                    "whose ros2_control publishes /joint_states and takes "
                     "/forward_position_controller/commands)")
 
 
@@ -118,9 +118,12 @@ def record_arguments(label: str) -> list[DeclareLaunchArgument]:
 
 # Actions ------------------------------------------------------------------------------------
 
-def session_nodes(specs, *, use_sim_time: bool = False, condition=None) -> list[Node]:
-    """One Node per graph NodeSpec, with the parameter file (and sim time for Gazebo)."""
+def session_nodes(specs, *, use_sim_time: bool = False, condition=None,
+                  parameters: dict | None = None) -> list[Node]:
+    """One Node per graph NodeSpec, with the parameter file (and sim time for Gazebo, and the
+    given parameters)."""
     extra = [{"use_sim_time": True}] if use_sim_time else []
+    extra += [parameters] if parameters else []
     return [Node(package="telesurg", executable=spec.executable, name=spec.name,
                  parameters=[LaunchConfiguration("config"), *extra], output="screen",
                  condition=condition)
@@ -172,10 +175,11 @@ def recorder(sites) -> ExecuteProcess:
 
 
 def patient_actions(*, with_bridge: bool) -> list:
-    """The patient site for each value of `sim`: the simulator node (mujoco) or Gazebo
-    (gazebo.launch.py, which starts the site's nodes on sim time once the controllers are
-    active) or neither (none); with or without its bridge."""
-    simulator, others = support.split_simulator(nodes_of_site("patient"))
+    """The patient site for each value of `sim`: the arm controller running the MuJoCo arm
+    (mujoco), Gazebo (gazebo.launch.py, which starts the site's nodes on sim time once the
+    controllers are active) or neither (none: the arm controller on ros2_control's topics);
+    with or without its bridge."""
+    controller, others = support.split_arm_controller(nodes_of_site("patient"))
     at_once = session_nodes(others)
     if with_bridge:
         at_once.append(bridge_node("patient"))
@@ -186,7 +190,10 @@ def patient_actions(*, with_bridge: bool) -> list:
                           ("bridge", "true" if with_bridge else "false")],
         condition=_sim_is("gazebo"))
     return [
-        *session_nodes([simulator], condition=_sim_is("mujoco")),
+        *session_nodes([controller], condition=_sim_is("mujoco"),
+                       parameters={"hardware": support.ARM_HARDWARE_OF_SIM["mujoco"]}),
+        *session_nodes([controller], condition=_sim_is("none"),
+                       parameters={"hardware": support.ARM_HARDWARE_OF_SIM["none"]}),
         robot_state_publisher(use_sim_time=False, condition=_sim_is("mujoco")),
         GroupAction(at_once, condition=IfCondition(
             NotEqualsSubstitution(LaunchConfiguration("sim"), "gazebo"))),
@@ -246,8 +253,10 @@ def gazebo_launch_description() -> LaunchDescription:
     """Gazebo Sim with the world, robot_state_publisher, the arm spawned from
     robot_description, the /clock bridge and the controller spawners one after the other; once
     the last controller is active, the patient site's nodes on sim time."""
-    _, others = support.split_simulator(nodes_of_site("patient"))
+    controller, others = support.split_arm_controller(nodes_of_site("patient"))
     site = [*session_nodes(others, use_sim_time=True),
+            *session_nodes([controller], use_sim_time=True,
+                           parameters={"hardware": support.ARM_HARDWARE_OF_SIM["gazebo"]}),
             bridge_node("patient", use_sim_time=True,
                         condition=IfCondition(LaunchConfiguration("bridge")))]
     spawn = Node(package="ros_gz_sim", executable="create",

@@ -52,13 +52,15 @@ SHARE_FILES = (PARAMS, BRIDGE_CONFIG, URDF, WORLD, RVIZ_CONFIG, GAZEBO_LAUNCH, G
 
 # Simulation ---------------------------------------------------------------------------------
 
-#: The patient site's `sim` launch argument: the embedded MuJoCo simulator node, Gazebo Sim
-#: with ros2_control, or nothing (a real arm whose ros2_control publishes /joint_states and
-#: takes /forward_position_controller/commands). The arm controller is the same for all three.
+#: The patient site's `sim` launch argument: the embedded MuJoCo arm (in the arm controller),
+#: Gazebo Sim with ros2_control, or nothing (a real arm whose ros2_control publishes
+#: /joint_states and takes /forward_position_controller/commands).
 SIMULATORS = ("mujoco", "gazebo", "none")
 DEFAULT_SIMULATOR = "mujoco"
-#: The graph node that is the MuJoCo simulator (runs only with sim:=mujoco).
-SIMULATOR_NODE = "simulator"
+#: The arm controller's hardware parameter for each value of sim.
+ARM_HARDWARE_OF_SIM = {"mujoco": "mujoco", "gazebo": "ros2_control", "none": "ros2_control"}
+#: The graph node whose hardware depends on sim.
+ARM_CONTROLLER_NODE = "arm_controller"
 
 #: Stands, in the URDF's gz_ros2_control <parameters>, for the installed share directory of
 #: telesurg: TELESURG_SHARE/config/controllers.yaml.
@@ -78,14 +80,14 @@ CONTROLLER_MANAGER = "/controller_manager"
 CLOCK_BRIDGE = "/clock@rosgraph_msgs/msg/Clock[gz.msgs.Clock"
 
 
-def split_simulator(specs: Iterable[NodeSpec]) -> tuple[NodeSpec, tuple[NodeSpec, ...]]:
-    """(the MuJoCo simulator node, the other nodes) of a site's node list."""
+def split_arm_controller(specs: Iterable[NodeSpec]) -> tuple[NodeSpec, tuple[NodeSpec, ...]]:
+    """(the arm controller, the other nodes) of a site's node list."""
     specs = tuple(specs)
-    simulators = [spec for spec in specs if spec.name == SIMULATOR_NODE]
-    if len(simulators) != 1:
-        raise ValueError(f"expected one {SIMULATOR_NODE!r} node among "
+    controllers = [spec for spec in specs if spec.name == ARM_CONTROLLER_NODE]
+    if len(controllers) != 1:
+        raise ValueError(f"expected one {ARM_CONTROLLER_NODE!r} node among "
                          f"{[spec.name for spec in specs]}")
-    return simulators[0], tuple(spec for spec in specs if spec.name != SIMULATOR_NODE)
+    return controllers[0], tuple(spec for spec in specs if spec.name != ARM_CONTROLLER_NODE)
 
 
 def resolve_share_token(urdf: str, share: str | os.PathLike) -> str:

@@ -24,14 +24,12 @@ class NodeSpec:
 
 
 SESSION_NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "patient",
-             "MuJoCo physics of the arm URDF, ros2_control-style interface.", niceness=-5),
     NodeSpec("safety_supervisor", "safety_supervisor", "telesurg.nodes.safety_supervisor",
              "patient", "CRTK operating state: pauses the arm on link loss, stale or old "
              "commands, jumps, joint limits, presence lost.", niceness=-10),
     NodeSpec("arm_controller", "arm_controller", "telesurg.nodes.arm_controller", "patient",
-             "Cartesian servo commands to joint commands, limits, hold when stale.",
-             niceness=-5),
+             "Cartesian servo commands to joint commands, limits, hold when stale; runs the "
+             "MuJoCo arm itself unless its hardware is ros2_control.", niceness=-5),
     NodeSpec("master_console", "master_console", "telesurg.nodes.master_console", "master",
              "Teleoperation mapping: clutch, scale, tremor filter, step limit."),
     NodeSpec("virtual_surgeon", "virtual_surgeon", "telesurg.nodes.virtual_surgeon", "master",
@@ -42,6 +40,12 @@ SESSION_NODES: tuple[NodeSpec, ...] = (
 #: The links of the default bridge configuration (config/bridge.yaml), in wire order: fiber and
 #: 5G, say. The demo emulates one network per link.
 DEFAULT_LINKS = ("a", "b")
+
+#: The MuJoCo arm behind ros2_control's topics, for an arm controller whose hardware is
+#: ros2_control (where Gazebo or a real arm would be).
+SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "patient",
+                     "MuJoCo physics of the arm URDF, ros2_control-style interface.",
+                     niceness=-5)
 
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",

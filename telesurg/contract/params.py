@@ -81,6 +81,14 @@ MAX_CLOCK_SKEW = Param(
     "How far the two sites' clocks may disagree: a command stamped further in the future than "
     "this is invalid (pauses the arm; the bridge counts its age as out of range).", 0.0, 1000.0)
 
+#: The MuJoCo physics of the arm, parameters of two nodes: the simulator node, and the arm
+#: controller when it drives the simulation itself (hardware mujoco).
+PHYSICS_RATE = Param("physics_rate_hz", 1000.0,
+                     "MuJoCo physics steps per second (timestep 1/rate).", 200.0, 5000.0)
+URDF_PATH = Param("urdf_path", "", "Arm URDF; empty means the installed description/psm.urdf.")
+#: What the arm controller drives: the MuJoCo arm in its own process, or ros2_control's topics.
+ARM_HARDWARE = ("mujoco", "ros2_control")
+
 NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
     "virtual_surgeon": (
         Param("task", "suturing", "Surgical task the virtual surgeon performs.",
@@ -149,8 +157,17 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               "controller holds when it stops.", 5.0, 200.0),
     ),
     "arm_controller": (
+        Param("hardware", "mujoco",
+              "The arm: mujoco (the MuJoCo simulation of the URDF, run by this node, "
+              "read-update-write in one tick; /joint_states and "
+              "/forward_position_controller/commands still published) or ros2_control "
+              "(/joint_states in, /forward_position_controller/commands out: Gazebo, the "
+              "simulator node or a real arm).", choices=ARM_HARDWARE),
         Param("rate_hz", 500.0,
-              "Expected /joint_states rate: one control tick runs per message.", 100.0, 2000.0),
+              "Control ticks per second: with ros2_control one per /joint_states message "
+              "(its rate), with mujoco this node's own.", 100.0, 2000.0),
+        PHYSICS_RATE,
+        URDF_PATH,
         Param("state_rate_hz", 100.0,
               "Rate of /psm/measured_cp, /psm/setpoint_cp and /psm/measured_js.", 10.0, 1000.0),
         Param("command_timeout_ms", 50.0,
@@ -195,12 +212,11 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         MAX_CLOCK_SKEW,
     ),
     "simulator": (
-        Param("physics_rate_hz", 1000.0, "MuJoCo physics steps per second (timestep 1/rate).",
-              200.0, 5000.0),
+        PHYSICS_RATE,
         Param("publish_rate_hz", 500.0,
               "Rate of /joint_states; the physics steps in between run in one batch.",
               50.0, 2000.0),
-        Param("urdf_path", "", "Arm URDF; empty means the installed description/psm.urdf."),
+        URDF_PATH,
     ),
 }
 

@@ -3,8 +3,14 @@
 Follows commands only while /psm/operating_state (the safety supervisor's, repeated as its
 heartbeat) says ENABLED; otherwise, or when it stops, holds where the arm is.
 
-One control tick per /joint_states message, as a ros2_control update loop reads, updates and
-writes: the command rate follows the arm's state rate, with no timer of its own to keep in step.
+The arm (parameter hardware):
+- ros2_control: one control tick per /joint_states message, as a ros2_control update loop reads,
+  updates and writes; the command goes out on /forward_position_controller/commands (Gazebo, the
+  simulator node, a real arm).
+- mujoco (the default): the MuJoCo simulation of the URDF runs in this node, read-update-write in
+  one tick at rate_hz, like ros2_control's controller manager with its hardware in process: no
+  topic hop between controller and arm. /joint_states and the commands are still published,
+  so recordings and observers see the same topics either way.
 
 Publishes /forward_position_controller/commands (ros2_control convention, JOINT_NAMES order),
 and the arm's /psm/measured_cp and /psm/measured_js (stamped when the arm measured its joints,
@@ -16,6 +22,8 @@ operating_state), which the session figures read.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
@@ -23,14 +31,17 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, Header, String
 
-from telesurg.arm.kinematics import BASE_FRAME, JOINT_NAMES, forward
+from telesurg.arm.kinematics import BASE_FRAME, HOME_POSITIONS, JOINT_NAMES, forward
+from telesurg.arm.simulation import ArmSimulation, RealTimeArm
 from telesurg.contract import topics
+from telesurg.contract.resources import arm_urdf
 from telesurg.contract.states import (
     ARM_CONTROLLER_STATUS,
     HOLD_CAUSE_KEY,
     HOLDING_KEY,
     OPERATING_STATE_KEY,
 )
+from telesurg.nodes.simulator import publish_joint_states, report_dropped
 from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
 from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import fill_pose, is_valid_stamp, pose_to_matrix
@@ -53,7 +64,6 @@ class ArmControllerNode(Node):
         self._last_hold_reason = None
         subscription(self, topics.PSM_SERVO_CP, self._on_servo_cp)
         subscription(self, topics.PSM_JAW_SERVO_JP, self._on_jaw)
-        subscription(self, topics.JOINT_STATES, self._on_joint_states)
         subscription(self, topics.PSM_OPERATING_STATE, self._on_operating_state)
         self._command_pub = publisher(self, topics.FORWARD_POSITION_COMMANDS)
         self._measured_cp_pub = publisher(self, topics.PSM_MEASURED_CP)
@@ -73,8 +83,22 @@ class ArmControllerNode(Node):
         self._arm_silent = True  # until the first /joint_states
         self.loop = NodeLoop(self)
         self.loop.every(WATCHDOG_PERIOD_S, self._watch_arm)
+        self.arm: RealTimeArm | None = None
+        if p.hardware == "mujoco":
+            urdf = p.urdf_path or str(arm_urdf())
+            timestep = 1.0 / p.physics_rate_hz
+            self.arm = RealTimeArm(ArmSimulation(urdf, timestep, HOME_POSITIONS), timestep,
+                                   time.monotonic())
+            self._arm_start_ns = time.time_ns()
+            self._joint_states_pub = publisher(self, topics.JOINT_STATES)
+            self._joint_state = JointState(name=list(JOINT_NAMES))
+            self.loop.every(1.0 / p.rate_hz, self._mujoco_tick)
+            ticks = f"MuJoCo arm ({urdf}) in this node, {p.rate_hz:.0f} ticks/s"
+        else:
+            subscription(self, topics.JOINT_STATES, self._on_joint_states)
+            ticks = f"one tick per /joint_states (about {p.rate_hz:.0f} Hz)"
         self.get_logger().info(
-            f"arm_controller: one tick per /joint_states (about {p.rate_hz:.0f} Hz), holding "
+            f"arm_controller: {ticks}, holding "
             f"until the safety supervisor says ENABLED and fresh servo commands arrive "
             f"(timeouts: commands {p.command_timeout_ms:.0f} ms, supervisor "
             f"{p.supervisor_timeout_ms:.0f} ms)")
@@ -117,6 +141,16 @@ class ArmControllerNode(Node):
         self.core.on_joint_states(positions, now.nanoseconds * 1e-9)
         self._tick(now)
 
+    def _mujoco_tick(self) -> None:
+        """Read the simulated arm (the physics due by now), update, write: the same tick as
+        for a /joint_states message, with the message this node publishes for the arm."""
+        if not self.arm.advance(time.monotonic()):
+            return
+        report_dropped(self, self.arm)
+        publish_joint_states(self._joint_states_pub, self._joint_state, self.arm,
+                             self._arm_start_ns)
+        self._on_joint_states(self._joint_state)
+
     def _watch_arm(self) -> None:
         silent = self.core.arm_silent(self._now())
         if silent != self._arm_silent:
@@ -135,6 +169,8 @@ class ArmControllerNode(Node):
             return
         self._command.data = setpoint.tolist()
         self._command_pub.publish(self._command)
+        if self.arm is not None:
+            self.arm.sim.command(setpoint)
         if now.nanoseconds >= self._next_state_ns:
             self._next_state_ns = now.nanoseconds + self._state_period_ns
             self._publish_states(now.to_msg())

@@ -1,8 +1,10 @@
 """simulator: MuJoCo physics of the arm URDF with position servos on every joint.
 
 Subscribes /forward_position_controller/commands and publishes /joint_states: the interface
-Gazebo with ros2_control offers (forward_position_controller + joint_state_broadcaster), so
-the arm controller cannot tell which one it drives. Physics runs in real time.
+Gazebo with ros2_control offers (forward_position_controller + joint_state_broadcaster), so the
+arm controller (hardware ros2_control) cannot tell which one it drives. Physics runs in real
+time. The arm controller can also run this simulation itself (hardware mujoco, the default),
+without the two topic hops per control tick.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
-from telesurg.arm.simulation import ArmSimulation
+from telesurg.arm.simulation import ArmSimulation, RealTimeArm
 from telesurg.contract import topics
 from telesurg.contract.fields import set_stamp_ns
 from telesurg.contract.resources import arm_urdf
@@ -22,25 +24,20 @@ from telesurg.ros.loop import NodeLoop
 from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
 
-#: Most physics steps taken in one loop tick: a stalled process catches up (the real arm would
-#: have moved meanwhile) but beyond a quarter second it drops time rather than race.
-MAX_CATCH_UP_STEPS = 250
-
 
 class SimulatorNode(Node):
     def __init__(self):
         super().__init__("simulator")
         p = declare_parameters(self, "simulator")
         urdf = p.urdf_path or str(arm_urdf())
-        self.sim = ArmSimulation(urdf, 1.0 / p.physics_rate_hz, HOME_POSITIONS)
-        self._timestep = 1.0 / p.physics_rate_hz
-        self._start = time.monotonic()
-        self._start_ns = self.get_clock().now().nanoseconds
-        self._steps_done = 0
-        self._dropped_steps = 0
+        timestep = 1.0 / p.physics_rate_hz
+        self.arm = RealTimeArm(ArmSimulation(urdf, timestep, HOME_POSITIONS), timestep,
+                               time.monotonic())
+        self._start_ns = time.time_ns()
         subscription(self, topics.FORWARD_POSITION_COMMANDS, self._on_command)
         self._publisher = publisher(self, topics.JOINT_STATES)
         self._joint_state = JointState(name=list(JOINT_NAMES))
+        self._dropped_reported = 0
         # One loop tick per /joint_states message, stepping the physics that is due by then.
         self.loop = NodeLoop(self)
         self.loop.every(1.0 / p.publish_rate_hz, self._step)
@@ -52,32 +49,32 @@ class SimulatorNode(Node):
                 f"command has {len(msg.data)} values, expected {len(JOINT_NAMES)} "
                 f"({', '.join(JOINT_NAMES)}); ignored", throttle_duration_sec=5.0)
             return
-        self.sim.command(msg.data)
+        self.arm.sim.command(msg.data)
 
     def _step(self) -> None:
-        due = int((time.monotonic() - self._start) / self._timestep) - self._steps_done
-        if due <= 0:
+        if not self.arm.advance(time.monotonic()):
             return
-        if due > MAX_CATCH_UP_STEPS:
-            self._dropped_steps += due - MAX_CATCH_UP_STEPS
-            self.get_logger().warning(
-                f"simulation fell behind real time; dropped {self._dropped_steps} steps so far",
-                throttle_duration_sec=5.0)
-            self._steps_done += due - MAX_CATCH_UP_STEPS
-            due = MAX_CATCH_UP_STEPS
-        self.sim.step(due)
-        positions, velocities = self.sim.positions(), self.sim.velocities()
-        efforts = self.sim.efforts()
-        self._steps_done += due
-        msg = self._joint_state
-        # Stamp with the instant the physics state stands for, not when this thread got to
-        # publish it: under CPU load the two can differ by milliseconds.
-        stamp_ns = self._start_ns + round(self._steps_done * self._timestep * 1e9)
-        set_stamp_ns(msg, stamp_ns)
-        msg.position = positions.tolist()
-        msg.velocity = velocities.tolist()
-        msg.effort = efforts.tolist()
-        self._publisher.publish(msg)
+        report_dropped(self, self.arm)
+        publish_joint_states(self._publisher, self._joint_state, self.arm, self._start_ns)
+
+
+def report_dropped(node: Node, arm: RealTimeArm) -> None:
+    """Warn (throttled) when the simulation fell behind real time and dropped steps."""
+    if arm.dropped_steps:
+        node.get_logger().warning(
+            f"simulation fell behind real time; dropped {arm.dropped_steps} steps so far",
+            throttle_duration_sec=5.0)
+
+
+def publish_joint_states(joint_states_pub, message: JointState, arm: RealTimeArm,
+                         start_ns: int) -> None:
+    """/joint_states of the simulated arm, stamped with the instant the physics state stands
+    for, not when this thread got to publish it (under CPU load the two differ by ms)."""
+    set_stamp_ns(message, start_ns + round(arm.elapsed_s * 1e9))
+    message.position = arm.sim.positions().tolist()
+    message.velocity = arm.sim.velocities().tolist()
+    message.effort = arm.sim.efforts().tolist()
+    joint_states_pub.publish(message)
 
 
 def main(args=None):

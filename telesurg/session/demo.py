@@ -32,7 +32,13 @@ from telesurg.analysis.summary import (
 from telesurg.bags.recorder import RECORDER_NODE_NAME
 from telesurg.bags.storage import BagReader
 from telesurg.contract import topics
-from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, NodeSpec, nodes_of_site
+from telesurg.contract.graph import (
+    BRIDGE,
+    DEFAULT_LINKS,
+    SIMULATOR,
+    NodeSpec,
+    nodes_of_site,
+)
 from telesurg.contract.params import ConfigError, load_parameter_file
 from telesurg.contract.resources import default_config, fastdds_profile
 from telesurg.contract.states import OperatingState, StateCommand
@@ -50,8 +56,15 @@ DEMO_LINK_TIMEOUT_MS = 100.0
 COMMAND_SOURCES = ("virtual_surgeon", "master_console")
 STARTUP_TIMEOUT_S = 60.0
 DEFAULT_DURATION_S = 20.0
-#: What shows that a site is up: the arm's pose, and the console ready to engage.
-READY_TOPICS = {MASTER: (topics.CONSOLE_FOLLOWING,), PATIENT: (topics.PSM_MEASURED_CP,)}
+#: What shows that the session is up: the console ready to engage (it publishes following once
+#: it has the master's and the arm's pose); at the patient site the arm's pose, and the
+#: console's state and the operator-present pedal as the bridge carries them. Without the
+#: last two, an engage could reach the safety supervisor before the pedal's state does, which
+#: it takes for following without the operator (discovery between the master's processes
+#: can take seconds).
+READY_TOPICS = {MASTER: (topics.CONSOLE_FOLLOWING,),
+                PATIENT: (topics.PSM_MEASURED_CP, topics.CONSOLE_FOLLOWING,
+                          topics.CONSOLE_OPERATOR_PRESENT)}
 #: Records a site (`telesurg record`), below the session nodes' priority: its deep queues
 #: absorb a delay, the session's loops must not wait for it.
 RECORDER = NodeSpec("recorder", "telesurg", "telesurg.cli", "both",
@@ -80,6 +93,7 @@ class DemoOptions:
     storage: str = "mcap"
     replay: Path | None = None   # a run directory whose master bag drives the session
     accept_damage: bool = False  # replay a damaged recording without its damaged chunks
+    arm_hardware: str = "mujoco"  # the arm controller's: mujoco in it, or ros2_control topics
     report: bool = True          # write out/report.html
 
 
@@ -174,13 +188,17 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config
     replay without the virtual surgeon (a bag player stands in for it)."""
     params = ["--params-file", str(config)]
     surgeon = ["-p", f"task:={options.task}", "-p", f"seed:={options.seed}"]
+    hardware = ["-p", f"hardware:={options.arm_hardware}"]
     # Fast DDS accepts domain ids up to 232.
     patient_domain = domain_id + 1 if domain_id < MAX_DOMAIN_ID else domain_id - 1
     sites = []
     for name, domain in zip(SITES, (domain_id, patient_domain), strict=True):
-        nodes = [(spec, params + (surgeon if spec.name == "virtual_surgeon" else []))
+        nodes = [(spec, params + (surgeon if spec.name == "virtual_surgeon" else [])
+                  + (hardware if spec.name == "arm_controller" else []))
                  for spec in nodes_of_site(name)
                  if not (replay and spec.name == "virtual_surgeon")]
+        if name == PATIENT and options.arm_hardware == "ros2_control":
+            nodes.append((SIMULATOR, params))
         nodes.append((BRIDGE, ["-p", f"role:={name}", "-p", f"config_file:={bridge_config}"]))
         sites.append(Site(name, domain, nodes))
     return sites
