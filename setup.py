@@ -39,6 +39,7 @@ setup(
             "simulator = telesurg.nodes.simulator:main",
             "bridge = telesurg.nodes.bridge:main",
             "safety_supervisor = telesurg.nodes.safety_supervisor:main",
+            "site_container = telesurg.nodes.site_container:main",
         ],
     },
 )

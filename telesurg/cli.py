@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "controller, the default) or ros2_control (the simulator node "
                            "behind /joint_states and /forward_position_controller/commands, "
                            "as Gazebo or a real arm would be)")
+    demo.add_argument("--process-per-node", dest="compose", action="store_false",
+                      help="run every node in a process of its own, instead of each site's "
+                           "site container (master: virtual_surgeon, master_console, bridge; "
+                           "patient: bridge, safety_supervisor) beside the arm controller")
     record = commands.add_parser(
         "record", help="record a site's contract topics into a rosbag2 bag until Ctrl-C",
         description="Subscribe to every contract topic of the site (the README's topic table) "
@@ -316,7 +320,8 @@ def _demo(args) -> int:
                           link_profiles=(args.link_a or args.profile, args.link_b or args.profile),
                           outages=tuple(args.outage), record=args.record, storage=args.storage,
                           replay=args.replay, report=args.report,
-                          accept_damage=args.accept_damage, arm_hardware=args.arm_hardware)
+                          accept_damage=args.accept_damage, arm_hardware=args.arm_hardware,
+                          compose=args.compose)
     try:
         summary = run_demo(options)
     except BagError as error:
@@ -337,7 +342,8 @@ def _demo(args) -> int:
         fault = summary["faults"][0]
         print(f"telesurg demo: failed: the arm went to FAULT at {fault['t_s']} s "
               f"({fault['cause']}) and stayed out of teleoperation until a person clears it; "
-              "see logs/patient/safety_supervisor.log", file=sys.stderr)
+              f"see the [safety_supervisor] lines in {options.out / 'logs' / 'patient'}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -50,7 +50,6 @@ from telesurg.bench.sessions import (
     Namespaces,
     NetnsUnavailable,  # noqa: F401 - the fault tests catch it from here
     pick_domain_pair,
-    start_in_namespace,
 )
 from telesurg.bridge.wire import write_key
 from telesurg.contract.fields import set_stamp_ns, stamp_ns, tip_position
@@ -58,7 +57,6 @@ from telesurg.contract.resources import default_config
 from telesurg.contract.topics import BRIDGE_LINK_STATE
 from telesurg.ros.messages import message_class
 from telesurg.session.demo import (
-    DEMO_LINK_TIMEOUT_MS,
     DemoOptions,
     open_links,
     plan_sites,
@@ -292,9 +290,12 @@ class Session:
     """Both sites up, the arm ENABLED, and a probe on each site. Use as a context manager."""
 
     def __init__(self, out: Path, *, profiles: tuple[str, str] = ("lan", "lan"),
-                 netns: bool = False, task: str = "suturing", seed: int = 1, say=print):
+                 netns: bool = False, task: str = "suturing", seed: int = 1,
+                 compose: bool = False, say=print):
         self.out = Path(out)
         self.profiles = profiles
+        # A process per node unless compose: most faults kill and restart single nodes.
+        self.compose = compose
         self.task, self.seed = task, seed
         self.say = say
         self.namespaces: Namespaces | None = Namespaces("fault") if netns else None
@@ -326,18 +327,18 @@ class Session:
         self.out.mkdir(parents=True, exist_ok=True)
         domain_id = pick_domain_pair()
         options = DemoOptions(task=self.task, seed=self.seed, out=self.out,
-                              link_profiles=tuple(self.profiles))
+                              link_profiles=tuple(self.profiles), compose=self.compose)
         if self.namespaces is not None:
             self.namespaces.create()
             write_key(self.out / "bridge.key")
-            bridge_config = self.namespaces.bridge_config(self.out, DEMO_LINK_TIMEOUT_MS)
+            bridge_config = self.namespaces.bridge_config(self.out)
         else:
             bridge_config, self.links = open_links(options, self.out, self._stack)
         sites = plan_sites(options, default_config(), domain_id, bridge_config)
         topics = probe_topics()
         for site in sites:
             self.domains[site.name] = site.domain_id
-            self.plans[site.name] = {spec.name: (spec, args) for spec, args in site.nodes}
+            self.plans[site.name] = {planned.spec.name: planned for planned in site.processes}
             self.groups[site.name] = NodeGroup(session_environment(site.domain_id),
                                                self.out / "logs" / site.name)
             probe = SiteProbe(site.name, session_environment(site.domain_id),
@@ -408,11 +409,8 @@ class Session:
     # Processes --------------------------------------------------------------------------------
 
     def start_node(self, site: str, name: str) -> NodeProcess:
-        spec, args = self.plans[site][name]
-        group = self.groups[site]
-        if self.namespaces is not None:
-            return start_in_namespace(group, self.namespaces.names[site], spec, args)
-        return group.start(spec, args)
+        prefix = ("ip", "netns", "exec", self.namespaces.names[site]) if self.namespaces else ()
+        return self.groups[site].start_planned(self.plans[site][name], prefix)
 
     def node(self, site: str, name: str) -> NodeProcess:
         return next(n for n in self.groups[site].nodes if n.spec.name == name)

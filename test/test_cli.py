@@ -88,5 +88,5 @@ def test_a_session_whose_arm_faulted_prints_its_figures_and_fails(monkeypatch, c
     assert out.startswith("figures")
     assert err.strip() == (
         "telesurg demo: failed: the arm went to FAULT at 6.2 s (arm joint states stopped) and "
-        "stayed out of teleoperation until a person clears it; see "
-        "logs/patient/safety_supervisor.log")
+        f"stayed out of teleoperation until a person clears it; see the [safety_supervisor] "
+        f"lines in {tmp_path / 'logs' / 'patient'}")

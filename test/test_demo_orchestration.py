@@ -1,20 +1,25 @@
 """The demo's orchestration without running a session: the scripted operator resumes a pause
 it did not cause (telling why the arm paused) instead of repeating a command the supervisor
-refuses and stops at once on a FAULT; a run directory holds one run; a dead node is named with
-its site."""
+refuses, stops at once on a FAULT and disables the arm at the end; a run directory holds one
+run; a dead node is named with its site; the sites' processes as planned (site containers, or a
+process per node) with the session's own parameters."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 
 import pytest
+import yaml
+from rclpy.node import Node
 from std_msgs.msg import String
 
 from telesurg.contract import topics
-from telesurg.contract.graph import BRIDGE
+from telesurg.contract.graph import BRIDGE, COMPOSABLE_NODES, SITE_CONTAINER
+from telesurg.nodes.site_container import parse_node_names
 from telesurg.session import demo
-from telesurg.session.demo import DemoError, ScriptedOperator
+from telesurg.session.demo import DemoError, DemoOptions, ScriptedOperator, plan_sites
 
 
 class FakeNode:
@@ -121,6 +126,97 @@ def test_the_pause_is_said_with_its_own_cause_not_the_one_before():
     node.hear(topics.SAFETY_STATUS, json.dumps({"state": "PAUSED", "cause": "link lost"}))
     operator.resume_if_paused(links_all_cut=False)
     assert said == ["  operator: resume (the arm paused: link lost)"]
+
+
+def test_at_the_end_the_arm_is_disabled_until_it_says_so():
+    node, said = FakeNode(), []
+    operator = operator_on(node, said)
+    node.hear(topics.PSM_OPERATING_STATE, "ENABLED")
+
+    def supervisor(commands):
+        if commands.count("disable") == 2:  # the first one lost on the way
+            node.hear(topics.PSM_OPERATING_STATE, "DISABLED")
+    stop = supervisor_answers(node, supervisor)
+    try:
+        operator.disable(timeout_s=5.0)
+    finally:
+        stop.set()
+    assert node.sent[topics.PSM_STATE_COMMAND.name] == ["disable", "disable"]
+    operator.state = None
+    with pytest.raises(DemoError, match=r"not DISABLED within 0 s .*see the safety "):
+        operator.disable(timeout_s=0.05)
+
+
+def plan(tmp_path, **options):
+    sites = plan_sites(DemoOptions(out=tmp_path, task="figure8", seed=7, **options),
+                       tmp_path / "telesurg.yaml", 40, tmp_path / "bridge.yaml")
+    return {site.name: site for site in sites}
+
+
+def layout(site):
+    return [(planned.spec.name, planned.nodes) for planned in site.processes]
+
+
+def test_each_site_runs_its_container_beside_the_arm_controller(tmp_path):
+    sites = plan(tmp_path)
+    assert layout(sites["master"]) == [
+        ("site_container", ("virtual_surgeon", "master_console", "bridge"))]
+    assert layout(sites["patient"]) == [("site_container", ("bridge", "safety_supervisor")),
+                                        ("arm_controller", ("arm_controller",))]
+    assert (sites["master"].domain_id, sites["patient"].domain_id) == (40, 41)
+    container = sites["master"].processes[0]
+    assert container.spec is SITE_CONTAINER and container.arguments == [
+        "virtual_surgeon", "master_console", "bridge", "--ros-args",
+        "--params-file", str(tmp_path / "telesurg.yaml"),
+        "--params-file", str(tmp_path / "master_params.yaml")]
+    # The session's own values in each node's section, where the configuration cannot
+    # override them (a -p override would lose to it).
+    assert yaml.safe_load((tmp_path / "master_params.yaml").read_text()) == {
+        "virtual_surgeon": {"ros__parameters": {"task": "figure8", "seed": 7}},
+        "bridge": {"ros__parameters": {"role": "master",
+                                       "config_file": str(tmp_path / "bridge.yaml")}}}
+    assert yaml.safe_load((tmp_path / "patient_params.yaml").read_text()) == {
+        "arm_controller": {"ros__parameters": {"hardware": "mujoco"}},
+        "bridge": {"ros__parameters": {"role": "patient",
+                                       "config_file": str(tmp_path / "bridge.yaml")}}}
+
+
+def test_a_process_per_node_on_request_and_the_simulator_with_ros2_control(tmp_path):
+    sites = plan(tmp_path, compose=False, arm_hardware="ros2_control")
+    assert layout(sites["master"]) == [(name, (name,)) for name in
+                                       ("master_console", "virtual_surgeon", "bridge")]
+    assert layout(sites["patient"]) == [(name, (name,)) for name in
+                                        ("safety_supervisor", "arm_controller", "simulator",
+                                         "bridge")]
+    supervisor = sites["patient"].processes[0]
+    assert supervisor.arguments[:3] == ["--ros-args", "-r", "__node:=safety_supervisor"]
+
+
+def test_a_replay_has_no_virtual_surgeon(tmp_path):
+    sites = plan_sites(DemoOptions(out=tmp_path), tmp_path / "telesurg.yaml", 40,
+                       tmp_path / "bridge.yaml", replay=True)
+    assert layout(sites[0]) == [("site_container", ("master_console", "bridge"))]
+    assert "virtual_surgeon" not in yaml.safe_load((tmp_path / "master_params.yaml")
+                                                   .read_text())
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["master_console", "no_such_node"], "invalid choice: 'no_such_node'"),
+    (["bridge", "bridge", "--ros-args"], "given once, got bridge more than once"),
+    (["--ros-args", "-p", "x:=1"], "the following arguments are required: NODE"),
+])
+def test_the_site_container_refuses_bad_node_lists(argv, error, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_node_names(argv)
+    assert stopped.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_the_site_container_can_create_every_composable_node():
+    assert parse_node_names(["bridge", "safety_supervisor", "--ros-args", "-p", "x:=1"]) == [
+        "bridge", "safety_supervisor"]
+    for name, spec in COMPOSABLE_NODES.items():
+        node_class = getattr(importlib.import_module(spec.module), spec.node_class)
+        assert issubclass(node_class, Node), name
 
 
 def test_a_new_run_clears_everything_an_earlier_run_left(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 
 from telesurg.analysis.metrics import (
     LatencyHistogram,
+    count_within,
     engage_offsets,
     following_intervals,
     largest_gap_within,
@@ -117,3 +118,13 @@ def test_largest_gap_counts_only_gaps_inside_one_following_interval():
     arrivals = [(stamp + 60 * MS, stamp) for stamp in stamps]
     assert largest_gap_within(arrivals, intervals) == 32 * MS
     assert largest_gap_within(arrivals[:3], []) == 0
+
+
+def test_count_within_counts_only_the_commands_sent_while_following():
+    # 4 ms apart for 1 s; following from 100 to 500 ms and from 700 ms to the end (ends count).
+    times = list(range(0, 1000 * MS, 4 * MS))
+    intervals = [(100 * MS, 500 * MS), (700 * MS, 996 * MS)]
+    assert count_within(times, intervals) == 101 + 75
+    assert count_within(list(reversed(times)), intervals) == 176  # order does not matter
+    assert count_within(times, []) == 0
+    assert count_within([], intervals) == 0

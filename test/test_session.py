@@ -38,15 +38,19 @@ def processes_in_domain(domain_id: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("task, duration, seed", [("suturing", "15", "3"),
-                                                  ("figure8", "10", "7")])
+@pytest.mark.parametrize("task, duration, seed, layout", [
+    ("suturing", "15", "3", ()), ("figure8", "10", "7", ("--process-per-node",))])
 def test_session_tracks_holds_on_clutch_and_never_jumps(ros_env, tmp_path, task, duration,
-                                                        seed):
+                                                        seed, layout):
+    """In the site containers (the default) and with a process per node."""
     result = run_demo(ros_env, "--task", task, "--duration", duration, "--seed", seed,
-                      "--out", str(tmp_path))
+                      "--out", str(tmp_path), *layout)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == task
+    processes = {"master/virtual_surgeon", "master/bridge"} if layout else {
+        "master/site_container", "patient/site_container"}
+    assert processes <= set(summary["cpu_percent"])
     assert summary["tracking_error_mm"]["p99"] <= 1.0
     assert summary["joint_limit_violations"] == 0
     assert summary["jump_max_mm"] <= 0.5
@@ -59,7 +63,8 @@ def test_session_tracks_holds_on_clutch_and_never_jumps(ros_env, tmp_path, task,
     # Re-engaging starts from where the arm is held (0.0 on a quiet machine; under heavy load
     # up to 0.1 mm has been seen), well inside the 0.5 mm jump bound.
     assert summary["engage_offset_mm"] <= 0.25
-    assert summary["command_rate_hz"] > 100  # 250 Hz nominal; 130-230 Hz measured here
+    # Commands per second of following from the 250 Hz master device: 248-250 measured here.
+    assert summary["command_rate_hz"] > 200
     assert summary["commands_lost"] == 0 and summary["rejected_datagrams"] == 0
     assert domains_are_clean(ros_env)
 
@@ -88,7 +93,8 @@ def test_losing_one_link_over_a_transcontinental_network_loses_no_command(ros_en
     assert 55.0 <= summary["command_age_ms"]["p50"] <= 200.0
     for link in summary["links"].values():
         assert 110.0 <= link["rtt_ms_p50"] <= 300.0
-    assert {"master/bridge", "patient/bridge"} <= set(summary["cpu_percent"])
+    assert {"master/site_container", "patient/site_container", "patient/arm_controller",
+            "emulated_links"} <= set(summary["cpu_percent"])
     assert domains_are_clean(ros_env)
 
 

@@ -75,6 +75,13 @@ def following_intervals(changes: list[tuple[int, bool]], end_ns: int) -> list[tu
     return intervals
 
 
+def count_within(times_ns, intervals: list[tuple[int, int]]) -> int:
+    """How many of the times fall inside one of the (start, end) intervals (ends included)."""
+    times = np.sort(np.asarray(times_ns, dtype=np.int64))
+    return sum(int(np.searchsorted(times, end, side="right") - np.searchsorted(times, start))
+               for start, end in intervals)
+
+
 def motion_while_held(stamps_ns, positions, intervals, settle_s: float = 0.1) -> float:
     """Largest tip displacement inside the gaps between following intervals (clutch, pauses),
     measured from where the tip is settle_s after following stopped (its stopping distance

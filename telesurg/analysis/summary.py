@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from telesurg.analysis.metrics import (
+    count_within,
     engage_offsets,
     following_intervals,
     largest_gap_within,
@@ -64,19 +65,21 @@ def summarize(messages: dict, task: str, seed: int, recorded_s: float) -> dict:
     clutches = sum(1 for _, m in decoded(messages, MASTER, topics.CONSOLE_CLUTCH) if m.data)
     servo = messages[MASTER].get(topics.PSM_SERVO_CP.name, [])
     arrivals = [(t, stamp_ns(m)) for t, m in decoded(messages, PATIENT, topics.PSM_SERVO_CP)]
-    servo_span_s = (servo[-1][0] - servo[0][0]) * 1e-9 if len(servo) > 1 else 0.0
+    following_s = sum(end - start for start, end in intervals) * 1e-9
     return {
         "task": task,
         "seed": seed,
         "duration_s": round(recorded_s, 3),
-        "command_rate_hz": round((len(servo) - 1) / servo_span_s, 1) if servo_span_s else 0.0,
+        # Commands go out while following only (not while clutched or disengaged).
+        "command_rate_hz": round(count_within([t for t, _ in servo], intervals) / following_s,
+                                 1) if following_s else 0.0,
         "command_gap_ms_max": round(1e-6 * largest_gap_within(arrivals, intervals), 3),
         "tracking_error_mm": percentiles(tracking_error_series(setpoints, measured)[1], 1000.0),
         "jump_max_mm": round(1000.0 * largest_step([command_tip(m) for _, m in commands]), 4),
         "joint_limit_violations": limit_violations(command_joints, lower, upper),
         "engagements": len(intervals),
         "clutch_presses": clutches,
-        "following_s": round(sum(end - start for start, end in intervals) * 1e-9, 3),
+        "following_s": round(following_s, 3),
         "motion_while_not_following_mm": round(1000.0 * motion_while_held(
             measured.times_ns, measured.positions_m, intervals), 4),
         "engage_offset_mm": round(1000.0 * max(engage_offsets(

@@ -1,4 +1,4 @@
-"""`telesurg bench end_to_end`: the console-to-simulator command path of a whole session, from a
+"""`telesurg bench end_to_end`: the console-to-arm command path of a whole session, from a
 master sample (/mtm/measured_cp at the master site) to the joint command it causes
 (/forward_position_controller/commands at the patient site), both links on the lan profile.
 
@@ -12,13 +12,13 @@ the tremor filter would otherwise add to it. A step's response is the first join
 tool tip (forward kinematics) moved at least THRESHOLD_FRACTION of the expected tip step (scale x
 STEP_M) along the step's direction from the last command before the step.
 
-The tremor filter (an 8-12 Hz band-stop) passes a step's edge at once: its first output sample
-is 91 % of the step, then it rings at the band edges, so the first command after the step
-already shows it. Latency = that command's DDS arrival at the probe, a reader at the patient
-site as the simulator is (MessageInfo: not when this process got round to the callback) - the
-stamp of the master sample that made the step, taken as it was published (one machine, one
-clock). The same detection on /psm/servo_cp at the patient site, with the console's stamp and
-the DDS publish times of the patient bridge and the arm controller, splits it into stages.
+The tremor filter (an 8-12 Hz band-stop) passes a step's edge at once: its first output sample is
+91 % of the step, then it rings at the band edges, so the first command after the step already
+shows it. Latency = that command's DDS arrival at the probe, a reader at the patient site as the
+arm's hardware interface is (MessageInfo: not when this process got round to the callback) - the
+stamp of the master sample that made the step, taken as it was published (one machine, one clock).
+The same detection on /psm/servo_cp at the patient site, with the console's stamp and the DDS
+publish times of the patient bridge and the arm controller, splits it into stages.
 """
 
 from __future__ import annotations
@@ -67,9 +67,10 @@ ENGAGE_TIMEOUT_S = 15.0
 RETRY_S = 0.5
 MASTER_FRAME = "mtm_base"
 STAGES = ("console_ms", "bridges_ms", "arm_ms", "delivery_ms")
-#: The joint commands' reader: the probe runs at its priority, so that its arrival times
-#: are the simulator's (on a saturated machine a lower one waits for a core).
-SIMULATOR = next(spec for spec in SESSION_NODES if spec.name == "simulator")
+#: The joint commands' writer: the probe reads them at its priority, so that its arrival times
+#: are those of a reader as prompt as the arm controller (on a saturated machine a lower one
+#: waits for a core).
+ARM_CONTROLLER = next(spec for spec in SESSION_NODES if spec.name == "arm_controller")
 
 
 # -- correlation (pure) ----------------------------------------------------------------------
@@ -324,7 +325,7 @@ def _session(out: Path) -> tuple[dict, dict, float, float]:
         lines, cpu = run_measurer(
             [sys.executable, "-m", "telesurg.bench.end_to_end", "probe", json.dumps(config)],
             groups[0].env, out / "logs" / "probe.log", groups, stack,
-            pids=[links.process.pid], niceness=SIMULATOR.niceness)
+            pids=[links.process.pid], niceness=ARM_CONTROLLER.niceness)
     return lines[-1], cpu, console["rate_hz"], console["scale"]
 
 
@@ -346,7 +347,7 @@ def _result(measured: dict, cpu: dict, rate_hz: float, scale: float) -> Result:
                "target_p99_ms": TARGET_P99_MS, "profile": "lan", "master_rate_hz": rate_hz,
                "step_mm": STEP_M * 1e3, "threshold_um": round(measured["threshold_um"], 1),
                "cpu": cpu}
-    variant = "console to simulator, lan"
+    variant = "console to arm, lan"
     labels = {"console_ms": "master sample to the console's servo_cp stamp",
               "bridges_ms": "console's stamp to the patient bridge's publish (both bridges)",
               "arm_ms": "patient bridge's publish to the arm controller's joint command",
@@ -361,7 +362,7 @@ def _result(measured: dict, cpu: dict, rate_hz: float, scale: float) -> Result:
     notes = [
         f"{measured['steps']} master steps of {STEP_M * 1e3:g} mm ({scale * STEP_M * 1e3:g} mm "
         f"at the tip), {STEP_INTERVAL_S:g} s apart, in a still {rate_hz:g} Hz master stream; "
-        "latency = DDS arrival at a patient-site reader (a probe, as the simulator reads) of "
+        "latency = DDS arrival at a patient-site reader (a probe, as a ros2_control arm reads) of "
         "the first joint command whose tip moved >= "
         f"{measured['threshold_um']:.0f} um along the step - the stamp (publish time) of the "
         "master sample that made the step; one machine, one clock. Stages: the same detection "
@@ -384,9 +385,8 @@ def _result(measured: dict, cpu: dict, rate_hz: float, scale: float) -> Result:
         notes.append(
             f"p99 {end_to_end['p99']:.2f} ms misses <= {TARGET_P99_MS:g} ms; the largest p99 "
             f"is {labels[slowest]} ({stages[slowest]['p99']:.2f} ms). Every stage is a Python "
-            "process woken by DDS (console, two bridges, arm controller, which also waits for "
-            "its next 500 Hz /joint_states tick), on 2 cores shared with the simulator and "
-            "whatever else runs.")
+            "process woken by DDS (console, two bridges, arm controller, which applies a command "
+            "at its next control tick), on 2 cores shared with whatever else runs.")
     return Result("end_to_end", figures, rows, notes=notes)
 
 

@@ -61,7 +61,7 @@ from telesurg.contract.states import (
 )
 from telesurg.contract.topics import Qos
 from telesurg.patient.safety import Cause
-from telesurg.session.demo import DEMO_LINK_TIMEOUT_MS, DemoOptions, plan_sites
+from telesurg.session.demo import DemoOptions, plan_sites
 
 TRIALS = 30
 MAX_ATTEMPTS = 40  # a trial excluded (e.g. a clutch at the cut) is run again, up to this many
@@ -306,7 +306,7 @@ def _session(out: Path, stack: contextlib.ExitStack) -> tuple[list[dict], float,
     stack.callback(namespaces.delete)
     namespaces.create()
     write_key(out / "bridge.key")
-    bridge_config = namespaces.bridge_config(out, DEMO_LINK_TIMEOUT_MS)
+    bridge_config = namespaces.bridge_config(out)
     timeout_ms = float(yaml.safe_load(bridge_config.read_text())["link_timeout_ms"])
     sites = plan_sites(DemoOptions(task=TASK, seed=SEED, out=out), default_config(),
                        pick_domain_pair(), bridge_config)

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 
 from telesurg.bridge.config import ROLES, default_bridge_config_path
 from telesurg.session.demo import session_environment
-from telesurg.session.processes import NodeGroup, NodeProcess, _prepare_child, cpu_seconds
+from telesurg.session.processes import NodeGroup, _prepare_child, cpu_seconds
 
 #: Each link a /30 of its own, only ever inside a session's namespaces: .1 master, .2 patient.
 SUBNETS = {"a": "10.214.1", "b": "10.214.2"}
@@ -85,11 +84,10 @@ class Namespaces:
                       "dev", self.devices[link, role])
                 ip_ok("-n", name, "link", "set", self.devices[link, role], "up")
 
-    def bridge_config(self, folder: Path, link_timeout_ms: float) -> Path:
+    def bridge_config(self, folder: Path) -> Path:
         """The default bridge configuration, each link bound to its veth address and device."""
         document = yaml.safe_load(default_bridge_config_path().read_text())
         document["key_file"] = "bridge.key"
-        document["link_timeout_ms"] = link_timeout_ms
         for link in document["links"]:
             name = link["name"]
             for role, other in (ROLES, ROLES[::-1]):
@@ -113,22 +111,6 @@ class Namespaces:
         for name in self.created:
             ip("netns", "del", name)  # destroys the veth pairs with it
         self.created.clear()
-
-
-def start_in_namespace(group: NodeGroup, namespace: str, spec, ros_args: list[str]):
-    """NodeGroup.start, inside a network namespace (`ip netns exec` execs: same process)."""
-    group.log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = group.log_dir / f"{spec.name}.log"
-    command = ["ip", "netns", "exec", namespace, sys.executable, "-m", spec.module,
-               "--ros-args", "-r", f"__node:={spec.name}", *ros_args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=group.env, stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True,
-                                   preexec_fn=lambda: _prepare_child(spec.niceness))
-    node = NodeProcess(spec, process, log_path)
-    group.nodes.append(node)
-    return node
 
 
 def pick_domain_pair() -> int:
@@ -192,11 +174,10 @@ def start_sites(sites, out: Path, stack: contextlib.ExitStack,
         group = NodeGroup(session_environment(site.domain_id), out / "logs" / site.name)
         groups.append(group)
         stack.callback(group.stop)
-        for spec, arguments in site.nodes:
-            if namespaces is None:
-                group.start(spec, arguments)
-            else:
-                start_in_namespace(group, namespaces.names[site.name], spec, arguments)
+        # `ip netns exec` execs: the process started is the node's.
+        prefix = ("ip", "netns", "exec", namespaces.names[site.name]) if namespaces else ()
+        for planned in site.processes:
+            group.start_planned(planned, prefix)
     return groups
 
 

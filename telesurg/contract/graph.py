@@ -18,6 +18,9 @@ class NodeSpec:
     module: str        # Python module with main(), for starting it without the console script
     site: str          # "master" (surgeon's side), "patient" (arm's side) or "both"
     description: str
+    # The rclpy Node subclass in module, which a site container creates ("" for a process that
+    # is not one node).
+    node_class: str = ""
     # Scheduling niceness where the nodes share a busy machine (`telesurg demo`): the bridge,
     # the safety supervisor and the arm's loop come first, as on a real-time system.
     niceness: int = 0
@@ -26,14 +29,18 @@ class NodeSpec:
 SESSION_NODES: tuple[NodeSpec, ...] = (
     NodeSpec("safety_supervisor", "safety_supervisor", "telesurg.nodes.safety_supervisor",
              "patient", "CRTK operating state: pauses the arm on link loss, stale or old "
-             "commands, jumps, joint limits, presence lost.", niceness=-10),
+             "commands, jumps, joint limits, presence lost.", "SafetySupervisorNode",
+             niceness=-10),
     NodeSpec("arm_controller", "arm_controller", "telesurg.nodes.arm_controller", "patient",
              "Cartesian servo commands to joint commands, limits, hold when stale; runs the "
-             "MuJoCo arm itself unless its hardware is ros2_control.", niceness=-5),
+             "MuJoCo arm itself unless its hardware is ros2_control.", "ArmControllerNode",
+             niceness=-5),
     NodeSpec("master_console", "master_console", "telesurg.nodes.master_console", "master",
-             "Teleoperation mapping: clutch, scale, tremor filter, step limit."),
+             "Teleoperation mapping: clutch, scale, tremor filter, step limit.",
+             "MasterConsoleNode"),
     NodeSpec("virtual_surgeon", "virtual_surgeon", "telesurg.nodes.virtual_surgeon", "master",
-             "Stands in for a haptic master device and pedals, performing a task."),
+             "Stands in for a haptic master device and pedals, performing a task.",
+             "VirtualSurgeonNode"),
 )
 
 
@@ -45,13 +52,26 @@ DEFAULT_LINKS = ("a", "b")
 #: ros2_control (where Gazebo or a real arm would be).
 SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "patient",
                      "MuJoCo physics of the arm URDF, ros2_control-style interface.",
-                     niceness=-5)
+                     "SimulatorNode", niceness=-5)
 
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
                   "Carries the configured topics to the other site over every link.",
-                  niceness=-10)
+                  "BridgeNode", niceness=-10)
 
+#: The nodes that share one process at each site (the site container,
+#: telesurg.nodes.site_container), in creation order: a message between them never leaves the
+#: process, and what arrives together costs one wake-up. The arm controller keeps a process of
+#: its own, so that its hold on stale commands never depends on the supervisor's thread (nor
+#: the supervisor's on its); the recorder too, as `ros2 bag record` would.
+SITE_CONTAINER_NODES = {"master": ("virtual_surgeon", "master_console", "bridge"),
+                        "patient": ("bridge", "safety_supervisor")}
+#: Every node a site container can hold, by name.
+COMPOSABLE_NODES = {spec.name: spec for spec in (*SESSION_NODES, SIMULATOR, BRIDGE)}
+#: The site container's process; at the priority of the most urgent node it may hold.
+SITE_CONTAINER = NodeSpec("site_container", "site_container", "telesurg.nodes.site_container",
+                          "both", "Several telesurg nodes in one process, served from one "
+                          "thread.", niceness=min(s.niceness for s in COMPOSABLE_NODES.values()))
 
 
 def nodes_of_site(site: str) -> tuple[NodeSpec, ...]:

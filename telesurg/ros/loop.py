@@ -3,7 +3,7 @@
 rclpy's executors rebuild their wait set, make a task and a coroutine for every message, and
 spin timers through the same machinery: on this project's 2-core machines that cost 0.4-0.5 ms
 of CPU per message received, most of a session's CPU. NodeLoop does what a telesurg node needs
-and no more, in the one thread that calls run():
+and no more, in the one thread that calls run() (or serve(), for several nodes in one process):
 
 - every message of the node's subscriptions is taken straight from the middleware (as rclpy's
   executor would, with the subscription's raw setting) and handed to its callback;
@@ -41,9 +41,12 @@ class _Periodic:
 
 
 class NodeLoop:
+    """A node's subscriptions, services and periodic tasks, served by run() (this node alone)
+    or by serve() together with other nodes' loops in one thread (a composed process)."""
+
     def __init__(self, node: Node):
         self.node = node
-        self._tasks: list[_Periodic] = []
+        self.tasks: list[_Periodic] = []
         self._stop = threading.Event()
         self._wake = node.create_guard_condition(lambda: None)
 
@@ -51,64 +54,84 @@ class NodeLoop:
         """Call callback every period_s seconds, from the loop's thread."""
         if not period_s > 0.0:
             raise ValueError(f"period must be positive, got {period_s!r}")
-        self._tasks.append(_Periodic(period_s, callback, time.monotonic() + period_s))
+        self.tasks.append(_Periodic(period_s, callback, time.monotonic() + period_s))
 
     def stop(self) -> None:
-        """Make run() return soon (from any thread)."""
+        """Make run() (or the serve() that serves this loop) return soon, from any thread."""
         self._stop.set()
         with contextlib.suppress(Exception):  # already destroyed at shutdown
             self._wake.trigger()
 
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def run(self) -> None:
-        node, context = self.node, self.node.context
-        subscriptions = list(node.subscriptions)
-        services = list(node.services)
-        sigint = SignalHandlerGuardCondition(context)
-        guards = [self._wake, sigint]
-        try:
-            with contextlib.ExitStack() as handles:
-                for entity in (*subscriptions, *services, *guards):
-                    handles.enter_context(entity.handle)
-                handles.enter_context(context.handle)
-                wait_set = _rclpy.WaitSet(len(subscriptions), len(guards), 0, 0,
-                                          len(services), 0, context.handle)
-                while context.ok() and not self._stop.is_set():
-                    wait_set.clear_entities()
-                    for subscription in subscriptions:
-                        wait_set.add_subscription(subscription.handle)
-                    for service in services:
-                        wait_set.add_service(service.handle)
-                    for guard in guards:
-                        wait_set.add_guard_condition(guard.handle)
-                    wait_set.wait(int(self._wait_s() * 1e9))
-                    if not context.ok() or self._stop.is_set():
-                        break
-                    ready = set(wait_set.get_ready_entities("subscription"))
-                    for subscription in subscriptions:
-                        if subscription.handle.pointer in ready:
-                            _take_messages(subscription)
-                    ready = set(wait_set.get_ready_entities("service"))
-                    for service in services:
-                        if service.handle.pointer in ready:
-                            _answer_requests(service)
-                    self._run_due_tasks()
-        finally:
-            sigint.destroy()
+        serve([self])
 
-    def _wait_s(self) -> float:
-        if not self._tasks:
-            return MAX_WAIT_S
-        due = min(task.next_s for task in self._tasks) - time.monotonic()
-        return min(MAX_WAIT_S, max(0.0, due))
 
-    def _run_due_tasks(self) -> None:
-        now = time.monotonic()
-        for task in self._tasks:
-            if now >= task.next_s:
-                task.callback()
-                task.next_s += task.period_s
-                if task.next_s < now:  # fell behind (a stall): skip ahead, no burst
-                    task.next_s = now + task.period_s
+def serve(loops: list[NodeLoop]) -> None:
+    """Serve the nodes of loops (one context) from the calling thread, until the context shuts
+    down or one of the loops is stopped: one wait set over all their subscriptions, services
+    and wake-ups, every task at its rate. Nodes in one process and thread pay one wake-up for
+    what arrives together, and a message between them never leaves the process."""
+    context = loops[0].node.context
+    if any(loop.node.context is not context for loop in loops):
+        raise ValueError("the nodes served together must share one context")
+    subscriptions = [s for loop in loops for s in loop.node.subscriptions]
+    services = [s for loop in loops for s in loop.node.services]
+    tasks = [task for loop in loops for task in loop.tasks]
+    sigint = SignalHandlerGuardCondition(context)
+    guards = [*(loop._wake for loop in loops), sigint]
+
+    def stopping() -> bool:
+        return not context.ok() or any(loop.stopped() for loop in loops)
+
+    try:
+        with contextlib.ExitStack() as handles:
+            for entity in (*subscriptions, *services, *guards):
+                handles.enter_context(entity.handle)
+            handles.enter_context(context.handle)
+            wait_set = _rclpy.WaitSet(len(subscriptions), len(guards), 0, 0, len(services), 0,
+                                      context.handle)
+            while not stopping():
+                wait_set.clear_entities()
+                for subscription in subscriptions:
+                    wait_set.add_subscription(subscription.handle)
+                for service in services:
+                    wait_set.add_service(service.handle)
+                for guard in guards:
+                    wait_set.add_guard_condition(guard.handle)
+                wait_set.wait(int(_wait_s(tasks) * 1e9))
+                if stopping():
+                    break
+                ready = set(wait_set.get_ready_entities("subscription"))
+                for subscription in subscriptions:
+                    if subscription.handle.pointer in ready:
+                        _take_messages(subscription)
+                ready = set(wait_set.get_ready_entities("service"))
+                for service in services:
+                    if service.handle.pointer in ready:
+                        _answer_requests(service)
+                _run_due_tasks(tasks)
+    finally:
+        sigint.destroy()
+
+
+def _wait_s(tasks: list[_Periodic]) -> float:
+    if not tasks:
+        return MAX_WAIT_S
+    due = min(task.next_s for task in tasks) - time.monotonic()
+    return min(MAX_WAIT_S, max(0.0, due))
+
+
+def _run_due_tasks(tasks: list[_Periodic]) -> None:
+    now = time.monotonic()
+    for task in tasks:
+        if now >= task.next_s:
+            task.callback()
+            task.next_s += task.period_s
+            if task.next_s < now:  # fell behind (a stall): skip ahead, no burst
+                task.next_s = now + task.period_s
 
 
 def _take_messages(subscription) -> None:

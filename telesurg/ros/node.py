@@ -20,6 +20,7 @@ from telesurg.contract.params import (
     check_node_rules,
     load_parameter_file,
 )
+from telesurg.ros.loop import serve
 
 
 def declare_parameters(node: Node, table_name: str) -> SimpleNamespace:
@@ -107,21 +108,31 @@ def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None 
 
     A configuration error exits with status 2 and a one-line message naming key and file.
     """
+    run_nodes(node_name, [create], args)
+
+
+def run_nodes(process_name: str, creators: list[Callable[[], Node]],
+              args: list[str] | None = None) -> None:
+    """run_node for several nodes in one process (a composition): created in order, served
+    together from one thread (telesurg.ros.loop.serve), destroyed in reverse order. The ROS
+    arguments apply to each of them, as in a ROS 2 container: a parameter file gives each node
+    its own section."""
     args = sys.argv if args is None else args
     try:
         for path in parameter_files(args):
             load_parameter_file(path)
     except ConfigError as error:
-        _exit_config_error(node_name, error)
+        _exit_config_error(process_name, error)
     rclpy.init(args=args)
-    node = None
+    nodes = []
     try:
-        node = create()
-        node.loop.run()
+        for create in creators:
+            nodes.append(create())
+        serve([node.loop for node in nodes])
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ConfigError as error:
-        _exit_config_error(node_name, error)
+        _exit_config_error(process_name, error)
     except RuntimeError:
         # A take interrupted by the shutdown that Ctrl-C/SIGTERM started is part of a clean
         # stop (the context may be marked shut down a moment after the take fails); any other
@@ -129,7 +140,7 @@ def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None 
         if not _context_shuts_down(within_s=0.5):
             raise
     finally:
-        if node is not None:
+        for node in reversed(nodes):
             node.destroy_node()
         rclpy.try_shutdown()
 

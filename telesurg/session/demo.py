@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from telesurg.analysis.recording import BAG_DIRS
 from telesurg.analysis.summary import (
     SummaryError,
@@ -36,6 +38,8 @@ from telesurg.contract.graph import (
     BRIDGE,
     DEFAULT_LINKS,
     SIMULATOR,
+    SITE_CONTAINER,
+    SITE_CONTAINER_NODES,
     NodeSpec,
     nodes_of_site,
 )
@@ -46,14 +50,15 @@ from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS, SITES, Qos
 from telesurg.linkem.model import PROFILES, Outage, outage_timeline
 from telesurg.session.operator_cli import MAX_DOMAIN_ID, parse_domain, parse_status
 from telesurg.session.playback import ReplayPlan
-from telesurg.session.processes import NodeGroup, cpu_seconds
+from telesurg.session.processes import (
+    NodeGroup,
+    PlannedProcess,
+    container_arguments,
+    cpu_seconds,
+)
 
-#: The bridges' link timeout in the demo: twice the 50 ms default, because on a shared 2-core
-#: machine running eight Python processes, every process (even at raised priority) stalls now
-#: and then for 50-70 ms, and each stall would read as both links lost and pause the arm.
-DEMO_LINK_TIMEOUT_MS = 100.0
-#: Nodes stopped first at the end of the task, so that the command counters can settle.
-COMMAND_SOURCES = ("virtual_surgeon", "master_console")
+#: Longest wait, at the end of the task, for the arm to confirm DISABLED at the master site.
+FINISH_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 60.0
 DEFAULT_DURATION_S = 20.0
 #: What shows that the session is up: the console ready to engage (it publishes following once
@@ -94,6 +99,7 @@ class DemoOptions:
     replay: Path | None = None   # a run directory whose master bag drives the session
     accept_damage: bool = False  # replay a damaged recording without its damaged chunks
     arm_hardware: str = "mujoco"  # the arm controller's: mujoco in it, or ros2_control topics
+    compose: bool = True         # SITE_CONTAINER_NODES in one process, or a process per node
     report: bool = True          # write out/report.html
 
 
@@ -142,7 +148,7 @@ class Site:
 
     name: str
     domain_id: int
-    nodes: list[tuple[NodeSpec, list[str]]]
+    processes: list[PlannedProcess]
     group: NodeGroup | None = None
     node: object = None
     executor: object = None
@@ -185,22 +191,38 @@ class Site:
 def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config: Path,
                replay: bool = False) -> list[Site]:
     """The master and the patient site, on two DDS domains joined only by their bridges; in a
-    replay without the virtual surgeon (a bag player stands in for it)."""
-    params = ["--params-file", str(config)]
-    surgeon = ["-p", f"task:={options.task}", "-p", f"seed:={options.seed}"]
-    hardware = ["-p", f"hardware:={options.arm_hardware}"]
+    replay without the virtual surgeon (a bag player stands in for it). With options.compose,
+    each site's SITE_CONTAINER_NODES share a site container process. Every process reads the
+    configuration, then the session's own parameters (options.out/SITE_params.yaml, written
+    here), which a node's section in the configuration cannot override."""
     # Fast DDS accepts domain ids up to 232.
     patient_domain = domain_id + 1 if domain_id < MAX_DOMAIN_ID else domain_id - 1
     sites = []
     for name, domain in zip(SITES, (domain_id, patient_domain), strict=True):
-        nodes = [(spec, params + (surgeon if spec.name == "virtual_surgeon" else [])
-                  + (hardware if spec.name == "arm_controller" else []))
-                 for spec in nodes_of_site(name)
+        specs = [spec for spec in nodes_of_site(name)
                  if not (replay and spec.name == "virtual_surgeon")]
         if name == PATIENT and options.arm_hardware == "ros2_control":
-            nodes.append((SIMULATOR, params))
-        nodes.append((BRIDGE, ["-p", f"role:={name}", "-p", f"config_file:={bridge_config}"]))
-        sites.append(Site(name, domain, nodes))
+            specs.append(SIMULATOR)
+        specs.append(BRIDGE)
+        session = {"virtual_surgeon": {"task": options.task, "seed": options.seed},
+                   "arm_controller": {"hardware": options.arm_hardware},
+                   BRIDGE.name: {"role": name, "config_file": str(bridge_config)}}
+        session_file = Path(options.out) / f"{name}_params.yaml"
+        session_file.write_text(yaml.safe_dump(
+            {node: {"ros__parameters": values} for node, values in session.items()
+             if any(spec.name == node for spec in specs)}, sort_keys=False))
+        params = ["--params-file", str(config), "--params-file", str(session_file)]
+        contained = ([spec for spec in specs if spec.name in SITE_CONTAINER_NODES[name]]
+                     if options.compose else [])
+        contained.sort(key=lambda spec: SITE_CONTAINER_NODES[name].index(spec.name))
+        processes = []
+        if contained:
+            names = tuple(spec.name for spec in contained)
+            processes.append(PlannedProcess(SITE_CONTAINER, container_arguments(list(names),
+                                                                                params), names))
+        processes += [PlannedProcess.node(spec, params) for spec in specs
+                      if spec not in contained]
+        sites.append(Site(name, domain, processes))
     return sites
 
 
@@ -220,7 +242,7 @@ def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
         out / "logs" / "emulated_links.log"))
     ends = [tuple(zip(bridge_ports[name], links.ports[name], strict=True))
             for name in DEFAULT_LINKS]
-    return write_loopback_bridge_config(out, ends, link_timeout_ms=DEMO_LINK_TIMEOUT_MS), links
+    return write_loopback_bridge_config(out, ends), links
 
 
 class ScriptedOperator:
@@ -232,7 +254,7 @@ class ScriptedOperator:
 
     RETRY_S = 0.5
 
-    def __init__(self, node, say):
+    def __init__(self, node, say, supervisor_log: Path | str = "the safety supervisor's log"):
         from std_msgs.msg import String
 
         from telesurg.ros.qos import publisher, subscription
@@ -241,6 +263,7 @@ class ScriptedOperator:
         self.cause = ""  # of the last transition, from /safety/status
         self._status_state = ""  # the state that status gave
         self._say = say
+        self._supervisor_log = supervisor_log
         self._message = String
         self._publisher = publisher(node, topics.PSM_STATE_COMMAND)
         subscription(node, topics.PSM_OPERATING_STATE, self._on_state)
@@ -270,17 +293,29 @@ class ScriptedOperator:
         while self.state is not OperatingState.ENABLED:
             if self.state is OperatingState.FAULT:
                 raise DemoError(f"the arm went to FAULT ({self.cause or 'cause unknown'}) "
-                                "before the task began; see logs/patient/safety_supervisor.log")
+                                f"before the task began; see {self._supervisor_log}")
             if time.monotonic() > deadline:
                 raise DemoError(f"the arm was not ENABLED within {timeout_s:.0f} s of asking "
                                 f"(operating state {self.state}"
                                 f"{f', {self.cause}' if self.cause else ''}; see "
-                                "logs/patient/safety_supervisor.log)")
+                                f"{self._supervisor_log})")
             if self.state is OperatingState.PAUSED:
                 self._announce_pause()
                 self._command(StateCommand.RESUME)
             else:
                 self._command(StateCommand.ENABLE)
+            time.sleep(self.RETRY_S)
+
+    def disable(self, timeout_s: float) -> None:
+        """Disable the arm, as at the end of a procedure, until it is DISABLED (DemoError after
+        timeout_s): the console stops streaming commands once it hears so."""
+        deadline = time.monotonic() + timeout_s
+        while self.state is not OperatingState.DISABLED:
+            if time.monotonic() > deadline:
+                raise DemoError(f"the arm was not DISABLED within {timeout_s:.0f} s of asking at "
+                                f"the end of the task (operating state {self.state}; see "
+                                f"{self._supervisor_log})")
+            self._command(StateCommand.DISABLE)
             time.sleep(self.RETRY_S)
 
     def resume_if_paused(self, links_all_cut: bool) -> None:
@@ -395,15 +430,16 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 site.group.start_program(RECORDER, [
                     "record", "--site", site.name, "--out", str(bag_root / BAG_DIRS[site.name]),
                     "--storage", options.storage])
-                for spec, arguments in site.nodes:
-                    site.group.start(spec, arguments)
+                for planned in site.processes:
+                    site.group.start_planned(planned)
             if replay:  # the recorded surgeon's device, held still until the arm is enabled
                 player, replayer = replay.start_player(sites[0].node, replay_go, stop_replay, say)
             _wait_until_ready(sites)
-            operator = ScriptedOperator(sites[0].node, say)
+            operator = ScriptedOperator(sites[0].node, say,
+                                        sites[1].group.log_of("safety_supervisor"))
             operator.enable(STARTUP_TIMEOUT_S)
             replay_go.set()
-            say(f"graph up: {', '.join(n.spec.name for g in groups for n in g.nodes)}; "
+            say(f"graph up: {'; '.join(_processes_of(site) for site in sites)}; "
                 "arm ENABLED; running the task")
             started = time.monotonic()
             started_ns = time.time_ns()
@@ -427,8 +463,14 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 for name, seconds in _helper_cpu_seconds(links).items()})
             outages.cancelled.set()
             stop_replay.set()
-            sites[0].group.stop(names=COMMAND_SOURCES)
+            # The end of the procedure: the links back, the arm disabled (the console stops
+            # streaming once it hears so), what is in flight drained, the final counters.
+            for link in DEFAULT_LINKS:
+                links.set_down(link, False)
+            operator.disable(FINISH_TIMEOUT_S)
             _wait_for_final_counters(sites, options)
+            # The figures end here: stopping the sites takes the links down.
+            counted_until_ns = time.time_ns()
         finally:
             outages.cancelled.set()
             stop_replay.set()
@@ -443,7 +485,9 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     summary = summarize(messages, "replay" if options.replay else options.task, options.seed,
                         recorded_s)
     try:
-        summary.update(network_summary(sites[0].link_states, sites[1].link_states))
+        summary.update(network_summary(
+            *([report for report in site.link_states if report[0] <= counted_until_ns]
+              for site in sites)))
     except SummaryError as error:
         raise DemoError(str(error)) from None
     summary.update(safety_summary(messages, sites[1].link_states, started_ns, task_ended_ns))
@@ -453,7 +497,8 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
-        raise DemoError("the arm never followed the surgeon (see master_console.log)")
+        raise DemoError(f"the arm never followed the surgeon (see "
+                        f"{sites[0].group.log_of('master_console')})")
     if options.report and options.record:
         from telesurg.analysis.report import write_report
 
@@ -498,6 +543,11 @@ def _helper_cpu_seconds(links) -> dict[str, float]:
     """CPU time of the processes that emulate the network and record the sites."""
     return {"emulated_links": cpu_seconds(links.process.pid),
             "demo": time.process_time()}
+
+
+def _processes_of(site: Site) -> str:
+    return f"{site.name} " + ", ".join([RECORDER.name] + [planned.label()
+                                                          for planned in site.processes])
 
 
 def _node_label(site: Site, node) -> str:

@@ -42,11 +42,41 @@ def _prepare_child(niceness: int) -> None:
             pass
 
 
+def node_arguments(spec: NodeSpec, ros_args: list[str]) -> list[str]:
+    """The arguments that start spec's module as the node spec.name."""
+    return ["--ros-args", "-r", f"__node:={spec.name}", *ros_args]
+
+
+def container_arguments(node_names: list[str], ros_args: list[str]) -> list[str]:
+    """The arguments that start a site container (telesurg.nodes.site_container) holding the
+    named nodes; the ROS arguments apply to each of them."""
+    return [*node_names, "--ros-args", *ros_args]
+
+
+@dataclass(frozen=True)
+class PlannedProcess:
+    """A process to start: `python -m spec.module ARGUMENTS`, running the ROS nodes named."""
+
+    spec: NodeSpec
+    arguments: list[str]
+    nodes: tuple[str, ...]
+
+    @classmethod
+    def node(cls, spec: NodeSpec, ros_args: list[str]) -> PlannedProcess:
+        return cls(spec, node_arguments(spec, ros_args), (spec.name,))
+
+    def label(self) -> str:
+        """Its name, with the nodes it holds if they are not just itself."""
+        return (self.spec.name if self.nodes in ((), (self.spec.name,))
+                else f"{self.spec.name} ({', '.join(self.nodes)})")
+
+
 @dataclass
 class NodeProcess:
     spec: NodeSpec
     process: subprocess.Popen
     log_path: Path
+    nodes: tuple[str, ...] = ()  # the ROS nodes it runs
     exit_code: int | None = field(default=None)
 
     def alive(self) -> bool:
@@ -72,13 +102,25 @@ class NodeGroup:
         self.nodes: list[NodeProcess] = []
 
     def start(self, spec: NodeSpec, ros_args: list[str]) -> NodeProcess:
-        return self.start_program(spec, ["--ros-args", "-r", f"__node:={spec.name}", *ros_args])
+        return self.start_planned(PlannedProcess.node(spec, ros_args))
 
-    def start_program(self, spec: NodeSpec, arguments: list[str]) -> NodeProcess:
+    def start_planned(self, planned: PlannedProcess, prefix: tuple[str, ...] = ()) -> NodeProcess:
+        """Start a planned process (behind the command prefix, e.g. `ip netns exec NS`)."""
+        node = self.start_program(planned.spec, planned.arguments, prefix)
+        node.nodes = planned.nodes
+        return node
+
+    def log_of(self, node_name: str) -> Path:
+        """The log of the process that runs the named node (its own log if none is known)."""
+        return next((node.log_path for node in self.nodes if node_name in node.nodes),
+                    self.log_dir / f"{node_name}.log")
+
+    def start_program(self, spec: NodeSpec, arguments: list[str],
+                      prefix: tuple[str, ...] = ()) -> NodeProcess:
         """Start `python -m spec.module ARGUMENTS` (a node, or a command of its own)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
-        command = [sys.executable, "-m", spec.module, *arguments]
+        command = [*prefix, sys.executable, "-m", spec.module, *arguments]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 command, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
