@@ -15,7 +15,7 @@ import time
 import pytest
 
 from telesurg.linkem.model import PROFILES, LinkProfile, Outage
-from telesurg.linkem.relay import THREAD_NAME, LinkRelay, main
+from telesurg.linkem.relay import THREAD_NAME, LinkRelay, main, serve_together
 
 LOOPBACK = "127.0.0.1"
 RECEIVE_TIMEOUT_S = 2.0
@@ -209,6 +209,40 @@ def test_peers_are_learned_from_the_first_datagram_and_others_ignored(peers):
         a.sendto(b"still A", relay.a_address)
         assert b.recv(2048) == b"still A"
         assert relay.stats().a_to_b.received == 2
+
+
+def test_links_served_together_share_one_thread_and_keep_their_own_delays():
+    """The demo's links a and b, relayed by one thread: each with its own delay and peers;
+    a relay of the group cannot be started again, and stopping one stops the thread."""
+    ends = [_udp_socket() for _ in range(4)]
+    slow_a, slow_b, fast_a, fast_b = ends
+    slow = LinkRelay(LinkProfile(delay_ms=150.0), (LOOPBACK, 0), (LOOPBACK, 0),
+                     a_peer=slow_a.getsockname(), b_peer=slow_b.getsockname())
+    fast = LinkRelay(PROFILES["perfect"], (LOOPBACK, 0), (LOOPBACK, 0),
+                     a_peer=fast_a.getsockname(), b_peer=fast_b.getsockname())
+    try:
+        server = serve_together([slow, fast])
+        assert [t.name for t in threading.enumerate()].count(THREAD_NAME) == 1
+        with pytest.raises(RuntimeError, match="starts once"):
+            fast.start()
+        sent = time.perf_counter()
+        slow_a.sendto(b"slow", slow.a_address)
+        fast_a.sendto(b"fast", fast.a_address)
+        assert fast_b.recv(2048) == b"fast"
+        fast_at = time.perf_counter() - sent
+        assert slow_b.recv(2048) == b"slow"
+        slow_at = time.perf_counter() - sent
+        assert fast_at < 0.1  # not held back behind the slow link's pending delivery
+        assert slow_at >= 0.145
+        fast_b.sendto(b"back", fast.b_address)
+        assert fast_a.recv(2048) == b"back"
+        fast.stop()
+        assert server.finished.wait(1.0) and not slow.running
+    finally:
+        for relay in (slow, fast):
+            relay.stop()
+        for sock in ends:
+            sock.close()
 
 
 def test_stop_ends_the_thread_at_once_and_frees_the_ports(peers, relay_between):

@@ -169,7 +169,8 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         PHYSICS_RATE,
         URDF_PATH,
         Param("state_rate_hz", 100.0,
-              "Rate of /psm/measured_cp, /psm/setpoint_cp and /psm/measured_js.", 10.0, 1000.0),
+              "Rate of /psm/measured_cp, /psm/setpoint_cp and /psm/measured_js (and, with "
+              "hardware mujoco, of the arm's /joint_states).", 10.0, 1000.0),
         Param("command_timeout_ms", 50.0,
               "Servo commands older than this make the arm hold where it is.", 5.0, 1000.0),
         Param("joint_states_timeout_ms", 50.0,

@@ -1,4 +1,5 @@
-"""The demo's emulated network: one LinkRelay per link, in a process of their own.
+"""The demo's emulated network: one LinkRelay per link, in a process of their own, relayed by
+one thread.
 
 In the demo's own process the relay threads would wait for the interpreter lock behind the
 recorders' callbacks, a few milliseconds per socket call, and hold datagrams back for tens of
@@ -39,7 +40,7 @@ def _link(text: str) -> tuple[str, str, int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from telesurg.linkem.relay import LinkRelay
+    from telesurg.linkem.relay import LinkRelay, serve_together
 
     parser = argparse.ArgumentParser(prog="python -m telesurg.linkem.emulator",
                                      description=__doc__.split("\n\n")[0])
@@ -55,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         relays = {}
         for name, profile, master_port, patient_port, seed in args.link:
-            relays[name] = stack.enter_context(LinkRelay(
+            relays[name] = LinkRelay(
                 PROFILES[profile], (LOCALHOST, 0), (LOCALHOST, 0),
-                a_peer=(LOCALHOST, master_port), b_peer=(LOCALHOST, patient_port), seed=seed))
+                a_peer=(LOCALHOST, master_port), b_peer=(LOCALHOST, patient_port), seed=seed)
+            stack.callback(relays[name].stop)
+        # One thread for every link: the bridges send on all links at once.
+        serve_together(list(relays.values()))
         print(json.dumps({name: [relay.a_address[1], relay.b_address[1]]
                           for name, relay in relays.items()}), flush=True)
         for line in sys.stdin:

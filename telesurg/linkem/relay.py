@@ -18,6 +18,8 @@ that starts at start(); the relay only tells their drops apart from other losses
 One thread waits in select() with a timeout equal to the time to the next pending delivery (a
 heap), so deliveries leave on time to within the scheduler's wake-up latency (~0.1 ms on an idle
 machine). The pending heap is capped (max_pending); beyond it datagrams are dropped and counted.
+Several relays can share that thread (serve_together: the demo's links a and b), so that what
+the bridges send on every link at once costs one wake-up, not one per link.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ class LinkRelay:
     """One emulated link between side A and side B, both directions, relayed by one thread.
 
     Binds both sockets at construction (port 0 picks a free port: see a_address, b_address);
-    start() begins relaying, stop() ends it. Also a context manager: start on entry, stop on exit.
+    start() begins relaying in a thread of its own (or serve_together, in one shared with other
+    relays), stop() ends it. Also a context manager: start on entry, stop on exit.
     """
 
     def __init__(self, profile: LinkProfile, a: Address, b: Address, *,
@@ -145,12 +148,9 @@ class LinkRelay:
         try:
             side_a, side_b = (self._open_side(address, peer)
                               for address, peer in ((a, a_peer), (b, b_peer)))
-            # Woken by stop(): select() then returns at once rather than at the next delivery.
-            self._wake_receiver, self._wake_sender = socket.socketpair()
         except BaseException:
             self._close_sockets()
             raise
-        self._sockets += [self._wake_receiver, self._wake_sender]
         self._a_to_b = _Direction(side_a, side_b, LinkModel(profile, seed, outages),
                                   DirectionStats())
         self._b_to_a = _Direction(side_b, side_a, LinkModel(profile, seed + 1, outages),
@@ -162,10 +162,9 @@ class LinkRelay:
         self._pending: list[tuple[float, int, _Direction, bytes]] = []
         self._arrival_order = itertools.count()
         self._down = False
-        self._stopping = False
         self._start_time: float | None = None
-        self._thread: threading.Thread | None = None
-        self._finished = threading.Event()
+        self._server: RelayThread | None = None  # the thread that relays for it, once started
+        self._stopped = False
         # Held by the relay thread while it handles datagrams, so the counters, the heap and the
         # link state change together as seen from stats() and set_down().
         self._lock = threading.Lock()
@@ -186,26 +185,22 @@ class LinkRelay:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and not self._finished.is_set()
+        return self._server is not None and self._server.running
 
     def start(self) -> LinkRelay:
-        if self._thread is not None or self._stopping:
-            raise RuntimeError("a LinkRelay starts once, and not after stop()")
-        self._start_time = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
-        self._thread.start()
+        """Relay in a thread of its own."""
+        RelayThread([self]).start()
         return self
 
     def stop(self) -> None:
-        """Stop relaying (pending deliveries are discarded), join the thread, close the sockets.
+        """Stop relaying (pending deliveries are discarded; a shared thread stops for every
+        relay it serves), join the thread, close the sockets.
 
         Idempotent; also the way to release the sockets of a relay never started.
         """
-        self._stopping = True
-        if self.running:
-            self._wake_sender.send(b"\0")
-        if self._thread is not None:
-            self._thread.join()
+        self._stopped = True
+        if self._server is not None:
+            self._server.stop()
         self._close_sockets()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -214,7 +209,9 @@ class LinkRelay:
         True if it has ended. Unlike Thread.join, safe to interrupt with Ctrl-C: in Python 3.11
         an interrupted join marks the thread as stopped while it still runs.
         """
-        return self._finished.wait(timeout)
+        if self._server is None:
+            raise RuntimeError("the relay was never started")
+        return self._server.finished.wait(timeout)
 
     def __enter__(self) -> LinkRelay:
         return self.start()
@@ -245,25 +242,17 @@ class LinkRelay:
         for sock in self._sockets:
             sock.close()
 
-    def _run(self) -> None:
-        try:
-            self._relay_until_stopped()
-        finally:
-            self._finished.set()
+    def _time_to_next_delivery(self) -> float | None:
+        with self._lock:  # set_down() may empty the heap meanwhile
+            return max(0.0, self._pending[0][0] - self._clock()) if self._pending else None
 
-    def _relay_until_stopped(self) -> None:
-        watched = [self._wake_receiver, *self._direction_from]
-        while not self._stopping:
-            with self._lock:  # set_down() may empty the heap meanwhile
-                timeout = (max(0.0, self._pending[0][0] - self._clock()) if self._pending
-                           else None)
-            # select(), not poll() or epoll: those round the timeout up to whole milliseconds.
-            readable, _, _ = select.select(watched, [], [], timeout)
-            with self._lock:
-                for sock in readable:
-                    if sock is not self._wake_receiver:
-                        self._receive(self._direction_from[sock])
-                self._deliver_due()
+    def _relay(self, readable: set) -> None:
+        """Take what arrived on the readable sockets, send what is due."""
+        with self._lock:
+            for sock, direction in self._direction_from.items():
+                if sock in readable:
+                    self._receive(direction)
+            self._deliver_due()
 
     def _receive(self, direction: _Direction) -> None:
         for _ in range(READS_PER_WAKE):
@@ -311,6 +300,68 @@ class LinkRelay:
                 direction.stats.send_failed += 1
             else:
                 direction.stats.delivered += 1
+
+
+class RelayThread:
+    """One thread relaying for one or more LinkRelays: one select() over all their sockets,
+    with the timeout to the earliest pending delivery of any of them."""
+
+    def __init__(self, relays: list[LinkRelay]):
+        if not relays:
+            raise ValueError("RelayThread needs at least one relay")
+        if any(relay._server is not None or relay._stopped for relay in relays):
+            raise RuntimeError("a LinkRelay starts once, and not after stop()")
+        for relay in relays:
+            relay._server = self
+        self.relays = list(relays)
+        # Woken by stop(): select() then returns at once rather than at the next delivery.
+        self._wake_receiver, self._wake_sender = socket.socketpair()
+        self._stopping = False
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self.finished.is_set()
+
+    def start(self) -> RelayThread:
+        started = time.monotonic()
+        for relay in self.relays:
+            relay._start_time = started
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Idempotent: stop relaying and join the thread (the relays' sockets stay open)."""
+        if not self._stopping:
+            self._stopping = True
+            if self.running:
+                self._wake_sender.send(b"\0")
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+        for sock in (self._wake_receiver, self._wake_sender):
+            sock.close()
+
+    def _run(self) -> None:
+        try:
+            watched = [self._wake_receiver,
+                       *(sock for relay in self.relays for sock in relay._direction_from)]
+            while not self._stopping:
+                due = [t for relay in self.relays
+                       if (t := relay._time_to_next_delivery()) is not None]
+                # select(), not poll() or epoll: those round the timeout up to whole ms.
+                readable, _, _ = select.select(watched, [], [], min(due) if due else None)
+                readable = set(readable)
+                for relay in self.relays:
+                    relay._relay(readable)
+        finally:
+            self.finished.set()
+
+
+def serve_together(relays: list[LinkRelay]) -> RelayThread:
+    """Start relaying for all of relays (none started yet) from one thread; stop() on any of
+    them, or on the returned RelayThread, stops it."""
+    return RelayThread(relays).start()
 
 
 # The command line: `telesurg linkem`.

@@ -9,8 +9,9 @@ The arm (parameter hardware):
   simulator node, a real arm).
 - mujoco (the default): the MuJoCo simulation of the URDF runs in this node, read-update-write in
   one tick at rate_hz, like ros2_control's controller manager with its hardware in process: no
-  topic hop between controller and arm. /joint_states and the commands are still published,
-  so recordings and observers see the same topics either way.
+  topic hop between controller and arm. The commands are still published every tick, and the
+  arm's /joint_states at state_rate_hz, so recordings and observers see the same topics either
+  way.
 
 Publishes /forward_position_controller/commands (ros2_control convention, JOINT_NAMES order),
 and the arm's /psm/measured_cp and /psm/measured_js (stamped when the arm measured its joints,
@@ -41,7 +42,7 @@ from telesurg.contract.states import (
     HOLDING_KEY,
     OPERATING_STATE_KEY,
 )
-from telesurg.nodes.simulator import publish_joint_states, report_dropped
+from telesurg.nodes.simulator import fill_joint_states, report_dropped
 from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
 from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import fill_pose, is_valid_stamp, pose_to_matrix
@@ -147,8 +148,7 @@ class ArmControllerNode(Node):
         if not self.arm.advance(time.monotonic()):
             return
         report_dropped(self, self.arm)
-        publish_joint_states(self._joint_states_pub, self._joint_state, self.arm,
-                             self._arm_start_ns)
+        fill_joint_states(self._joint_state, self.arm, self._arm_start_ns)
         self._on_joint_states(self._joint_state)
 
     def _watch_arm(self) -> None:
@@ -201,6 +201,8 @@ class ArmControllerNode(Node):
         self._measured_js.position = measured.tolist()
         self._measured_js.velocity = self._velocities.tolist()
         self._measured_js_pub.publish(self._measured_js)
+        if self.arm is not None:  # the MuJoCo arm's, as joint_state_broadcaster would
+            self._joint_states_pub.publish(self._joint_state)
 
 
 def main(args=None):

@@ -55,7 +55,8 @@ class SimulatorNode(Node):
         if not self.arm.advance(time.monotonic()):
             return
         report_dropped(self, self.arm)
-        publish_joint_states(self._publisher, self._joint_state, self.arm, self._start_ns)
+        fill_joint_states(self._joint_state, self.arm, self._start_ns)
+        self._publisher.publish(self._joint_state)
 
 
 def report_dropped(node: Node, arm: RealTimeArm) -> None:
@@ -66,15 +67,13 @@ def report_dropped(node: Node, arm: RealTimeArm) -> None:
             throttle_duration_sec=5.0)
 
 
-def publish_joint_states(joint_states_pub, message: JointState, arm: RealTimeArm,
-                         start_ns: int) -> None:
+def fill_joint_states(message: JointState, arm: RealTimeArm, start_ns: int) -> None:
     """/joint_states of the simulated arm, stamped with the instant the physics state stands
     for, not when this thread got to publish it (under CPU load the two differ by ms)."""
     set_stamp_ns(message, start_ns + round(arm.elapsed_s * 1e9))
     message.position = arm.sim.positions().tolist()
     message.velocity = arm.sim.velocities().tolist()
     message.effort = arm.sim.efforts().tolist()
-    joint_states_pub.publish(message)
 
 
 def main(args=None):
