@@ -20,6 +20,7 @@ from rclpy.qos import QoSProfile
 from telesurg.bags.storage import BagError, BagWriter, make_qos
 from telesurg.contract.topics import SITE_TOPICS, Qos, topic_named
 from telesurg.ros.messages import message_class
+from telesurg.ros.node import freeze_start_up_objects
 from telesurg.ros.qos import qos_profile
 
 #: Deep queues, so that a busy moment loses nothing.
@@ -121,6 +122,7 @@ def run_record(site: str, out: Path, storage: str, domain: int | None) -> int:
         return 2
     print(f"recording the {site} site's {len(SITE_TOPICS[site])} contract topics into {out} "
           f"({storage}); Ctrl-C to stop", flush=True)
+    freeze_start_up_objects()
     try:
         recorder.run()
     except KeyboardInterrupt:

@@ -7,7 +7,8 @@ and no more, in the one thread that calls run() (or serve(), for several nodes i
 
 - every message of the node's subscriptions is taken straight from the middleware (as rclpy's
   executor would, with the subscription's raw setting) and handed to its callback;
-- every request to the node's services (the parameter services `ros2 param` uses) is answered;
+- every request to the node's services (the parameter services `ros2 param` uses) is answered,
+  within SERVICE_POLL_S;
 - periodic work registered with every() runs at its rate on the same thread, after the messages
   that were waiting (a late task skips ahead rather than bursting).
 
@@ -31,6 +32,8 @@ from rclpy.signals import SignalHandlerGuardCondition
 
 #: Longest wait with nothing due: how late a stop() or a shutdown can be noticed at worst.
 MAX_WAIT_S = 0.1
+#: How often the nodes' services (the parameter services `ros2 param` uses) are answered.
+SERVICE_POLL_S = 0.05
 
 
 @dataclass
@@ -62,59 +65,72 @@ class NodeLoop:
         with contextlib.suppress(Exception):  # already destroyed at shutdown
             self._wake.trigger()
 
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
     def run(self) -> None:
         serve([self])
 
 
 def serve(loops: list[NodeLoop]) -> None:
     """Serve the nodes of loops (one context) from the calling thread, until the context shuts
-    down or one of the loops is stopped: one wait set over all their subscriptions, services
-    and wake-ups, every task at its rate. Nodes in one process and thread pay one wake-up for
-    what arrives together, and a message between them never leaves the process."""
+    down or one of the loops is stopped: one wait set over all their subscriptions and wake-ups,
+    every task at its rate, requests to their services every SERVICE_POLL_S. Nodes in one
+    process and thread pay one wake-up for what arrives together, and a message between them
+    never leaves the process."""
     context = loops[0].node.context
     if any(loop.node.context is not context for loop in loops):
         raise ValueError("the nodes served together must share one context")
     subscriptions = [s for loop in loops for s in loop.node.subscriptions]
     services = [s for loop in loops for s in loop.node.services]
-    tasks = [task for loop in loops for task in loop.tasks]
     sigint = SignalHandlerGuardCondition(context)
     guards = [*(loop._wake for loop in loops), sigint]
-
-    def stopping() -> bool:
-        return not context.ok() or any(loop.stopped() for loop in loops)
-
+    stop_events = [loop._stop for loop in loops]
+    # What a ready subscription needs, looked up once: rclpy's handle properties cost a call.
+    takers = {s.handle.pointer: (s.handle, s.msg_type, s.raw, s.callback) for s in subscriptions}
+    subscription_handles = [s.handle for s in subscriptions]
+    guard_handles = [guard.handle for guard in guards]
     try:
         with contextlib.ExitStack() as handles:
             for entity in (*subscriptions, *services, *guards):
                 handles.enter_context(entity.handle)
             handles.enter_context(context.handle)
-            wait_set = _rclpy.WaitSet(len(subscriptions), len(guards), 0, 0, len(services), 0,
+            wait_set = _rclpy.WaitSet(len(subscriptions), len(guards), 0, 0, 0, 0,
                                       context.handle)
-            while not stopping():
+            tasks = [task for loop in loops for task in loop.tasks]
+            if services:
+                tasks.append(_service_poll(services, context))
+            while True:
                 wait_set.clear_entities()
-                for subscription in subscriptions:
-                    wait_set.add_subscription(subscription.handle)
-                for service in services:
-                    wait_set.add_service(service.handle)
-                for guard in guards:
-                    wait_set.add_guard_condition(guard.handle)
+                for handle in subscription_handles:
+                    wait_set.add_subscription(handle)
+                for handle in guard_handles:
+                    wait_set.add_guard_condition(handle)
                 wait_set.wait(int(_wait_s(tasks) * 1e9))
-                if stopping():
+                if not context.ok() or any(stop.is_set() for stop in stop_events):
                     break
-                ready = set(wait_set.get_ready_entities("subscription"))
-                for subscription in subscriptions:
-                    if subscription.handle.pointer in ready:
-                        _take_messages(subscription)
-                ready = set(wait_set.get_ready_entities("service"))
-                for service in services:
-                    if service.handle.pointer in ready:
-                        _answer_requests(service)
+                for pointer in wait_set.get_ready_entities("subscription"):
+                    handle, message_type, raw, callback = takers[pointer]
+                    while (taken := handle.take_message(message_type, raw)) is not None:
+                        callback(taken[0])
                 _run_due_tasks(tasks)
     finally:
         sigint.destroy()
+
+
+def _service_poll(services, context) -> _Periodic:
+    """A task that answers every waiting request to the services. Services are not in the
+    main wait set: rmw_fastrtps's wait costs about 3 us per service per wake-up, and a node has
+    six (its parameter services), while requests come seldom and may wait SERVICE_POLL_S."""
+    wait_set = _rclpy.WaitSet(0, 0, 0, 0, len(services), 0, context.handle)
+
+    def answer_waiting_requests() -> None:
+        wait_set.clear_entities()
+        for service in services:
+            wait_set.add_service(service.handle)
+        wait_set.wait(0)
+        ready = set(wait_set.get_ready_entities("service"))
+        for service in services:
+            if service.handle.pointer in ready:
+                _answer_requests(service)
+    return _Periodic(SERVICE_POLL_S, answer_waiting_requests, time.monotonic())
 
 
 def _wait_s(tasks: list[_Periodic]) -> float:
@@ -132,12 +148,6 @@ def _run_due_tasks(tasks: list[_Periodic]) -> None:
             task.next_s += task.period_s
             if task.next_s < now:  # fell behind (a stall): skip ahead, no burst
                 task.next_s = now + task.period_s
-
-
-def _take_messages(subscription) -> None:
-    handle, message_type, raw = subscription.handle, subscription.msg_type, subscription.raw
-    while (taken := handle.take_message(message_type, raw)) is not None:
-        subscription.callback(taken[0])
 
 
 def _answer_requests(service) -> None:
