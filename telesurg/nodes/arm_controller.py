@@ -35,6 +35,7 @@ from std_msgs.msg import Float64MultiArray, Header, String
 from telesurg.arm.kinematics import BASE_FRAME, HOME_POSITIONS, JOINT_NAMES, forward
 from telesurg.arm.simulation import ArmSimulation, RealTimeArm
 from telesurg.contract import topics
+from telesurg.contract.fields import set_stamp_ns, stamp_ns
 from telesurg.contract.resources import arm_urdf
 from telesurg.contract.states import (
     ARM_CONTROLLER_STATUS,
@@ -61,7 +62,7 @@ class ArmControllerNode(Node):
         self._joint_order: tuple[list[str], np.ndarray] | None = None
         self._velocities = np.zeros(len(JOINT_NAMES))
         self._last_refusal = ""
-        self._measured_stamp = None  # when the arm measured its joints (CRTK: measured_ stamps)
+        self._measured_ns = 0  # when the arm measured its joints (CRTK: measured_ stamps)
         self._last_hold_reason = None
         subscription(self, topics.PSM_SERVO_CP, self._on_servo_cp)
         subscription(self, topics.PSM_JAW_SERVO_JP, self._on_jaw)
@@ -133,23 +134,25 @@ class ArmControllerNode(Node):
             index = np.array([msg.name.index(name) for name in JOINT_NAMES])
             self._joint_order = (list(msg.name), index)
         index = self._joint_order[1]
-        positions = np.asarray(msg.position)[index]
         if len(msg.velocity) == len(msg.name):
             self._velocities = np.asarray(msg.velocity)[index]
         now = self.get_clock().now()
-        valid = is_valid_stamp(msg.header.stamp)
-        self._measured_stamp = msg.header.stamp if valid else now.to_msg()
-        self.core.on_joint_states(positions, now.nanoseconds * 1e-9)
+        self._measured_ns = (stamp_ns(msg) if is_valid_stamp(msg.header.stamp)
+                             else now.nanoseconds)
+        self.core.on_joint_states(np.asarray(msg.position)[index], now.nanoseconds * 1e-9)
         self._tick(now)
 
     def _mujoco_tick(self) -> None:
         """Read the simulated arm (the physics due by now), update, write: the same tick as
-        for a /joint_states message, with the message this node publishes for the arm."""
+        for a /joint_states message, read from the simulation itself (its /joint_states
+        message is made only when it is published)."""
         if not self.arm.advance(time.monotonic()):
             return
         report_dropped(self, self.arm)
-        fill_joint_states(self._joint_state, self.arm, self._arm_start_ns)
-        self._on_joint_states(self._joint_state)
+        now = self.get_clock().now()
+        self._measured_ns = self._arm_start_ns + round(self.arm.elapsed_s * 1e9)
+        self.core.on_joint_states(self.arm.sim.positions(), now.nanoseconds * 1e-9)
+        self._tick(now)
 
     def _watch_arm(self) -> None:
         silent = self.core.arm_silent(self._now())
@@ -191,18 +194,20 @@ class ArmControllerNode(Node):
 
     def _publish_states(self, stamp) -> None:
         measured = self.core.measured
-        self._measured_cp.header.stamp = self._measured_stamp
+        set_stamp_ns(self._measured_cp, self._measured_ns)
         fill_pose(self._measured_cp.pose, forward(measured[:ARM_JOINTS]))
         self._measured_cp_pub.publish(self._measured_cp)
         self._setpoint_cp.header.stamp = stamp
         fill_pose(self._setpoint_cp.pose, self.core.setpoint_tip())
         self._setpoint_cp_pub.publish(self._setpoint_cp)
-        self._measured_js.header.stamp = self._measured_stamp
+        set_stamp_ns(self._measured_js, self._measured_ns)
         self._measured_js.position = measured.tolist()
+        if self.arm is not None:  # the MuJoCo arm's /joint_states, as joint_state_broadcaster
+            fill_joint_states(self._joint_state, self.arm, self._arm_start_ns)
+            self._joint_states_pub.publish(self._joint_state)
+            self._velocities = np.asarray(self._joint_state.velocity)
         self._measured_js.velocity = self._velocities.tolist()
         self._measured_js_pub.publish(self._measured_js)
-        if self.arm is not None:  # the MuJoCo arm's, as joint_state_broadcaster would
-            self._joint_states_pub.publish(self._joint_state)
 
 
 def main(args=None):

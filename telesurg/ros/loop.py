@@ -51,6 +51,7 @@ class NodeLoop:
         self.node = node
         self.tasks: list[_Periodic] = []
         self._stop = threading.Event()
+        self._changed = threading.Event()
         self._wake = node.create_guard_condition(lambda: None)
 
     def every(self, period_s: float, callback: Callable[[], None]) -> None:
@@ -63,6 +64,13 @@ class NodeLoop:
         """Make run() (or the serve() that serves this loop) return soon, from any thread."""
         self._stop.set()
         with contextlib.suppress(Exception):  # already destroyed at shutdown
+            self._wake.trigger()
+
+    def refresh(self) -> None:
+        """Serve the node's subscriptions, services and tasks as they are now (call after
+        creating or destroying some while it is served, from any thread)."""
+        self._changed.set()
+        with contextlib.suppress(Exception):
             self._wake.trigger()
 
     def run(self) -> None:
@@ -78,41 +86,52 @@ def serve(loops: list[NodeLoop]) -> None:
     context = loops[0].node.context
     if any(loop.node.context is not context for loop in loops):
         raise ValueError("the nodes served together must share one context")
+    sigint = SignalHandlerGuardCondition(context)
+    try:
+        while _serve_until_changed(loops, context, sigint):
+            for loop in loops:
+                loop._changed.clear()
+    finally:
+        sigint.destroy()
+
+
+def _serve_until_changed(loops: list[NodeLoop], context, sigint) -> bool:
+    """Serve the loops' entities as they are now; True when one of them changed (refresh),
+    False when the context shut down or a loop was stopped."""
     subscriptions = [s for loop in loops for s in loop.node.subscriptions]
     services = [s for loop in loops for s in loop.node.services]
-    sigint = SignalHandlerGuardCondition(context)
     guards = [*(loop._wake for loop in loops), sigint]
     stop_events = [loop._stop for loop in loops]
+    changed = [loop._changed for loop in loops]
     # What a ready subscription needs, looked up once: rclpy's handle properties cost a call.
     takers = {s.handle.pointer: (s.handle, s.msg_type, s.raw, s.callback) for s in subscriptions}
     subscription_handles = [s.handle for s in subscriptions]
     guard_handles = [guard.handle for guard in guards]
-    try:
-        with contextlib.ExitStack() as handles:
-            for entity in (*subscriptions, *services, *guards):
-                handles.enter_context(entity.handle)
-            handles.enter_context(context.handle)
-            wait_set = _rclpy.WaitSet(len(subscriptions), len(guards), 0, 0, 0, 0,
-                                      context.handle)
-            tasks = [task for loop in loops for task in loop.tasks]
-            if services:
-                tasks.append(_service_poll(services, context))
-            while True:
-                wait_set.clear_entities()
-                for handle in subscription_handles:
-                    wait_set.add_subscription(handle)
-                for handle in guard_handles:
-                    wait_set.add_guard_condition(handle)
-                wait_set.wait(int(_wait_s(tasks) * 1e9))
-                if not context.ok() or any(stop.is_set() for stop in stop_events):
-                    break
-                for pointer in wait_set.get_ready_entities("subscription"):
-                    handle, message_type, raw, callback = takers[pointer]
-                    while (taken := handle.take_message(message_type, raw)) is not None:
-                        callback(taken[0])
-                _run_due_tasks(tasks)
-    finally:
-        sigint.destroy()
+    with contextlib.ExitStack() as handles:
+        # Held while served: a subscription destroyed meanwhile goes once it is released.
+        for entity in (*subscriptions, *services, *guards):
+            handles.enter_context(entity.handle)
+        handles.enter_context(context.handle)
+        wait_set = _rclpy.WaitSet(len(subscriptions), len(guards), 0, 0, 0, 0, context.handle)
+        tasks = [task for loop in loops for task in loop.tasks]
+        if services:
+            tasks.append(_service_poll(services, context))
+        while True:
+            wait_set.clear_entities()
+            for handle in subscription_handles:
+                wait_set.add_subscription(handle)
+            for handle in guard_handles:
+                wait_set.add_guard_condition(handle)
+            wait_set.wait(int(_wait_s(tasks) * 1e9))
+            if not context.ok() or any(stop.is_set() for stop in stop_events):
+                return False
+            if any(event.is_set() for event in changed):
+                return True
+            for pointer in wait_set.get_ready_entities("subscription"):
+                handle, message_type, raw, callback = takers[pointer]
+                while (taken := handle.take_message(message_type, raw)) is not None:
+                    callback(taken[0])
+            _run_due_tasks(tasks)
 
 
 def _service_poll(services, context) -> _Periodic:

@@ -151,7 +151,7 @@ class Site:
     processes: list[PlannedProcess]
     group: NodeGroup | None = None
     node: object = None
-    executor: object = None
+    loop: object = None  # the node's NodeLoop, served by a thread of the demo
     #: The site bridge's reports as they arrive (the final counters come after the command
     #: stream has stopped and drained).
     link_states: list = field(default_factory=list)
@@ -161,9 +161,11 @@ class Site:
     def watch(self, context) -> None:
         from rclpy.node import Node
 
+        from telesurg.ros.loop import NodeLoop
         from telesurg.ros.qos import subscription
 
         self.node = Node(f"demo_{self.name}", context=context)
+        self.loop = NodeLoop(self.node)
         # Every report, deep: the figures come from the last one after the drain.
         subscription(self.node, topics.BRIDGE_LINK_STATE,
                      lambda message: self.link_states.append((time.time_ns(), message)),
@@ -178,6 +180,7 @@ class Site:
         for watched in self._readiness:
             self.node.destroy_subscription(watched)
         self._readiness = []
+        self.loop.refresh()
 
     def recording(self) -> bool:
         """Whether the site's recorder subscribes to every topic of the site, as this node
@@ -358,7 +361,6 @@ class OutageSchedule(threading.Thread):
 def run_demo(options: DemoOptions, say=print) -> dict:
     """Run one session; return the summary (also written to options.out/summary.json)."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
     config = Path(options.config) if options.config else default_config()
@@ -408,10 +410,8 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             context = rclpy.Context()
             rclpy.init(context=context, domain_id=site.domain_id,
                        signal_handler_options=SignalHandlerOptions.NO)
-            site.executor = SingleThreadedExecutor(context=context)
             site.watch(context)
-            site.executor.add_node(site.node)
-            spinner = threading.Thread(target=site.executor.spin, daemon=True)
+            spinner = threading.Thread(target=site.loop.run, daemon=True)
             spinner.start()
             # Closed however the session ends (the with's exit), after its nodes have stopped.
             stack.callback(_close_watch, site, context, spinner)
@@ -434,9 +434,11 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                     site.group.start_planned(planned)
             if replay:  # the recorded surgeon's device, held still until the arm is enabled
                 player, replayer = replay.start_player(sites[0].node, replay_go, stop_replay, say)
+                sites[0].loop.refresh()
             _wait_until_ready(sites)
             operator = ScriptedOperator(sites[0].node, say,
                                         sites[1].group.log_of("safety_supervisor"))
+            sites[0].loop.refresh()
             operator.enable(STARTUP_TIMEOUT_S)
             replay_go.set()
             say(f"graph up: {'; '.join(_processes_of(site) for site in sites)}; "
@@ -507,15 +509,15 @@ def run_demo(options: DemoOptions, say=print) -> dict:
 
 
 def _close_watch(site: Site, context, spinner: threading.Thread) -> None:
-    """Stop the demo's own node of a site and wait for its executor thread: one left running
-    in rclpy while Python exits aborts the process ("terminate called without an active
+    """Stop the demo's own node of a site and wait for its loop's thread: one left running in
+    rclpy while Python exits aborts the process ("terminate called without an active
     exception")."""
     import rclpy
 
-    site.executor.shutdown()
+    site.loop.stop()
+    spinner.join(timeout=5.0)
     site.node.destroy_node()
     rclpy.try_shutdown(context=context)
-    spinner.join(timeout=5.0)
 
 
 def _read_bag(path: Path, until_ns: int) -> dict[str, list[tuple[int, bytes]]]:
