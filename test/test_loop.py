@@ -159,3 +159,38 @@ def test_nodes_of_different_contexts_are_refused(context):
         rclpy.try_shutdown(context=other)
     with pytest.raises(ValueError, match="positive"):
         NodeLoop(Node("zero", context=context)).every(0.0, lambda: None)
+
+
+def test_refresh_serves_subscriptions_made_or_destroyed_while_served(context):
+    node = Node("changing", context=context)
+    publisher = node.create_publisher(Int32, "/loop_refresh", QOS)
+    loop = NodeLoop(node)
+    thread, errors = in_thread(loop.run)
+    try:
+        first: list[int] = []
+        first_subscription = node.create_subscription(
+            Int32, "/loop_refresh", lambda m: first.append(m.data), QOS)
+        loop.refresh()
+        assert wait_for(lambda: publisher.get_subscription_count() == 1)
+        publisher.publish(Int32(data=1))
+        assert wait_for(lambda: first == [1])
+        node.destroy_subscription(first_subscription)
+        second: list[int] = []
+        node.create_subscription(Int32, "/loop_refresh", lambda m: second.append(m.data), QOS)
+        loop.refresh()
+        numbers = iter(range(2, 1000))
+
+        def second_heard() -> bool:
+            publisher.publish(Int32(data=next(numbers)))
+            return bool(second)
+        assert wait_for(second_heard)
+        # Once the new one is served, the destroyed one hears nothing more.
+        heard_before = len(first)
+        assert wait_for(lambda: publisher.get_subscription_count() == 1)
+        publisher.publish(Int32(data=1000))
+        assert wait_for(lambda: second[-1] == 1000)
+        assert len(first) == heard_before and not errors
+    finally:
+        loop.stop()
+        thread.join(timeout=2.0)
+        node.destroy_node()
