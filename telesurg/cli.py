@@ -200,11 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measure telesurg against raw UDP, a single link and Zenoh",
         description="Run benchmarks (all by default, as `make bench` does), print a Markdown "
                     "table of their figures with the command behind each, and merge them into "
-                    "bench/results.json. overhead: bridge-added latency over raw UDP; "
-                    "throughput: highest sustained command rate per bridge; failover: one of two "
-                    "links lost mid-stream, dual link against single link; freeze: all links "
-                    "cut (network namespaces) to arm held; end_to_end: master device to joint "
-                    "command; zenoh: Eclipse Zenoh on the same emulated links and outage.")
+                    "bench/results.json. "
+                    + "; ".join(f"{name}: {what}" for name, (_, what) in BENCHMARKS.items())
+                    + ".")
     bench.add_argument("names", nargs="*", type=_benchmark, metavar="NAME",
                        help="benchmarks to run: " + ", ".join(BENCHMARKS) + " (default: all)")
     bench.add_argument("--results", type=Path, default=RESULTS_PATH, metavar="FILE",

@@ -53,7 +53,7 @@ from telesurg.bridge.config import default_bridge_config_path
 # engage. Such a case runs again, at most twice; a fault not acted on fails every time.
 # Tier (setup.cfg markers): whole two-site sessions as processes; the namespace test needs
 # root too.
-pytestmark = [pytest.mark.multiprocess, pytest.mark.flaky(reruns=2, reruns_delay=1)]
+pytestmark = pytest.mark.multiprocess
 
 PAUSE_WITHIN_MS = 1000.0  # generous: the design figures are printed
 HELD_MOTION_MM = 0.1  # from 100 ms after the hold was commanded

@@ -15,7 +15,7 @@ from telesurg.contract.resources import default_config
 # Whole sessions on a shared 2-core machine: a stalled process now and then stretches a tail
 # figure past its bound. A case that fails runs once more; one that fails twice is a defect.
 # Tier (setup.cfg markers): whole two-site `telesurg demo` sessions.
-pytestmark = [pytest.mark.multiprocess, pytest.mark.flaky(reruns=1, reruns_delay=1)]
+pytestmark = pytest.mark.multiprocess
 
 
 def run_demo(env, *args, timeout=180):

@@ -15,7 +15,7 @@ from telesurg.contract.topics import SITE_TOPICS
 
 # Whole sessions on a shared 2-core machine (see test_session.py).
 # Tier (setup.cfg markers): whole two-site `telesurg demo` sessions.
-pytestmark = [pytest.mark.multiprocess, pytest.mark.flaky(reruns=1, reruns_delay=1)]
+pytestmark = pytest.mark.multiprocess
 
 
 def run_demo(env, *args, timeout=240):

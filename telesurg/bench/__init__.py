@@ -16,15 +16,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Benchmark name -> module of this package, in the order `make bench` runs them.
+#: Benchmark name -> (module of this package, what it measures), in the order `make bench` runs
+#: them.
 BENCHMARKS = {
-    "overhead": "telesurg.bench.overhead",
-    "throughput": "telesurg.bench.throughput",
-    "failover": "telesurg.bench.failover",
-    "flood": "telesurg.bench.flood",
-    "freeze": "telesurg.bench.freeze",
-    "end_to_end": "telesurg.bench.end_to_end",
-    "zenoh": "telesurg.bench.zenoh_link",
+    "overhead": ("telesurg.bench.overhead", "bridge-added latency over raw UDP"),
+    "throughput": ("telesurg.bench.throughput", "highest sustained command rate per bridge"),
+    "failover": ("telesurg.bench.failover",
+                 "one of two links lost mid-stream, dual link against single link"),
+    "flood": ("telesurg.bench.flood", "forged datagrams on both links while commands flow"),
+    "freeze": ("telesurg.bench.freeze", "all links cut (network namespaces) to arm held"),
+    "end_to_end": ("telesurg.bench.end_to_end", "master device to joint command"),
+    "cpu": ("telesurg.bench.cpu",
+            "a default demo's CPU per process and command path at device rates of 250, 500 "
+            "and 1000 Hz"),
+    "zenoh": ("telesurg.bench.zenoh_link", "Eclipse Zenoh on the same emulated links and outage"),
 }
 RESULTS_PATH = Path("bench/results.json")
 
@@ -53,7 +58,7 @@ class Result:
 
 
 def run_benchmark(name: str) -> Result:
-    module = importlib.import_module(BENCHMARKS[name])
+    module = importlib.import_module(BENCHMARKS[name][0])
     started = time.monotonic()
     result = module.run()
     result.figures["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -119,7 +119,8 @@ FORWARD_POSITION_COMMANDS = Topic("/forward_position_controller/commands",
                                   (PATIENT,), "arm_controller (ros2_control convention)",
                                   reader_qos=Qos.COMMAND)
 JOINT_STATES = Topic("/joint_states", _JOINTS, Qos.COMMAND, (PATIENT,),
-                     "simulator (joint_state_broadcaster in Gazebo)")
+                     "arm_controller's MuJoCo arm, or the simulator "
+                     "(joint_state_broadcaster in Gazebo)")
 # Health: each site's own, never bridged.
 BRIDGE_LINK_STATE = Topic("/bridge/link_state", _DIAGNOSTICS, Qos.STATE, BOTH,
                           "each site's bridge, its own view (a status per link and overall)")

@@ -165,16 +165,16 @@ class ArmControllerNode(Node):
 
     def _tick(self, now) -> None:
         setpoint = self.core.tick(now.nanoseconds * 1e-9)
+        if setpoint is not None:
+            self._command.data = setpoint.tolist()
+            self._command_pub.publish(self._command)
+            if self.arm is not None:
+                self.arm.sim.command(setpoint)
+        # Reported after the arm has its command: a hold must not wait for its log line.
         if self.core.hold_reason != self._last_hold_reason:
             self._last_hold_reason = self.core.hold_reason
             self._report_hold(now)
-        if setpoint is None:
-            return
-        self._command.data = setpoint.tolist()
-        self._command_pub.publish(self._command)
-        if self.arm is not None:
-            self.arm.sim.command(setpoint)
-        if now.nanoseconds >= self._next_state_ns:
+        if setpoint is not None and now.nanoseconds >= self._next_state_ns:
             self._next_state_ns = now.nanoseconds + self._state_period_ns
             self._publish_states(now.to_msg())
 

@@ -117,12 +117,13 @@ class BridgeNode(Node):
     def _on_health_change(self, changes) -> None:
         if not self.context.ok():
             return  # shutting down: the peer going quiet is not news
+        # Reported before it is logged: the safety supervisor acts on the report.
+        self._send_link_state()
         for change in changes:
             what = "overall" if change.link is None else f"link {change.link}"
             self.get_logger().info(f"{what}: {change.previous} -> {change.current}")
             if change.link is None and change.previous == OverallState.LOST:
                 self.core.refresh_states()  # what changed while every link was down
-        self._send_link_state()
 
     def _report_link_state(self) -> None:
         """The periodic report (the loop's thread): the rate of rejections, then the state."""

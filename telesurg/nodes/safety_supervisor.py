@@ -127,14 +127,15 @@ class SafetySupervisorNode(Node):
         self._report(transitions, heartbeat=True)
 
     def _report(self, transitions, heartbeat: bool = False, status_only: bool = False) -> None:
-        for transition in transitions:
-            self.get_logger().warning(
-                f"{transition.previous} -> {transition.current}: {transition.cause}"
-                f"{' (' + transition.detail + ')' if transition.detail else ''}")
         now = self._now()
         state = str(self.core.state)
         if transitions or heartbeat:
             self._publish(self._state_pub, String(data=state))
+        # Logged once the arm controller has the state: a pause must not wait for its log line.
+        for transition in transitions:
+            self.get_logger().warning(
+                f"{transition.previous} -> {transition.current}: {transition.cause}"
+                f"{' (' + transition.detail + ')' if transition.detail else ''}")
         status_due = heartbeat and now >= self._next_status
         if status_due:
             self._next_status = now + STATUS_PERIOD_S

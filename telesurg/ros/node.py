@@ -23,6 +23,11 @@ from telesurg.contract.params import (
 )
 from telesurg.ros.loop import serve
 
+#: How long a thread holding the interpreter lock keeps a waiting one waiting (Python's default
+#: is 5 ms): a bridge's receive thread, woken by a datagram or a link deadline, must not wait
+#: out its node loop's work, nor the loop wait out the receive thread's.
+THREAD_SWITCH_INTERVAL_S = 0.0005
+
 
 def declare_parameters(node: Node, table_name: str) -> SimpleNamespace:
     """Declare the node's parameters from telesurg.contract.params with descriptions and ranges."""
@@ -130,6 +135,7 @@ def run_nodes(process_name: str, creators: list[Callable[[], Node]],
         for create in creators:
             nodes.append(create())
         freeze_start_up_objects()
+        sys.setswitchinterval(THREAD_SWITCH_INTERVAL_S)
         serve([node.loop for node in nodes])
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
