@@ -34,7 +34,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from std_msgs.msg import Bool, String
 
 from telesurg.analysis.metrics import command_gaps, following_stretches, path_deviation
-from telesurg.analysis.playback import ReplayReference
+from telesurg.analysis.playback import ReplayReference, procedure_end
 from telesurg.analysis.recording import Track
 from telesurg.bags.player import check_topics, latched_before, publisher_qos, schedule
 from telesurg.bags.storage import TYPESTORE, BagError, BagReader, BagTopic, BagWriter, make_qos
@@ -309,6 +309,37 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
     # Without the rebase the second stretch would be off by the motion of that half second.
     gap_mm = 1000 * np.linalg.norm(path[stamps == resume][0] - path[stamps == pause][0])
     assert gap_mm > 10
+
+
+def test_procedure_end_is_the_final_disable_after_the_last_enable():
+    assert procedure_end([(1, "DISABLED"), (2, "ENABLED"), (3, "ENABLED"), (4, "DISABLED"),
+                          (5, "DISABLED")]) == 4
+    assert procedure_end([(2, "ENABLED"), (3, "PAUSED"), (4, "DISABLED")]) == 4
+    # Still enabled (or paused) at the end of the recording, or never enabled: no end.
+    assert procedure_end([(2, "ENABLED"), (3, "DISABLED"), (4, "ENABLED")]) is None
+    assert procedure_end([(2, "ENABLED"), (3, "PAUSED")]) is None
+    assert procedure_end([(1, "DISABLED")]) is None
+
+
+def test_replay_deviation_ends_where_the_recorded_procedure_ended():
+    """The recording's operator disabled the arm at 8 s; the replay's console follows to its
+    own end: no difference, and only up to the recorded end is compared."""
+    stamps = START_NS + np.arange(0, 10_000, 10, dtype=np.int64) * MS
+    path = reference_path(stamps)
+    engage, disabled = START_NS + 1 * S, START_NS + 8 * S
+    commands = np.arange(engage, disabled, 4 * MS)
+    following = [(engage, True), (disabled, False)]
+    later = 3 * S
+    replay = recorded_session(stamps + later, path, [(engage + later, True)],
+                              np.arange(engage, stamps[-1], 4 * MS) + later)
+    open_ended = ReplayReference(START_NS, engage, following, commands, Track(stamps, path))
+    assert open_ended.deviation(replay, START_NS + later)["replay_differences"] == 1
+    ended = ReplayReference(START_NS, engage, following, commands, Track(stamps, path),
+                            end_ns=disabled)
+    figures = ended.deviation(replay, START_NS + later)
+    assert figures["replay_differences"] == 0 and figures["replay_in_step_to_end"]
+    assert figures["replay_compared_s"] == pytest.approx(7.0, abs=0.02)
+    assert figures["replay_deviation_mm"]["max"] < 1e-6
 
 
 def test_replayed_presence_presses_again_only_where_the_recording_went_on_following():

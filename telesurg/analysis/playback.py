@@ -25,6 +25,7 @@ from telesurg.analysis.metrics import (
 )
 from telesurg.analysis.recording import Track, decoded, following_changes, pose_track
 from telesurg.contract import topics
+from telesurg.contract.states import OperatingState
 from telesurg.contract.topics import MASTER, PATIENT
 
 #: How far from the aligned time a replayed tip position may match the recorded path: the
@@ -45,6 +46,16 @@ def first_engagement(changes: list[tuple[int, bool]], after_ns: int) -> int | No
     return next((t for t, following in changes if t >= after_ns and following), None)
 
 
+def procedure_end(states: list[tuple[int, str]]) -> int | None:
+    """When a recorded procedure ended, from its operating states (time, state) in order: the
+    first DISABLED after the last ENABLED, if the arm stayed DISABLED to the end; else None."""
+    last_enabled = max((i for i, (_, state) in enumerate(states)
+                        if state == OperatingState.ENABLED), default=None)
+    if last_enabled is None or states[-1][1] != OperatingState.DISABLED:
+        return None
+    return next(t for t, state in states[last_enabled:] if state == OperatingState.DISABLED)
+
+
 @dataclass(frozen=True)
 class ReplayReference:
     """What a replay is compared with, from the recorded session (the master site's
@@ -55,6 +66,9 @@ class ReplayReference:
     following: list[tuple[int, bool]]  # (receive time ns, following) at the master site
     commands_ns: np.ndarray  # receive times of the console's /psm/servo_cp
     tips: Track           # the arm's tip path
+    # When the recorded procedure ended: the arm DISABLED after its last ENABLED (None if it
+    # never was). Nothing later is compared: the replay's own end comes at its own moment.
+    end_ns: int | None = None
 
     def deviation(self, messages: dict, played_at_ns: int | None) -> dict:
         """How far the new session's arm tip path (its recorded messages by site and topic)
@@ -88,7 +102,8 @@ class ReplayReference:
         # From the first engagement of either (an earlier one in the recording is a
         # difference too: its arm moved first).
         engaged = min(engaged, self.engage_ns + anchor)
-        end = min(int(stamps[-1]), int(self.tips.times_ns[-1]) + anchor)
+        end = min(int(stamps[-1]), int(self.tips.times_ns[-1]) + anchor,
+                  *(() if self.end_ns is None else (self.end_ns + anchor,)))
         shifted = [(t + anchor, f) for t, f in self.following]
         # Where either console's commands stopped, its arm stood: not compared.
         gap, catch_up = int(REPLAY_WINDOW_MS * 1e6), int(CATCH_UP_MS * 1e6)

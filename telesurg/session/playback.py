@@ -13,7 +13,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from telesurg.analysis.playback import ReplayReference, first_engagement, receive_times
+from telesurg.analysis.playback import (
+    ReplayReference,
+    first_engagement,
+    procedure_end,
+    receive_times,
+)
 from telesurg.analysis.recording import BAG_DIRS, decoded, following_changes, pose_track
 from telesurg.bags.player import Player
 from telesurg.bags.storage import BagError, BagReader, decode
@@ -65,9 +70,9 @@ class ReplayPlan:
             recorded = {MASTER: master.read_all([topics.PSM_OPERATING_STATE.name,
                                                  topics.CONSOLE_FOLLOWING.name,
                                                  topics.PSM_SERVO_CP.name])}
-            enabled = next((t for t, message in decoded(recorded, MASTER,
-                                                        topics.PSM_OPERATING_STATE)
-                            if message.data == OperatingState.ENABLED), None)
+            states = [(t, message.data) for t, message in decoded(
+                recorded, MASTER, topics.PSM_OPERATING_STATE)]
+            enabled = next((t for t, state in states if state == OperatingState.ENABLED), None)
             if enabled is None:
                 raise BagError(f"{bags['master']}: the arm was never ENABLED in this recording; "
                                "nothing to replay")
@@ -85,8 +90,8 @@ class ReplayPlan:
         return cls(run_dir, bags[MASTER], start_s, span_s, ReplayReference(
             enabled, engaged, following,
             receive_times(recorded[MASTER][topics.PSM_SERVO_CP.name]),
-            pose_track(decoded(recorded, PATIENT, topics.PSM_MEASURED_CP))),
-            accept_damage, tuple(damage))
+            pose_track(decoded(recorded, PATIENT, topics.PSM_MEASURED_CP)),
+            procedure_end(states)), accept_damage, tuple(damage))
 
     def start_player(self, node, go: threading.Event, stop: threading.Event,
                      say=print) -> tuple[threading.Thread, Player]:
