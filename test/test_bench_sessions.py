@@ -66,6 +66,12 @@ def test_trial_reaction_is_last_datagram_to_the_hold_on_paused():
     assert figures["first_hold_ms"] == pytest.approx(52.0)
     # Motion counts from the tip at the first hold only: the 10 mm/s before it does not.
     assert figures["tip_motion_um"] == pytest.approx(3.0, abs=0.01)
+    assert figures["paused_ms"] is None  # no PAUSED report from the supervisor
+    # The supervisor's PAUSED reports: an earlier pause (before the LOST report) is not this
+    # one; the first after the report is, repeated ones after it are not.
+    split = trial_figures(decisions, 1000 * MS, (1102 * MS, 998 * MS), tips, 1600 * MS,
+                          pauses=[500 * MS, 1105 * MS, 1205 * MS])
+    assert split["paused_ms"] == pytest.approx(107.0)
 
 
 def test_trial_is_excluded_when_the_arm_was_not_following_at_the_cut():

@@ -54,6 +54,7 @@ from telesurg.contract.graph import DEFAULT_LINKS
 from telesurg.contract.resources import default_config
 from telesurg.contract.states import (
     LINK_OVERALL_ID,
+    SAFETY_SUPERVISOR_STATUS,
     ArmHold,
     OperatingState,
     OverallState,
@@ -92,13 +93,15 @@ def lost_report(reports, since_ns: int) -> tuple[int, int] | None:
     return None
 
 
-def trial_figures(decisions, cut_ns: int, lost: tuple[int, int], tips, until_ns: int) -> dict:
+def trial_figures(decisions, cut_ns: int, lost: tuple[int, int], tips, until_ns: int,
+                  pauses: list[int] = ()) -> dict:
     """One trial from the arm controller's decisions ((stamp ns, ArmHold), by stamp), the
-    bridge's LOST report (see lost_report) and the measured tips ((stamp ns, xyz m)) until
-    until_ns: reaction_ms (last datagram to the hold on PAUSED), lost_ms (to the LOST report),
-    first_hold_ms (to the first hold of any reason) and tip_motion_um (largest distance from
-    the tip at the first hold); {"excluded": why} if the arm was not following at the cut or
-    did not hold on PAUSED."""
+    bridge's LOST report (see lost_report), the measured tips ((stamp ns, xyz m)) until
+    until_ns and the safety supervisor's PAUSED reports (stamps, in order): reaction_ms (last
+    datagram to the hold on PAUSED), lost_ms (to the LOST report), paused_ms (to the
+    supervisor's first PAUSED report after it; None without one), first_hold_ms (to the first
+    hold of any reason) and tip_motion_um (largest distance from the tip at the first hold);
+    {"excluded": why} if the arm was not following at the cut or did not hold on PAUSED."""
     reported_ns, last_ns = lost
     before = [hold for stamp, hold in decisions if stamp <= cut_ns]
     if not before or before[-1].holding:
@@ -111,8 +114,10 @@ def trial_figures(decisions, cut_ns: int, lost: tuple[int, int], tips, until_ns:
         return {"excluded": "no hold on PAUSED"}
     held = np.array([tip for stamp, tip in tips if first_hold <= stamp <= until_ns])
     motion = float(np.linalg.norm(held - held[0], axis=1).max()) if len(held) else None
+    paused = next((stamp for stamp in pauses if stamp >= reported_ns), None)
     return {"reaction_ms": (paused_hold - last_ns) * 1e-6,
             "lost_ms": (reported_ns - last_ns) * 1e-6,
+            "paused_ms": None if paused is None else (paused - last_ns) * 1e-6,
             "first_hold_ms": (first_hold - last_ns) * 1e-6,
             "tip_motion_um": None if motion is None else motion * 1e6}
 
@@ -134,6 +139,7 @@ class PatientSite:
         from telesurg.ros.qos import publisher, subscription
 
         self.decisions: list[tuple[int, ArmHold]] = []  # the arm controller's, by stamp
+        self.pauses: list[int] = []  # stamps of the safety supervisor's PAUSED reports
         self.statuses: list[tuple[int, str, str]] = []  # (arrival, state, cause)
         self.reports: list[tuple[int, str, list]] = []  # the bridge's, see lost_report
         self.tips: list[tuple[int, np.ndarray]] = []  # /psm/measured_cp (stamp, xyz)
@@ -161,6 +167,9 @@ class PatientSite:
         for hold in map(ArmHold.of, message.status):
             if hold is not None:
                 self.decisions.append((stamp_ns(message), hold))
+        if any(status.name == SAFETY_SUPERVISOR_STATUS and status.message == OperatingState.PAUSED
+               for status in message.status):
+            self.pauses.append(stamp_ns(message))
 
     def _on_status(self, message) -> None:
         status = json.loads(message.data)
@@ -253,7 +262,8 @@ def run_trial(site: PatientSite, namespaces, rng: random.Random) -> dict:
     if Cause.LINK_LOST not in cause.split(", "):
         figures = {"excluded": f"paused by {cause!r}, not by the link loss"}
     else:
-        figures = trial_figures(site.decisions, cut_ns, lost, site.tips, until_ns)
+        figures = trial_figures(site.decisions, cut_ns, lost, site.tips, until_ns,
+                                site.pauses)
     site.wait(lambda: any(stamp >= restored_ns and overall == "REDUNDANT"
                           for stamp, overall, _ in site.reports), 10.0,
               "REDUNDANT report after the restore")
@@ -339,6 +349,9 @@ def _result(lines: list[dict], timeout_ms: float, cpu: dict) -> Result:
     # Where the reaction goes: the bridge's loss detection, then the supervisor and the arm.
     lost = percentiles([t["lost_ms"] for t in trials])
     lost_to_hold = percentiles([t["reaction_ms"] - t["lost_ms"] for t in trials])
+    split = [t for t in trials if t.get("paused_ms") is not None]
+    lost_to_pause = percentiles([t["paused_ms"] - t["lost_ms"] for t in split])
+    pause_to_hold = percentiles([t["reaction_ms"] - t["paused_ms"] for t in split])
     motion = percentiles([t["tip_motion_um"] for t in trials if t["tip_motion_um"] is not None])
     target_ms = timeout_ms + TARGET_MARGIN_MS
     met = reaction["p99"] is not None and reaction["p99"] <= target_ms
@@ -346,7 +359,8 @@ def _result(lines: list[dict], timeout_ms: float, cpu: dict) -> Result:
                "excluded": sum(excluded.values()), "stopped": stopped,
                "link_timeout_ms": timeout_ms, "target_p99_ms": target_ms, "met": met,
                "reaction_ms": reaction, "lost_report_ms": lost,
-               "lost_report_to_hold_ms": lost_to_hold, "first_hold_ms": first_hold,
+               "lost_report_to_hold_ms": lost_to_hold, "lost_report_to_pause_ms": lost_to_pause,
+               "pause_to_hold_ms": pause_to_hold, "first_hold_ms": first_hold,
                "tip_motion_after_hold_um": motion, "held_s": HELD_S,
                "task": TASK, "seed": SEED, "cpu": cpu}
     variant = "both links cut (netns)"
@@ -358,6 +372,10 @@ def _result(lines: list[dict], timeout_ms: float, cpu: dict) -> Result:
             _triple(lost, "ms")),
         Row(variant, "of which: LOST report to hold on PAUSED p50 / p99 / max",
             _triple(lost_to_hold, "ms")),
+        Row(variant, "of which: LOST report to the supervisor's PAUSED p50 / p99 / max",
+            _triple(lost_to_pause, "ms")),
+        Row(variant, "of which: the supervisor's PAUSED to the hold on PAUSED p50 / p99 / max",
+            _triple(pause_to_hold, "ms")),
         Row(variant, "link loss to first hold (commands stale) p50 / p99 / max",
             _triple(first_hold, "ms")),
         Row(variant, f"tip motion in the {HELD_S:g} s after the hold p99 / max",
@@ -392,10 +410,11 @@ def _result(lines: list[dict], timeout_ms: float, cpu: dict) -> Result:
             f"datagram for a {timeout_ms:g} ms timeout: its receive thread wakes at the "
             "deadline but then waits for a core and the interpreter lock and builds the report "
             f"in Python. The pause and the hold took p50 {lost_to_hold['p50']:.1f} / p99 "
-            f"{lost_to_hold['p99']:.1f} ms more: two DDS hops through two more Python "
-            "processes (safety supervisor, arm controller) and the arm controller's next "
-            "500 Hz tick. Seven node processes and this benchmark's driver share the "
-            "machine's 2 cores with whatever else runs.")
+            f"{lost_to_hold['p99']:.1f} ms more: the LOST report to the safety supervisor "
+            f"(a DDS hop inside the patient site container) p99 {_number(lost_to_pause['p99'], 1)}"
+            f" ms, the supervisor's PAUSED to the arm controller (another process) and its next "
+            f"500 Hz tick p99 {_number(pause_to_hold['p99'], 1)} ms. The session's processes and "
+            "this benchmark's driver share the machine's 2 cores with whatever else runs.")
     return Result("freeze", figures, rows, notes=notes)
 
 

@@ -66,6 +66,9 @@ class HoldCause(StrEnum):
     SUPERVISOR_SILENT = "safety supervisor silent"
 
 
+#: The safety supervisor's status on /diagnostics (DiagnosticStatus.name); its message is the
+#: operating state, the array stamped when the supervisor published it.
+SAFETY_SUPERVISOR_STATUS = "safety_supervisor"
 #: The arm controller's status on /diagnostics (DiagnosticStatus.name) and its key-values.
 ARM_CONTROLLER_STATUS = "arm_controller"
 HOLDING_KEY = "holding"  # "true" or "false"

@@ -23,12 +23,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Header, String
 
 from telesurg.arm.kinematics import ARM_JOINT_NAMES
 from telesurg.contract import topics
 from telesurg.contract.fields import stamp_ns, tip_position
-from telesurg.contract.states import LINK_OVERALL_ID, OperatingState
+from telesurg.contract.states import LINK_OVERALL_ID, SAFETY_SUPERVISOR_STATUS, OperatingState
 from telesurg.patient.safety import SafetyConfig, SafetySupervisor
 from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import is_valid_stamp
@@ -128,6 +128,7 @@ class SafetySupervisorNode(Node):
 
     def _report(self, transitions, heartbeat: bool = False, status_only: bool = False) -> None:
         now = self._now()
+        published = self.get_clock().now().to_msg()  # the /diagnostics stamp: the state's time
         state = str(self.core.state)
         if transitions or heartbeat:
             self._publish(self._state_pub, String(data=state))
@@ -148,10 +149,12 @@ class SafetySupervisorNode(Node):
                       "last_command": self._last_command}
             self._publish(self._status_pub, String(data=json.dumps(status)))
             level = LEVELS[OperatingState(state)]
-            self._publish(self._diagnostics_pub, DiagnosticArray(status=[DiagnosticStatus(
-                level=level, name="safety_supervisor", hardware_id="psm", message=state,
-                values=[KeyValue(key=key, value=json.dumps(value) if not isinstance(
-                    value, str) else value) for key, value in status.items()])]))
+            self._publish(self._diagnostics_pub, DiagnosticArray(
+                header=Header(stamp=published), status=[DiagnosticStatus(
+                    level=level, name=SAFETY_SUPERVISOR_STATUS, hardware_id="psm",
+                    message=state, values=[
+                        KeyValue(key=key, value=value if isinstance(value, str)
+                                 else json.dumps(value)) for key, value in status.items()])]))
 
     @staticmethod
     def _publish(publisher, message) -> None:
