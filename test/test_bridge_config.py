@@ -3,6 +3,8 @@ files are refused with the file and the key named."""
 
 import copy
 import functools
+import socket
+from pathlib import Path
 
 import pytest
 import yaml
@@ -216,3 +218,21 @@ def test_bad_link_overrides_are_refused_naming_the_parameter(parameter, text, ex
         load_bridge_config(bridge_config.default_bridge_config_path(), "master", "",
                            {parameter: text})
     assert str(error.value).startswith(expected)
+
+
+def test_free_ports_are_distinct_free_and_out_of_reach_of_accidental_binds():
+    """A port the demo picks for a bridge must not be taken before the bridge binds it: not by
+    a bind to port 0 (the link emulator, DDS sending sockets), nor by a DDS participant's
+    well-known port, nor by the other ports picked with it."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = bridge_config.free_udp_ports(40)
+    assert len(set(ports)) == 40
+    for port in ports:
+        assert 1024 <= port < ephemeral_low
+        assert (port - 7400) % 250 >= 150  # past every domain's DDS participants' ports
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", port))  # free
+    # Taken ports are skipped.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+        held.bind(("127.0.0.1", ports[0]))
+        assert ports[0] not in bridge_config.free_udp_ports(2000)

@@ -10,6 +10,7 @@ import time
 import pytest
 from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
+from waiting import wait_for
 
 from telesurg.bridge import config as bridge_config
 from telesurg.bridge.core import BridgeCore, _Link, echo, header_stamp_ns
@@ -18,15 +19,6 @@ from telesurg.ros.messages import message_info
 
 load_bridge_config = functools.partial(bridge_config.load_bridge_config,
                                        message_types=message_info)
-
-
-def wait_for(condition, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 @pytest.fixture

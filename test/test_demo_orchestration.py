@@ -6,6 +6,7 @@ process per node) with the session's own parameters."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import threading
@@ -47,8 +48,9 @@ def operator_on(node, said):
     return operator
 
 
+@contextlib.contextmanager
 def supervisor_answers(node, answer):
-    """A supervisor thread that calls answer(commands so far) on every command sent."""
+    """Within it, a supervisor thread calls answer(commands so far) on every command sent."""
     commands = node.sent[topics.PSM_STATE_COMMAND.name]
     stop = threading.Event()
 
@@ -60,7 +62,10 @@ def supervisor_answers(node, answer):
                 answer(commands[:handled])
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return stop
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def test_a_pause_during_bring_up_is_resumed_and_said_not_enabled_for_ever():
@@ -74,11 +79,8 @@ def test_a_pause_during_bring_up_is_resumed_and_said_not_enabled_for_ever():
             node.hear(topics.PSM_OPERATING_STATE, "PAUSED")
         elif commands[-1] == "resume":
             node.hear(topics.PSM_OPERATING_STATE, "ENABLED")
-    stop = supervisor_answers(node, supervisor)
-    try:
+    with supervisor_answers(node, supervisor):
         operator.enable(timeout_s=5.0)
-    finally:
-        stop.set()
     commands = node.sent[topics.PSM_STATE_COMMAND.name]
     assert commands[0] == "enable" and "resume" in commands
     assert "enable" not in commands[1:], "enable repeated though the supervisor refuses it"
@@ -136,11 +138,8 @@ def test_at_the_end_the_arm_is_disabled_until_it_says_so():
     def supervisor(commands):
         if commands.count("disable") == 2:  # the first one lost on the way
             node.hear(topics.PSM_OPERATING_STATE, "DISABLED")
-    stop = supervisor_answers(node, supervisor)
-    try:
+    with supervisor_answers(node, supervisor):
         operator.disable(timeout_s=5.0)
-    finally:
-        stop.set()
     assert node.sent[topics.PSM_STATE_COMMAND.name] == ["disable", "disable"]
     operator.state = None
     with pytest.raises(DemoError, match=r"not DISABLED within 0 s .*see the safety "):

@@ -16,6 +16,7 @@ from rcl_interfaces.srv import ListParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import Int32
+from waiting import wait_for
 
 from telesurg.contract import topics
 from telesurg.ros.loop import SERVICE_POLL_S, NodeLoop, serve
@@ -32,15 +33,6 @@ def context(ros_env):
     rclpy.init(context=context)
     yield context
     rclpy.try_shutdown(context=context)
-
-
-def wait_for(condition, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def in_thread(target) -> tuple[threading.Thread, list]:

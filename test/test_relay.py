@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from waiting import wait_for
 
 from telesurg.linkem.model import PROFILES, LinkProfile, Outage
 from telesurg.linkem.relay import THREAD_NAME, LinkRelay, main, serve_together
@@ -29,15 +30,6 @@ def _udp_socket() -> socket.socket:
     sock.bind((LOOPBACK, 0))
     sock.settimeout(RECEIVE_TIMEOUT_S)
     return sock
-
-
-def _wait_until(condition, timeout_s=5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 @pytest.fixture
@@ -163,7 +155,7 @@ def test_set_down_drops_everything_in_flight_and_arriving_until_restored(peers,
     relay = relay_between(LinkProfile(delay_ms=500.0))
     for _ in range(3):
         a.sendto(b"in flight", relay.a_address)
-    assert _wait_until(lambda: relay.stats().a_to_b.received == 3)
+    assert wait_for(lambda: relay.stats().a_to_b.received == 3)
     relay.set_down(True)
     stats = relay.stats()
     assert stats.down and stats.pending == 0
@@ -171,7 +163,7 @@ def test_set_down_drops_everything_in_flight_and_arriving_until_restored(peers,
 
     a.sendto(b"while down", relay.a_address)
     b.sendto(b"while down", relay.b_address)
-    assert _wait_until(lambda: relay.stats().b_to_a.dropped_down == 1)
+    assert wait_for(lambda: relay.stats().b_to_a.dropped_down == 1)
     assert relay.stats().a_to_b.dropped_down == 4
 
     relay.set_down(False)
@@ -189,7 +181,7 @@ def test_pending_deliveries_are_capped_and_the_excess_counted(peers, relay_betwe
     relay = relay_between(LinkProfile(delay_ms=10_000.0), max_pending=5)
     for _ in range(8):
         a.sendto(b"queued", relay.a_address)
-    assert _wait_until(lambda: relay.stats().a_to_b.received == 8)
+    assert wait_for(lambda: relay.stats().a_to_b.received == 8)
     stats = relay.stats()
     assert stats.pending == 5 and stats.a_to_b.dropped_overflow == 3
 
@@ -199,13 +191,13 @@ def test_peers_are_learned_from_the_first_datagram_and_others_ignored(peers):
     with LinkRelay(PROFILES["perfect"], (LOOPBACK, 0), (LOOPBACK, 0)) as relay, \
             _udp_socket() as stranger:
         b.sendto(b"before A is known", relay.b_address)
-        assert _wait_until(lambda: relay.stats().b_to_a.dropped_no_peer == 1)
+        assert wait_for(lambda: relay.stats().b_to_a.dropped_no_peer == 1)
         a.sendto(b"to B", relay.a_address)
         assert b.recv(2048) == b"to B"
         b.sendto(b"to A", relay.b_address)
         assert a.recv(2048) == b"to A"
         stranger.sendto(b"hijack", relay.a_address)
-        assert _wait_until(lambda: relay.stats().a_to_b.foreign == 1)
+        assert wait_for(lambda: relay.stats().a_to_b.foreign == 1)
         a.sendto(b"still A", relay.a_address)
         assert b.recv(2048) == b"still A"
         assert relay.stats().a_to_b.received == 2
@@ -249,7 +241,7 @@ def test_stop_ends_the_thread_at_once_and_frees_the_ports(peers, relay_between):
     a, _ = peers
     relay = relay_between(LinkProfile(delay_ms=10_000.0))
     a.sendto(b"never delivered", relay.a_address)
-    assert _wait_until(lambda: relay.stats().pending == 1)
+    assert wait_for(lambda: relay.stats().pending == 1)
     ports = [relay.a_address[1], relay.b_address[1]]
     started = time.monotonic()
     relay.stop()

@@ -215,7 +215,7 @@ def report(trials: dict[str, list[Trial]], topic: tuple[list[Trial], dict] | Non
                 f"topic_to_topic: {data['lost_before_patient_bridge']} commands never reached "
                 "the patient bridge (its own count): lost on the DDS hop into the master "
                 "bridge, whose subscription keeps only the latest command (best effort, depth "
-                "1), so that one its Python executor is late to take is replaced by the next; "
+                "1), so that one its node loop is late to take is replaced by the next; "
                 "or on both loopback links at once.")
     return Result("overhead", figures, rows, notes=notes)
 

@@ -19,6 +19,7 @@ A topic of the contract (telesurg.contract.topics) must keep the contract's type
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
 import reprlib
 import socket
@@ -380,16 +381,41 @@ def _topic_name_problem(name: str) -> str:
     return ""
 
 
-def free_udp_ports(count: int) -> list[int]:
-    """count UDP ports on 127.0.0.1 that were free a moment ago (for one-machine sessions)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+#: The DDS well-known ports (RTPS: 7400 + 250 x domain + 2 x participant + 0, 1, 10 or 11)
+#: take the first few dozen ports of each domain's block of 250; the rest of the block is quiet.
+_DDS_BASE_PORT, _DDS_DOMAIN_GAIN, _DDS_QUIET_OFFSET = 7400, 250, 150
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _quiet_ports() -> list[int]:
+    """UDP ports that nothing binds by accident: below the kernel's ephemeral range (a bind to
+    port 0, as the link emulator's and every DDS participant's sending sockets do, never gets
+    one) and away from the DDS well-known ports."""
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        ephemeral_low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    return [port for block in range(_DDS_BASE_PORT, ephemeral_low, _DDS_DOMAIN_GAIN)
+            for port in range(block + _DDS_QUIET_OFFSET, block + _DDS_DOMAIN_GAIN)
+            if port < ephemeral_low]
+
+
+def free_udp_ports(count: int) -> list[int]:
+    """count distinct UDP ports on 127.0.0.1, free a moment ago, for one-machine sessions, chosen
+    where no other process binds by accident (see _quiet_ports): they stay free until the
+    bridges and relays they are meant for bind them."""
+    ports: list[int] = []
+    candidates = _quiet_ports()
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise OSError(f"fewer than {count} free UDP ports on 127.0.0.1 below the ephemeral range")
 
 
 def write_loopback_bridge_config(folder: Path, links, key_file: str = "bridge.key",

@@ -238,7 +238,8 @@ def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
 
     write_key(out / "bridge.key")
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    bridge_ports = {name: free_udp_ports(2) for name in DEFAULT_LINKS}
+    ports = iter(free_udp_ports(2 * len(DEFAULT_LINKS)))  # distinct: picked in one go
+    bridge_ports = {name: [next(ports), next(ports)] for name in DEFAULT_LINKS}
     links = stack.enter_context(LinkEmulator(
         [(name, profile, *bridge_ports[name], 2 * seed) for seed, (name, profile)
          in enumerate(zip(DEFAULT_LINKS, options.link_profiles, strict=True))],
