@@ -10,7 +10,7 @@ inside a network namespace must be a process that started there.
 
 stdout, one line each:
     READY                               subscriptions made
-    R INDEX ARRIVAL_NS BASE64_CDR       a message on topic INDEX, stamped time.time_ns() on arrival
+    R INDEX ARRIVAL_NS BASE64_CDR       a message on topic INDEX and its middleware receive time
     A {"id": N, "result": ...}          the answer to request N (or "error")
 stdin, one JSON request a line (end of input stops the probe):
     {"id": N, "op": "publisher", "topic": T, "type": TYPE, "qos": QOS}
@@ -74,8 +74,11 @@ class Probe:
 
     @staticmethod
     def _keeper(index: int):
-        def keep(data: bytes) -> None:
-            emit(f"R {index} {time.time_ns()} {base64.b64encode(data).decode()}")
+        def keep(data: bytes, info) -> None:
+            # The middleware's receive time, not this callback's: the executor may take a
+            # backlog late, and a message must not seem to arrive after what followed it.
+            arrival = info["received_timestamp"] or time.time_ns()
+            emit(f"R {index} {arrival} {base64.b64encode(data).decode()}")
         return keep
 
     def _serve(self) -> None:
