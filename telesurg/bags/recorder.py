@@ -9,6 +9,7 @@ offer the same.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import sys
 import threading
 import time
@@ -112,6 +113,7 @@ def run_record(site: str, out: Path, storage: str, domain: int | None) -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
+    faulthandler.enable()  # a native crash leaves the threads' Python stacks on stderr
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
     try:

@@ -3,6 +3,7 @@ and a main loop that exits cleanly on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import sys
 import threading
@@ -124,6 +125,9 @@ def run_nodes(process_name: str, creators: list[Callable[[], Node]],
     arguments apply to each of them, as in a ROS 2 container: a parameter file gives each node
     its own section."""
     args = sys.argv if args is None else args
+    # A crash in native code (rclpy, the middleware, MuJoCo) leaves the Python stacks of every
+    # thread in the node's log, not just a signal number.
+    faulthandler.enable()
     try:
         for path in parameter_files(args):
             load_parameter_file(path)
@@ -135,8 +139,13 @@ def run_nodes(process_name: str, creators: list[Callable[[], Node]],
         for create in creators:
             nodes.append(create())
         freeze_start_up_objects()
+        default_switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(THREAD_SWITCH_INTERVAL_S)
-        serve([node.loop for node in nodes])
+        try:
+            serve([node.loop for node in nodes])
+        finally:
+            # Only serving needs it; the teardown runs as rclpy's own does.
+            sys.setswitchinterval(default_switch_interval)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ConfigError as error:
