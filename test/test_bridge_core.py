@@ -180,7 +180,10 @@ def test_replayed_datagrams_never_keep_a_lost_link_alive(tmp_path, direct_bridge
                     for datagram in recorded[name][-20:]:
                         attacker.sendto(datagram, ("127.0.0.1", patient_ports[name]))
                 time.sleep(0.002)
-        assert [state for _, state in overall] == ["LOST"], (
+        # Down to LOST and never back up (the two links' last datagrams arrive a moment apart,
+        # so SINGLE may come first): a replay revives no link.
+        states = [state for _, state in overall]
+        assert states in (["LOST"], ["SINGLE", "LOST"]), (
             f"overall states after the master fell silent: {overall}")
         assert patient.drops.snapshot().get("replayed", 0) > 100
         # Every genuine command once (those before the trust handshake not at all), no replay.
@@ -189,7 +192,7 @@ def test_replayed_datagrams_never_keep_a_lost_link_alive(tmp_path, direct_bridge
     finally:
         master.close()
         patient.close()
-    reaction_ms = (overall[0][0] - last_sent) * 1000.0
+    reaction_ms = (overall[-1][0] - last_sent) * 1000.0  # to LOST
     print(f"LOST {reaction_ms:.1f} ms after the last genuine datagram, replays on "
           f"{'+'.join(replayed_links)}")
     # Design: LOST within link_timeout_ms + 10 ms. Asserted with room for a loaded machine.
