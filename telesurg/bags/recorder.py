@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import signal
 import sys
 import threading
 import time
@@ -67,8 +68,8 @@ class SiteRecorder:
             for topic, type_name in topics.items()}
 
     def run(self, stop: threading.Event | None = None, poll_s: float = 0.1) -> None:
-        """Write messages as they arrive until stop is set (checked every poll_s) or Ctrl-C
-        (KeyboardInterrupt), then close the bag."""
+        """Write messages as they arrive until stop is set (checked every poll_s; then what has
+        arrived is written too) or Ctrl-C (KeyboardInterrupt), then close the bag."""
         stop = stop or threading.Event()
         from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
@@ -80,15 +81,18 @@ class SiteRecorder:
                 handles.enter_context(self.node.context.handle)
                 wait_set = _rclpy.WaitSet(len(subscriptions), 0, 0, 0, 0, 0,
                                           self.node.context.handle)
-                while not stop.is_set():
+                while True:
+                    stopping = stop.is_set()
                     wait_set.clear_entities()
                     for _, subscription in subscriptions:
                         wait_set.add_subscription(subscription.handle)
-                    wait_set.wait(int(poll_s * 1e9))
+                    wait_set.wait(0 if stopping else int(poll_s * 1e9))
                     ready = set(wait_set.get_ready_entities("subscription"))
                     for topic, subscription in subscriptions:
                         if subscription.handle.pointer in ready:
                             self._take_all(topic, subscription)
+                    if stopping:
+                        break
                     self.bag.checkpoint_if_due()
                     # Let messages gather: a wake-up costs more than taking a message, and
                     # each message keeps the time the middleware received it.
@@ -114,6 +118,11 @@ def run_record(site: str, out: Path, storage: str, domain: int | None) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     faulthandler.enable()  # a native crash leaves the threads' Python stacks on stderr
+    # Ctrl-C and SIGTERM ask the loop to stop between messages: an exception raised in the middle
+    # of writing one (Python's default) left a chunk whose messages disagreed with its index.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
     try:
@@ -126,9 +135,7 @@ def run_record(site: str, out: Path, storage: str, domain: int | None) -> int:
           f"({storage}); Ctrl-C to stop", flush=True)
     freeze_start_up_objects()
     try:
-        recorder.run()
-    except KeyboardInterrupt:
-        pass
+        recorder.run(stop)
     finally:
         recorder.node.destroy_node()
         rclpy.try_shutdown(context=context)
