@@ -77,6 +77,19 @@ class NodeLoop:
         serve([self])
 
 
+class _SigintGuard(SignalHandlerGuardCondition):
+    """rclpy's guard condition that Ctrl-C and SIGTERM trigger, destroyed once. rclpy's own
+    __del__ destroys it again; when the garbage collector ran that during rclpy.try_shutdown,
+    the node process died of a segmentation fault (seen twice in fresh-clone test runs)."""
+
+    _destroyed = False
+
+    def destroy(self) -> None:
+        if not self._destroyed:
+            self._destroyed = True
+            super().destroy()
+
+
 def serve(loops: list[NodeLoop]) -> None:
     """Serve the nodes of loops (one context) from the calling thread, until the context shuts
     down or one of the loops is stopped: one wait set over all their subscriptions and wake-ups,
@@ -86,7 +99,7 @@ def serve(loops: list[NodeLoop]) -> None:
     context = loops[0].node.context
     if any(loop.node.context is not context for loop in loops):
         raise ValueError("the nodes served together must share one context")
-    sigint = SignalHandlerGuardCondition(context)
+    sigint = _SigintGuard(context)
     try:
         while _serve_until_changed(loops, context, sigint):
             for loop in loops:
