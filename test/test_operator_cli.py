@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+import yaml
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from telesurg.cli import main
@@ -366,9 +367,12 @@ def test_enable_pause_resume_are_accepted_when_link_and_arm_are_heard(
         tmp_path, ros_env, second_domain_id):
     domain = int(ros_env["ROS_DOMAIN_ID"])
     # Generous timeouts: this test is about the commands, not the supervisor's deadlines, and
-    # a process on this 2-core machine is sometimes kept from a core for 300 ms.
-    with supervisor(tmp_path, ros_env, ["-p", "link_state_timeout_ms:=3000.0",
-                                        "-p", "arm_timeout_ms:=3000.0"]) as node:
+    # a process on this 2-core machine is sometimes kept from a core for 300 ms. A parameter
+    # file after the configuration (a -p override loses to the configuration's node section).
+    generous = tmp_path / "generous.yaml"
+    generous.write_text(yaml.safe_dump({"safety_supervisor": {"ros__parameters": {
+        "link_state_timeout_ms": 3000.0, "arm_timeout_ms": 3000.0}}}))
+    with supervisor(tmp_path, ros_env, ["--params-file", str(generous)]) as node:
         site = FakePatientSite(domain)
         try:
             site.spin_until(lambda: site.status is not None and not site.status["persisting"],
