@@ -264,3 +264,31 @@ def test_an_existing_out_path_is_refused_in_one_line(tmp_path, ros_env):
         assert len(lines) == 1 and str(out) in lines[0] and says in lines[0], result.stderr
         assert "Traceback" not in result.stderr
     assert list(taken.iterdir()) == []
+
+
+def test_a_state_set_before_the_recorder_joined_is_recorded_when_it_was_set(tmp_path, ros_env):
+    """A transient-local state published before the recorder started reaches it on matching;
+    the bag must place it when it was set (a replay takes the states in force at its start
+    from before that start), not when the recorder happened to match its publisher."""
+    devices = Devices(int(ros_env["ROS_DOMAIN_ID"]))
+    bag = tmp_path / "bag"
+    try:
+        devices.publish("/console/clutch", 1)
+        set_ns = devices.sent["/console/clutch"][0][0]
+        time.sleep(0.5)
+        started_ns = time.time_ns()
+        recorder = start_recorder(bag, ros_env, tmp_path, "mcap")
+        try:
+            wait_until(lambda: "/console/clutch" in recorded_topics(bag),
+                       "the recorder to hear the state", recorder, DISCOVERY_TIMEOUT_S)
+            recorder.send_signal(signal.SIGTERM)
+            assert recorder.wait(timeout=STOP_TIMEOUT_S) == 0
+        finally:
+            if recorder.poll() is None:
+                recorder.kill()
+                recorder.wait()
+    finally:
+        devices.close()
+    with BagReader(bag) as reader:
+        ((stamp, _),) = reader.read_all(["/console/clutch"])["/console/clutch"]
+    assert set_ns - 50_000_000 < stamp < started_ns, (stamp - set_ns, started_ns - set_ns)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import DurabilityPolicy, QoSProfile
 
 from telesurg.bags.storage import BagError, BagWriter, make_qos
 from telesurg.contract.topics import SITE_TOPICS, Qos, topic_named
@@ -66,6 +66,8 @@ class SiteRecorder:
                                                  _taken_by_run, subscription_qos(topic),
                                                  raw=True)
             for topic, type_name in topics.items()}
+        self._states = {topic for topic in topics
+                        if subscription_qos(topic).durability == DurabilityPolicy.TRANSIENT_LOCAL}
 
     def run(self, stop: threading.Event | None = None, poll_s: float = 0.1) -> None:
         """Write messages as they arrive until stop is set (checked every poll_s; then what has
@@ -105,7 +107,13 @@ class SiteRecorder:
             data, info = taken
             if not self.bag.has_topic(topic):
                 self.bag.add_topic(topic, self.topics[topic], offered_qos(self.node, topic))
-            self.bag.write(topic, info["received_timestamp"] or time.time_ns(), data)
+            stamp = info["received_timestamp"] or time.time_ns()
+            # A state is recorded when it was set: the one a late-joining recorder is handed
+            # on matching its publisher would otherwise seem to change only then (a replay
+            # then found no pedal state in force at its start).
+            if topic in self._states and 0 < info["source_timestamp"] < stamp:
+                stamp = info["source_timestamp"]
+            self.bag.write(topic, stamp, data)
 
 
 def _taken_by_run(_message) -> None:
