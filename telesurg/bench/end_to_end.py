@@ -48,7 +48,7 @@ from telesurg.contract.states import OperatingState, StateCommand
 from telesurg.contract.topics import Qos
 from telesurg.linkem.model import PROFILES
 from telesurg.master.surgeon import PresenceRetry
-from telesurg.ros.node import PeriodicLoop
+from telesurg.ros.loop import NodeLoop
 from telesurg.session.demo import DemoOptions, open_links, plan_sites
 
 STEPS = 100
@@ -140,16 +140,22 @@ class Probe:
 
         from telesurg.ros.qos import publisher, subscription
 
-        self.contexts, self.nodes, self._spinners = [], [], []
+        self.contexts, nodes, self._spinners = [], [], []
         for site, domain in (("master", master_domain), ("patient", patient_domain)):
             context = rclpy.Context()
             rclpy.init(context=context, domain_id=domain)
-            node = rclpy.create_node(f"bench_end_to_end_{site}", context=context)
-            executor = SingleThreadedExecutor(context=context)
-            executor.add_node(node)
+            nodes.append(rclpy.create_node(f"bench_end_to_end_{site}", context=context))
             self.contexts.append(context)
-            self.nodes.append((node, executor))
-        master, patient = self.nodes[0][0], self.nodes[1][0]
+        master, patient = nodes
+        # The master side as a device: its samples from a NodeLoop task. The patient side
+        # through an executor: its callbacks take DDS's MessageInfo, which NodeLoop does not
+        # hand over.
+        master_loop = NodeLoop(master)
+        master_loop.every(1.0 / rate_hz, self._tick)
+        patient_executor = SingleThreadedExecutor(context=self.contexts[1])
+        patient_executor.add_node(patient)
+        self._servers = [(master, master_loop.run, master_loop.stop),
+                         (patient, patient_executor.spin, patient_executor.shutdown)]
         # DDS's own publish and arrival times (MessageInfo): this process's executor may run a
         # callback late on a busy machine; those stamps are not.
         self.commands: list[tuple[int, int, list[float]]] = []  # (publish, arrival, joints)
@@ -179,12 +185,10 @@ class Probe:
         self._next_step_ns: int | None = None
         self._started = time.monotonic()
         self._clutch_pub.publish(Bool(data=False))
-        for _, executor in self.nodes:
-            spinner = threading.Thread(target=executor.spin, daemon=True)
+        for _, serve, _ in self._servers:
+            spinner = threading.Thread(target=serve, daemon=True)
             spinner.start()
             self._spinners.append(spinner)
-        self.loop = PeriodicLoop(master, rate_hz, self._tick)
-        self.loop.start()
 
     def _on_command(self, message, info) -> None:
         self.commands.append((info["source_timestamp"], info["received_timestamp"],
@@ -235,10 +239,9 @@ class Probe:
     def close(self) -> None:
         import rclpy
 
-        self.loop.stop()
-        for (node, executor), spinner, context in zip(self.nodes, self._spinners,
-                                                      self.contexts, strict=True):
-            executor.shutdown()
+        for (node, _, stop), spinner, context in zip(self._servers, self._spinners,
+                                                     self.contexts, strict=True):
+            stop()
             spinner.join()  # a thread still in DDS at exit aborts the process
             node.destroy_node()
             rclpy.try_shutdown(context=context)

@@ -1,12 +1,11 @@
-"""What every telesurg node shares: parameter declaration from the one table, a periodic loop,
-and a main loop that exits cleanly on Ctrl-C or SIGTERM."""
+"""What every telesurg node shares: parameter declaration from the one table, and a main that
+serves the nodes (telesurg.ros.loop) and exits cleanly on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import faulthandler
 import gc
 import sys
-import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -48,51 +47,6 @@ def declare_parameters(node: Node, table_name: str) -> SimpleNamespace:
         values[param.name] = param.check(value, f"node '{node.get_name()}'")
     check_node_rules(table_name, values, f"node '{node.get_name()}'")
     return SimpleNamespace(**values)
-
-
-class PeriodicLoop:
-    """Calls tick at a fixed rate from its own thread.
-
-    At hundreds of hertz an rclpy timer costs far more than the work it triggers (measured
-    here: 32% of a core for a 500 Hz surgeon tick on a timer, 12% in a thread), and rclpy
-    publishers may be used from any thread. A loop that falls behind skips ahead instead of
-    bursting. An exception in tick shuts the node down, and run_node re-raises it.
-    """
-
-    def __init__(self, node: Node, rate_hz: float, tick: Callable[[], None]):
-        self._node = node
-        self._period = 1.0 / rate_hz
-        self._tick = tick
-        self._stop = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"{node.get_name()}_loop",
-                                        daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-
-    def _run(self) -> None:
-        deadline = time.monotonic()
-        while not self._stop.is_set() and self._node.context.ok():
-            try:
-                self._tick()
-            except Exception as error:  # noqa: BLE001 - reported through run_node
-                if self._node.context.ok():
-                    self.error = error
-                    self._node.get_logger().fatal(f"periodic loop failed: {error!r}")
-                    rclpy.try_shutdown(context=self._node.context)
-                return
-            deadline += self._period
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
-            elif delay < -self._period:
-                deadline = time.monotonic()
 
 
 def parameter_files(args: list[str]) -> list[str]:
