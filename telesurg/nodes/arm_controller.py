@@ -43,7 +43,7 @@ from telesurg.contract.states import (
     HOLDING_KEY,
     OPERATING_STATE_KEY,
 )
-from telesurg.nodes.simulator import fill_joint_states, report_dropped
+from telesurg.nodes.simulator import advance, fill_joint_states
 from telesurg.patient.arm_control import ARM_JOINTS, ArmController, ArmControllerConfig
 from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import fill_pose, is_valid_stamp, pose_to_matrix
@@ -146,9 +146,8 @@ class ArmControllerNode(Node):
         """Read the simulated arm (the physics due by now), update, write: the same tick as
         for a /joint_states message, read from the simulation itself (its /joint_states
         message is made only when it is published)."""
-        if not self.arm.advance(time.monotonic()):
+        if not advance(self, self.arm):
             return
-        report_dropped(self, self.arm)
         now = self.get_clock().now()
         self._measured_ns = self._arm_start_ns + round(self.arm.elapsed_s * 1e9)
         self.core.on_joint_states(self.arm.sim.positions(), now.nanoseconds * 1e-9)

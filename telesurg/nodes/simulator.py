@@ -37,7 +37,6 @@ class SimulatorNode(Node):
         subscription(self, topics.FORWARD_POSITION_COMMANDS, self._on_command)
         self._publisher = publisher(self, topics.JOINT_STATES)
         self._joint_state = JointState(name=list(JOINT_NAMES))
-        self._dropped_reported = 0
         # One loop tick per /joint_states message, stepping the physics that is due by then.
         self.loop = NodeLoop(self)
         self.loop.every(1.0 / p.publish_rate_hz, self._step)
@@ -52,19 +51,22 @@ class SimulatorNode(Node):
         self.arm.sim.command(msg.data)
 
     def _step(self) -> None:
-        if not self.arm.advance(time.monotonic()):
+        if not advance(self, self.arm):
             return
-        report_dropped(self, self.arm)
         fill_joint_states(self._joint_state, self.arm, self._start_ns)
         self._publisher.publish(self._joint_state)
 
 
-def report_dropped(node: Node, arm: RealTimeArm) -> None:
-    """Warn (throttled) when the simulation fell behind real time and dropped steps."""
-    if arm.dropped_steps:
+def advance(node: Node, arm: RealTimeArm) -> int:
+    """Run the arm's physics due by now (how many steps ran); warn (throttled) when this
+    advance had to drop steps, the simulation having fallen behind real time."""
+    dropped = arm.dropped_steps
+    ran = arm.advance(time.monotonic())
+    if arm.dropped_steps != dropped:
         node.get_logger().warning(
             f"simulation fell behind real time; dropped {arm.dropped_steps} steps so far",
             throttle_duration_sec=5.0)
+    return ran
 
 
 def fill_joint_states(message: JointState, arm: RealTimeArm, start_ns: int) -> None:
