@@ -19,7 +19,7 @@ from std_msgs.msg import Int32
 from waiting import wait_for
 
 from telesurg.contract import topics
-from telesurg.ros.loop import SERVICE_POLL_S, NodeLoop, _SigintGuard, serve
+from telesurg.ros.loop import SERVICE_POLL_S, NodeLoop, serve
 from telesurg.ros.qos import qos_profile
 
 pytestmark = pytest.mark.multiprocess
@@ -187,16 +187,3 @@ def test_refresh_serves_subscriptions_made_or_destroyed_while_served(context):
         thread.join(timeout=2.0)
         node.destroy_node()
 
-
-def test_the_ctrl_c_guard_is_destroyed_once(context):
-    """serve() destroys it and rclpy's __del__ destroys it again, perhaps during
-    rclpy.try_shutdown: a second destroy must do nothing (it crashed node processes)."""
-    guard = _SigintGuard(context)
-    guard.destroy()
-    with pytest.raises(Exception, match="destruction was requested"):  # InvalidHandle
-        with guard.handle:
-            pass
-    guard.destroy()
-    guard.__del__()
-    rclpy.try_shutdown(context=context)
-    guard.__del__()
