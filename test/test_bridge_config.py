@@ -13,6 +13,7 @@ from sensor_msgs.msg import JointState
 
 from telesurg.bridge import config as bridge_config
 from telesurg.bridge.config import ROLES, default_bridge_config_path
+from telesurg.bridge.core import open_link_socket
 from telesurg.bridge.wire import max_message_bytes
 from telesurg.contract.params import ConfigError
 from telesurg.contract.topics import Qos
@@ -65,12 +66,12 @@ def test_default_file_loads_for_both_roles_with_the_same_topic_indices():
 def test_optional_keys_take_their_defaults_and_addresses_their_forms(tmp_path):
     def edit(document):
         del document["heartbeat_rate_hz"], document["link_timeout_ms"]
-        document["links"][0]["master"] = {"bind": "[::1]:47001", "peer": "patient.example:47101",
+        document["links"][0]["master"] = {"bind": "[::1]:17601", "peer": "patient.example:17611",
                                           "interface": "enp3s0"}
     config = load_bridge_config(write(tmp_path, edited(edit)), "master")
     assert (config.heartbeat_rate_hz, config.link_timeout_ms) == (100.0, 50.0)
     assert config.links[0] == bridge_config.LinkConfig(
-        "a", ("::1", 47001), ("patient.example", 47101), "enp3s0")
+        "a", ("::1", 17601), ("patient.example", 17611), "enp3s0")
 
 
 def test_key_file_is_resolved_against_the_config_folder(tmp_path, monkeypatch):
@@ -113,16 +114,16 @@ def first_topic(document, **topic):
     (lambda d: d["links"][0].update(name=5), "links[0].name", "non-empty string"),
     (lambda d: d["links"][0].update(name="fiber link"), "links[0].name", "letters, digits"),
     (lambda d: link_side(d, bind="127.0.0.1"), "links[0].master.bind", "not HOST:PORT"),
-    (lambda d: link_side(d, bind="::1:47001"), "links[0].master.bind", "not HOST:PORT"),
+    (lambda d: link_side(d, bind="::1:17601"), "links[0].master.bind", "not HOST:PORT"),
     (lambda d: link_side(d, peer="127.0.0.1:0"), "links[0].master.peer", "not in [1, 65535]"),
     (lambda d: link_side(d, peer="127.0.0.1:70000"), "links[0].master.peer", "not in [1, 65535]"),
     (lambda d: link_side(d, peer="127.0.0.300:1"), "links[0].master.peer", "not a valid host"),
     (lambda d: link_side(d, peer="bad_host:1"), "links[0].master.peer", "not a valid host"),
     (lambda d: link_side(d, peer="[127.0.0.1]:1"), "links[0].master.peer", "not a valid host"),
-    (lambda d: link_side(d, peer="0.0.0.0:47101"), "links[0].master.peer", "any address"),
+    (lambda d: link_side(d, peer="0.0.0.0:17611"), "links[0].master.peer", "any address"),
     (lambda d: link_side(d, interface="eth0/1"), "links[0].master.interface", "interface name"),
     (lambda d: d["links"][1].update(name="a"), "links[1].name", "already used by links[0].name"),
-    (lambda d: d["links"][1]["patient"].update(bind="127.0.0.1:47101"),
+    (lambda d: d["links"][1]["patient"].update(bind="127.0.0.1:17611"),
      "links[1].patient.bind", "already used by links[0].patient.bind"),
     (lambda d: d["topics"]["master_to_patient"].append(d["topics"]["master_to_patient"][0]),
      "topics.master_to_patient[5].name", "listed twice (also topics.master_to_patient[0])"),
@@ -195,16 +196,16 @@ def test_worst_case_joint_state_is_the_documented_one_and_fits():
 def test_parameters_override_this_sites_links_and_key(tmp_path):
     path = bridge_config.default_bridge_config_path()
     config = load_bridge_config(path, "patient", str(tmp_path / "site.key"), {
-        "link_binds": "a=10.1.0.2:47101 b=",  # an empty value keeps the file's
-        "link_peers": "a=10.1.0.1:47001 b=[fd00::1]:47002",
+        "link_binds": "a=10.1.0.2:17611 b=",  # an empty value keeps the file's
+        "link_peers": "a=10.1.0.1:17601 b=[fd00::1]:17602",
         "link_interfaces": "b=wwan0",
     })
     a, b = config.links
     assert config.key_file == tmp_path / "site.key"
-    assert (a.bind, a.peer, a.interface) == (("10.1.0.2", 47101), ("10.1.0.1", 47001), None)
-    assert (b.bind, b.peer, b.interface) == (("127.0.0.1", 47102), ("fd00::1", 47002), "wwan0")
-    master = load_bridge_config(path, "master", "", {"link_peers": "a=10.1.0.2:47101"})
-    assert master.links[0].peer == ("10.1.0.2", 47101)  # the other role's side: untouched
+    assert (a.bind, a.peer, a.interface) == (("10.1.0.2", 17611), ("10.1.0.1", 17601), None)
+    assert (b.bind, b.peer, b.interface) == (("127.0.0.1", 17612), ("fd00::1", 17602), "wwan0")
+    master = load_bridge_config(path, "master", "", {"link_peers": "a=10.1.0.2:17611"})
+    assert master.links[0].peer == ("10.1.0.2", 17611)  # the other role's side: untouched
 
 
 @pytest.mark.parametrize("parameter, text, expected", [
@@ -220,16 +221,41 @@ def test_bad_link_overrides_are_refused_naming_the_parameter(parameter, text, ex
     assert str(error.value).startswith(expected)
 
 
+def assert_out_of_reach_of_accidental_binds(port: int) -> None:
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert 1024 <= port < ephemeral_low
+    assert (port - 7400) % 250 >= 150  # past every domain's DDS participants' ports
+
+
+def test_default_ports_are_out_of_reach_of_accidental_binds():
+    """A bridge binds its link sockets after its own DDS participant opened sockets on random
+    ports: a default port in the ephemeral range failed a session 'Address already in use'."""
+    for role in ROLES:
+        for link in load_bridge_config(default_bridge_config_path(), role).links:
+            assert_out_of_reach_of_accidental_binds(link.bind[1])
+
+
+@pytest.mark.parametrize(("port_kind", "hinted"), [("ephemeral", True), ("quiet", False)])
+def test_a_link_port_in_use_is_refused_with_a_hint_where_it_is_in_reach(port_kind, hinted):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0 if port_kind == "ephemeral"
+                    else bridge_config.free_udp_ports(1)[0]))
+        port = taken.getsockname()[1]
+        link = bridge_config.LinkConfig("a", ("127.0.0.1", port), ("127.0.0.1", 9), None)
+        with pytest.raises(OSError) as error:
+            open_link_socket(link)
+    assert str(error.value).startswith(f"link a: cannot bind 127.0.0.1:{port}: Address already")
+    assert ("ephemeral range" in str(error.value)) == hinted
+
+
 def test_free_ports_are_distinct_free_and_out_of_reach_of_accidental_binds():
     """A port the demo picks for a bridge must not be taken before the bridge binds it: not by
     a bind to port 0 (the link emulator, DDS sending sockets), nor by a DDS participant's
     well-known port, nor by the other ports picked with it."""
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = bridge_config.free_udp_ports(40)
     assert len(set(ports)) == 40
     for port in ports:
-        assert 1024 <= port < ephemeral_low
-        assert (port - 7400) % 250 >= 150  # past every domain's DDS participants' ports
+        assert_out_of_reach_of_accidental_binds(port)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", port))  # free
     # Taken ports are skipped.

@@ -38,7 +38,6 @@ PROBE = NodeSpec("netns_probe", "", "", "both", "test/netns_probe.py")
 DISCOVERY_TIMEOUT_S = 30.0
 #: Each link a /30 of its own, only ever inside this test's namespaces: .1 master, .2 patient.
 SUBNETS = {"a": "10.213.1", "b": "10.213.2"}
-PORT = {"a": 47001, "b": 47002}
 HOST = {"master": 1, "patient": 2}
 _fixture_runs = itertools.count()
 
@@ -136,15 +135,17 @@ class Sites:
 
 
 def bridge_config(folder: Path, devices: dict[tuple[str, str], str]) -> Path:
-    """The default configuration, each link bound to its veth's address and interface."""
+    """The default configuration (and its ports), each link bound to its veth's address and
+    interface."""
     document = yaml.safe_load(default_bridge_config_path().read_text())
     document["key_file"] = "bridge.key"
     links = {link["name"]: link for link in document["links"]}
     assert set(links) == set(SUBNETS), "the default configuration's links changed"
     for name, link in links.items():
+        port = {role: link[role]["bind"].rsplit(":", 1)[1] for role in ROLES}
         for role, other in (ROLES, ROLES[::-1]):
-            link[role] = {"bind": f"{SUBNETS[name]}.{HOST[role]}:{PORT[name]}",
-                          "peer": f"{SUBNETS[name]}.{HOST[other]}:{PORT[name]}",
+            link[role] = {"bind": f"{SUBNETS[name]}.{HOST[role]}:{port[role]}",
+                          "peer": f"{SUBNETS[name]}.{HOST[other]}:{port[other]}",
                           "interface": devices[name, role]}
     path = folder / "bridge.yaml"
     path.write_text(yaml.safe_dump(document))

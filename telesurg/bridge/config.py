@@ -114,7 +114,7 @@ def parse_link_overrides(parameter: str, text: str) -> dict[str, str]:
         name, equals, value = item.partition("=")
         if not equals or not _LINK_NAME.fullmatch(name):
             raise ConfigError(f"bridge parameter {parameter}: {item!r} is not NAME=VALUE with "
-                              "NAME a link name (e.g. a=10.1.0.2:47101)")
+                              "NAME a link name (e.g. a=10.1.0.2:17611)")
         if value:
             overrides[name] = value
     return overrides
@@ -387,7 +387,7 @@ _DDS_BASE_PORT, _DDS_DOMAIN_GAIN, _DDS_QUIET_OFFSET = 7400, 250, 150
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
-def _quiet_ports() -> list[int]:
+def quiet_udp_ports() -> list[int]:
     """UDP ports that nothing binds by accident: below the kernel's ephemeral range (a bind to
     port 0, as the link emulator's and every DDS participant's sending sockets do, never gets
     one) and away from the DDS well-known ports."""
@@ -402,10 +402,10 @@ def _quiet_ports() -> list[int]:
 
 def free_udp_ports(count: int) -> list[int]:
     """count distinct UDP ports on 127.0.0.1, free a moment ago, for one-machine sessions, chosen
-    where no other process binds by accident (see _quiet_ports): they stay free until the
+    where no other process binds by accident (see quiet_udp_ports): they stay free until the
     bridges and relays they are meant for bind them."""
     ports: list[int] = []
-    candidates = _quiet_ports()
+    candidates = quiet_udp_ports()
     for port in random.sample(candidates, len(candidates)):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             try:

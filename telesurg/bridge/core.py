@@ -16,6 +16,7 @@ bound to a network interface so that each link leaves on its own technology.
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 import struct
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telesurg.analysis.metrics import LatencyHistogram
-from telesurg.bridge.config import BridgeConfig, LinkConfig
+from telesurg.bridge.config import BridgeConfig, LinkConfig, quiet_udp_ports
 from telesurg.bridge.link_health import HealthSnapshot, LinkHealth, LinkHealthConfig, StateChange
 from telesurg.bridge.wire import (
     MAX_DATAGRAM_BYTES,
@@ -132,9 +133,14 @@ def open_link_socket(link: LinkConfig) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     except OSError as error:
         sock.close()
+        hint = ""
+        if error.errno == errno.EADDRINUSE and link.bind[1] not in quiet_udp_ports():
+            hint = (" (the port is in the kernel's ephemeral range or among DDS's ports, where"
+                    " other processes' sockets take ports at random: choose one like the"
+                    " defaults in config/bridge.yaml)")
         raise OSError(f"link {link.name}: cannot bind {link.bind[0]}:{link.bind[1]}"
                       f"{' on ' + link.interface if link.interface else ''}: "
-                      f"{error.strerror}") from None
+                      f"{error.strerror}{hint}") from None
     sock.setblocking(False)
     return sock
 
