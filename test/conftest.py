@@ -13,6 +13,7 @@ import os
 import pytest
 
 from telesurg.bridge import config as bridge_config
+from telesurg.contract.resources import FASTDDS_PROFILE_VARIABLE
 from telesurg.session.demo import session_environment
 
 # Fast DDS refuses domain ids above 232 (UDP port arithmetic): stay within [100, 232].
@@ -24,7 +25,7 @@ def ros_env(monkeypatch):
     """Environment for node processes (and this process) on a fresh DDS domain."""
     env = session_environment(next(_domains))
     for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION",
-                "FASTDDS_DEFAULT_PROFILES_FILE"):
+                FASTDDS_PROFILE_VARIABLE):
         monkeypatch.setenv(key, env[key])
     return env
 

@@ -455,12 +455,13 @@ class StandIn:
 STAND_INS = {
     "launch": ["LaunchDescription"],
     "launch.actions": ["DeclareLaunchArgument", "EmitEvent", "ExecuteProcess", "GroupAction",
-                       "IncludeLaunchDescription", "LogInfo", "RegisterEventHandler"],
+                       "IncludeLaunchDescription", "LogInfo", "RegisterEventHandler",
+                       "SetEnvironmentVariable"],
     "launch.conditions": ["IfCondition"],
     "launch.event_handlers": ["OnProcessExit"],
     "launch.events": ["Shutdown"],
     "launch.launch_description_sources": ["PythonLaunchDescriptionSource"],
-    "launch.substitutions": ["EqualsSubstitution", "LaunchConfiguration",
+    "launch.substitutions": ["EnvironmentVariable", "EqualsSubstitution", "LaunchConfiguration",
                              "NotEqualsSubstitution", "TextSubstitution"],
     "launch_ros": [],
     "launch_ros.actions": ["Node"],
@@ -509,6 +510,12 @@ def test_launch_file_builds_over_stand_ins(stand_in_launch, name):
     assert kinds.index("DeclareLaunchArgument") == 0
     assert len(arguments) == max(i for i, kind in enumerate(kinds)
                                  if kind == "DeclareLaunchArgument") + 1
+    # Then telesurg's Fast DDS profile, before any process starts, unless one is set already.
+    profile = entities[len(arguments)]
+    assert _kind(profile) == "SetEnvironmentVariable"
+    assert profile.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert profile.args[1].args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert Path(profile.args[1].kwargs["default_value"]).is_file()
     site = {"master_site.launch.py": ["master"], "patient_site.launch.py": ["patient"],
             "telesurg.launch.py": list(SITES)}.get(name)
     processes = [entity for entity in entities if _kind(entity) == "ExecuteProcess"]

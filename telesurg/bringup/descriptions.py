@@ -22,12 +22,14 @@ from launch.actions import (
     IncludeLaunchDescription,
     LogInfo,
     RegisterEventHandler,
+    SetEnvironmentVariable,
 )
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import (
+    EnvironmentVariable,
     EqualsSubstitution,
     LaunchConfiguration,
     NotEqualsSubstitution,
@@ -40,6 +42,7 @@ from launch import LaunchDescription
 from telesurg.bridge.config import LINK_OVERRIDES
 from telesurg.bringup import plan as support
 from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, nodes_of_site
+from telesurg.contract.resources import FASTDDS_PROFILE_VARIABLE
 from telesurg.contract.topics import SITES
 
 #: What the launch arguments of each link of the installed config/bridge.yaml set.
@@ -67,6 +70,14 @@ def _sim_is(value: str) -> IfCondition:
 
 
 # Launch arguments ---------------------------------------------------------------------------
+
+def middleware_profile() -> SetEnvironmentVariable:
+    """telesurg's Fast DDS profile for every process launched, unless the environment names
+    one: its UDP-only transport keeps a killed process from stalling the others (shared
+    memory's lock and port health timeouts held peers about 1 s)."""
+    return SetEnvironmentVariable(FASTDDS_PROFILE_VARIABLE, EnvironmentVariable(
+        FASTDDS_PROFILE_VARIABLE, default_value=share_file(support.FASTDDS_PROFILE)))
+
 
 def config_arguments() -> list[DeclareLaunchArgument]:
     return [DeclareLaunchArgument(
@@ -231,6 +242,7 @@ def site_launch_description(site: str) -> LaunchDescription:
         *bridge_arguments(),
         *arguments,
         *record_arguments(site),
+        middleware_profile(),
         *actions,
         recorder([site]),
     ])
@@ -243,6 +255,7 @@ def session_launch_description() -> LaunchDescription:
         sim_argument(),
         rviz_argument(),
         *record_arguments("session"),
+        middleware_profile(),
         *session_nodes(nodes_of_site("master")),
         *patient_actions(with_bridge=False),
         recorder(SITES),
@@ -278,6 +291,7 @@ def gazebo_launch_description() -> LaunchDescription:
                                 "run on one machine, telesurg.launch.py)"),
         DeclareLaunchArgument("world", default_value=share_file(support.WORLD),
                               description="Gazebo world (SDF) the arm is spawned into"),
+        middleware_profile(),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(share_file(support.GZ_SIM_LAUNCH)),
             launch_arguments=[("gz_args", ["-r ", LaunchConfiguration("world")]),

@@ -37,6 +37,8 @@ PACKAGE = "telesurg"
 PARAMS = ShareFile(PACKAGE, "config", "telesurg.yaml")
 #: The bridge's links, key file and topics (the same file at both sites).
 BRIDGE_CONFIG = ShareFile(PACKAGE, "config", "bridge.yaml")
+#: The Fast DDS profile every telesurg process runs with (unless one is set already).
+FASTDDS_PROFILE = ShareFile(PACKAGE, "config", "fastdds_profile.xml")
 #: The arm.
 URDF = ShareFile(PACKAGE, "description", "psm.urdf")
 #: The Gazebo world the arm is spawned into.
@@ -48,7 +50,8 @@ GAZEBO_LAUNCH = ShareFile(PACKAGE, "launch", "gazebo.launch.py")
 #: Gazebo Sim itself (package ros_gz_sim).
 GZ_SIM_LAUNCH = ShareFile("ros_gz_sim", "launch", "gz_sim.launch.py")
 #: Every file the launch files name.
-SHARE_FILES = (PARAMS, BRIDGE_CONFIG, URDF, WORLD, RVIZ_CONFIG, GAZEBO_LAUNCH, GZ_SIM_LAUNCH)
+SHARE_FILES = (PARAMS, BRIDGE_CONFIG, FASTDDS_PROFILE, URDF, WORLD, RVIZ_CONFIG, GAZEBO_LAUNCH,
+               GZ_SIM_LAUNCH)
 
 # Simulation ---------------------------------------------------------------------------------
 

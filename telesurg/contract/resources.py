@@ -36,5 +36,9 @@ def arm_urdf() -> Path:
     return share_dir() / "description" / "psm.urdf"
 
 
+#: The environment variable that names Fast DDS's profile file (fastdds_profile()).
+FASTDDS_PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
 def fastdds_profile() -> Path:
     return share_dir() / "config" / "fastdds_profile.xml"

@@ -44,7 +44,11 @@ from telesurg.contract.graph import (
     nodes_of_site,
 )
 from telesurg.contract.params import ConfigError, load_parameter_file
-from telesurg.contract.resources import default_config, fastdds_profile
+from telesurg.contract.resources import (
+    FASTDDS_PROFILE_VARIABLE,
+    default_config,
+    fastdds_profile,
+)
 from telesurg.contract.states import OperatingState, StateCommand
 from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS, SITES, Qos
 from telesurg.linkem.model import PROFILES, Outage, outage_timeline
@@ -111,7 +115,7 @@ def session_environment(domain_id: int) -> dict[str, str]:
         "ROS_DOMAIN_ID": str(domain_id),
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-        "FASTDDS_DEFAULT_PROFILES_FILE": str(fastdds_profile()),
+        FASTDDS_PROFILE_VARIABLE: str(fastdds_profile()),
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -399,7 +403,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     _clear_previous_run(out, say)
     os.environ.update({k: v for k, v in session_environment(domain_id).items()
                        if k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION",
-                                "FASTDDS_DEFAULT_PROFILES_FILE")})
+                                FASTDDS_PROFILE_VARIABLE)})
     with contextlib.ExitStack() as stack:
         if scratch:
             stack.callback(shutil.rmtree, scratch, ignore_errors=True)
