@@ -59,7 +59,8 @@ def test_two_links_cutting_the_one_zenoh_sends_on_stops_deliveries():
     figures, _ = zenoh_link.zenoh_stream("lan", ("a", "b"), RATE_HZ, 1.0,
                                          cut=(zenoh_link.SENDING_LINK, 0.3, 0.4))
     assert figures["sending_link"] in ("a", "b")
-    assert figures["delivered_in_outage"] <= OUTAGE_EDGE
+    # Once in about 20 fresh-clone runs 6 arrived: the figures say more next time.
+    assert figures["delivered_in_outage"] <= OUTAGE_EDGE, figures
     assert figures["lost"] > 0.3 * RATE_HZ
     assert figures["links_at_end"] == 2
 
