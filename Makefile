@@ -16,6 +16,12 @@ setup: $(STAMP)
 # naming the packages to install.
 DEBIAN_PACKAGES := g++ pkg-config libsdformat-dev
 
+# ROS 2's launch system and command line (launch, launch_ros, ros2cli...), which PyPI lacks:
+# installed into .venv from this folder when it is there (its install-into builds their
+# interface packages with cmake, 1-2 minutes). Without it, the demo and the tests still run;
+# the tests of real `ros2 launch` runs skip, naming what is missing.
+ROS2_BUNDLE ?= ../shared/ros2
+
 $(STAMP): requirements.txt setup.py setup.cfg package.xml
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	   ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
@@ -24,6 +30,10 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml
 	$(PY) -m pip install --quiet --upgrade pip==26.3
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) setup.py --quiet ament_layout --prefix $(VENV)
+	if [ -x "$(ROS2_BUNDLE)/install-into" ]; then "$(ROS2_BUNDLE)/install-into" $(VENV); \
+	else echo "setup: no ROS 2 launch bundle at $(ROS2_BUNDLE) (ROS2_BUNDLE=...): \
+	ros2 launch/run and the tests that use them are unavailable"; fi
 	touch $(STAMP)
 
 demo: setup

@@ -13,7 +13,7 @@ command from telesurg.bringup.plan (pure, tested without launch).
 
 from datetime import datetime
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch.actions import (
     DeclareLaunchArgument,
     EmitEvent,
@@ -159,14 +159,28 @@ def bridge_node(site: str, *, use_sim_time: bool = False, condition=None) -> Nod
                 parameters=[parameters, *extra], output="screen", condition=condition)
 
 
-def robot_state_publisher(*, use_sim_time: bool, condition=None) -> Node:
+def robot_state_publisher(*, use_sim_time: bool, condition=None,
+                          optional: bool = False) -> Node | LogInfo:
     """The arm's URDF on robot_description (which Gazebo's spawn and gz_ros2_control read)
-    and its frames on /tf from /joint_states."""
+    and its frames on /tf from /joint_states. Optional (only RViz needs it): where it is not
+    installed, a line says so and the site runs without it."""
+    if optional and not _installed("robot_state_publisher"):
+        return LogInfo(msg="robot_state_publisher is not installed: no robot_description or "
+                           "/tf for RViz (the telesurg nodes do not need them)",
+                       condition=condition)
     description = support.robot_description(get_package_share_directory(support.PACKAGE))
     return Node(package="robot_state_publisher", executable="robot_state_publisher",
                 parameters=[{"robot_description": ParameterValue(description, value_type=str),
                              "use_sim_time": use_sim_time}],
                 output="screen", condition=condition)
+
+
+def _installed(package: str) -> bool:
+    try:
+        get_package_share_directory(package)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 def rviz_node() -> Node:
@@ -205,7 +219,7 @@ def patient_actions(*, with_bridge: bool) -> list:
                        parameters={"hardware": support.ARM_HARDWARE_OF_SIM["mujoco"]}),
         *session_nodes([controller], condition=_sim_is("none"),
                        parameters={"hardware": support.ARM_HARDWARE_OF_SIM["none"]}),
-        robot_state_publisher(use_sim_time=False, condition=_sim_is("mujoco")),
+        robot_state_publisher(use_sim_time=False, condition=_sim_is("mujoco"), optional=True),
         GroupAction(at_once, condition=IfCondition(
             NotEqualsSubstitution(LaunchConfiguration("sim"), "gazebo"))),
         gazebo,

@@ -22,6 +22,7 @@ from telesurg.contract.params import (
     load_parameter_file,
 )
 from telesurg.ros.loop import serve
+from telesurg.session.processes import die_with_parent
 
 #: How long a thread holding the interpreter lock keeps a waiting one waiting (Python's default
 #: is 5 ms): a bridge's receive thread, woken by a datagram or a link deadline, must not wait
@@ -79,6 +80,9 @@ def run_nodes(process_name: str, creators: list[Callable[[], Node]],
     arguments apply to each of them, as in a ROS 2 container: a parameter file gives each node
     its own section."""
     args = sys.argv if args is None else args
+    # Whatever started this process (ros2 launch, ros2 run, telesurg demo) may die without
+    # stopping it, even by SIGKILL: then it stops cleanly too, never running on as an orphan.
+    die_with_parent()
     # A crash in native code (rclpy, the middleware, MuJoCo) leaves the Python stacks of every
     # thread in the node's log, not just a signal number.
     faulthandler.enable()

@@ -17,8 +17,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """Runs in the child before exec: if the session process dies, even by SIGKILL, the node
-    gets SIGTERM instead of living on as an orphan."""
+    """If the parent process dies, even by SIGKILL, this process gets SIGTERM instead of living
+    on as an orphan (run in a child before exec, or by the child itself)."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 

@@ -1,0 +1,169 @@
+"""The launch files really launched, and the `ros2` command line on telesurg, where ROS 2's
+launch system and command line are installed (`make setup` installs them from the bundle in
+../shared/ros2 when it is there; elsewhere these tests skip, naming what is missing).
+
+Each launch runs as `ros2 launch` would from a terminal, on a DDS domain of its own; the tests
+read the graph with `ros2 topic echo`, the way a user checks a launch."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from telesurg.bridge.wire import write_key
+from telesurg.session.processes import die_with_parent
+
+pytestmark = pytest.mark.multiprocess
+
+ROS2 = Path(sys.prefix) / "bin" / "ros2"
+STARTED = re.compile(r"process started with pid \[(\d+)\]")
+UP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+@pytest.fixture
+def launch_env(ros_env):
+    """ros_env, with the venv as the ament prefix: skip unless ros2 and telesurg are there."""
+    env = dict(ros_env, AMENT_PREFIX_PATH=os.environ.get("AMENT_PREFIX_PATH") or sys.prefix)
+    if not ROS2.is_file():
+        pytest.skip(f"{ROS2} is not installed: ROS 2's launch system and command line are not "
+                    "on PyPI (make setup installs them from ROS2_BUNDLE, ../shared/ros2)")
+    prefix = subprocess.run([ROS2, "pkg", "prefix", "telesurg"], env=env, capture_output=True,
+                            text=True, timeout=30)
+    if prefix.returncode != 0:
+        pytest.skip(f"telesurg is not in the ament index of {env['AMENT_PREFIX_PATH']} "
+                    f"({prefix.stderr.strip()}): make setup lays it out in .venv")
+    return env
+
+
+class Launch:
+    """One `ros2 launch` process, its output in a log file."""
+
+    def __init__(self, arguments: list[str], env: dict, log: Path):
+        self.log = log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [ROS2, "launch", "telesurg", *arguments], env=env, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def node_pids(self) -> list[int]:
+        return [int(pid) for pid in STARTED.findall(self.output())]
+
+    def stop(self, signum: int) -> int:
+        """Send signum to ros2 launch alone (as a terminal's Ctrl-C or a service manager's
+        stop does) and return its exit status."""
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def kill_all(self) -> None:
+        """Teardown: whatever is left of the launch and its nodes."""
+        for pid in [self.process.pid, *self.node_pids()]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture
+def launches(tmp_path):
+    started = []
+
+    def launch(arguments: list[str], env: dict) -> Launch:
+        started.append(Launch(arguments, env, tmp_path / f"launch_{len(started)}.log"))
+        return started[-1]
+
+    yield launch
+    for item in started:
+        item.kill_all()
+
+
+def echo_once(topic: str, env: dict, until: str, timeout_s: float = UP_TIMEOUT_S) -> str:
+    """`ros2 topic echo --once topic`, repeated until its output contains `until`."""
+    deadline = time.monotonic() + timeout_s
+    output = ""
+    while time.monotonic() < deadline:
+        try:
+            output = subprocess.run(
+                [ROS2, "topic", "echo", "--once", "--no-daemon", topic], env=env,
+                capture_output=True, text=True,
+                timeout=max(1.0, deadline - time.monotonic())).stdout
+        except subprocess.TimeoutExpired:
+            break
+        if until in output:
+            return output
+    raise AssertionError(f"no {until!r} on {topic} within {timeout_s} s; last: {output[-300:]}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
+    """The pids still running after timeout_s (none, once all have exited)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def test_ros2_knows_the_package_and_runs_its_executables(launch_env):
+    prefix = subprocess.run([ROS2, "pkg", "prefix", "telesurg"], env=launch_env,
+                            capture_output=True, text=True, timeout=30).stdout.strip()
+    assert Path(prefix).resolve() == Path(sys.prefix).resolve()
+    listed = subprocess.run([ROS2, "pkg", "executables", "telesurg"], env=launch_env,
+                            capture_output=True, text=True, timeout=30).stdout.split()
+    for executable in ("arm_controller", "bridge", "safety_supervisor", "master_console",
+                       "virtual_surgeon", "site_container", "telesurg"):
+        assert executable in listed
+    run = subprocess.run([ROS2, "run", "telesurg", "telesurg", "--help"], env=launch_env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "demo" in run.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_default_launch_comes_up_and_stops_with_its_nodes(launch_env, launches, signum):
+    """telesurg.launch.py with its defaults (sim:=mujoco), where robot_state_publisher is not
+    installed: the nodes come up, the arm DISABLED; stopping ros2 launch stops every node."""
+    launch = launches(["telesurg.launch.py"], launch_env)
+    assert "DISABLED" in echo_once("/psm/operating_state", launch_env, "DISABLED")
+    pids = launch.node_pids()
+    assert len(pids) == 4, launch.output()[-2000:]
+    assert all(alive(pid) for pid in pids)
+    status = launch.stop(signum)
+    assert not wait_gone(pids), f"nodes left running after {signum.name}: {launch.output()}"
+    if signum == signal.SIGINT:
+        assert status == 0, launch.output()[-2000:]
+
+
+def test_two_sites_on_two_domains_join_over_the_bridge(launch_env, launches, tmp_path,
+                                                       second_domain_id):
+    """master_site.launch.py and patient_site.launch.py in two DDS domains, the default
+    bridge configuration (both links on loopback): both sites see both links up."""
+    key = tmp_path / "bridge.key"
+    write_key(key)
+    patient_env = dict(launch_env, ROS_DOMAIN_ID=str(second_domain_id))
+    key_argument = f"key_file:={key}"
+    master = launches(["master_site.launch.py", key_argument], launch_env)
+    patient = launches(["patient_site.launch.py", key_argument], patient_env)
+    for env in (launch_env, patient_env):
+        echo_once("/bridge/link_state", env, "REDUNDANT")
+    assert "DISABLED" in echo_once("/psm/operating_state", launch_env, "DISABLED")
+    for site in (master, patient):
+        pids = site.node_pids()
+        assert site.stop(signal.SIGINT) == 0, site.output()[-2000:]
+        assert not wait_gone(pids)
