@@ -9,12 +9,18 @@ multiprocess: the fast tier stays free of processes and DDS.
 
 import itertools
 import os
+import sys
 
 import pytest
 
 from telesurg.bridge import config as bridge_config
 from telesurg.contract.resources import FASTDDS_PROFILE_VARIABLE
 from telesurg.session.demo import session_environment
+
+# The venv is the ament prefix (make setup lays telesurg out in it, beside the ROS wheels):
+# ament_index lookups, and the ros2 command where it is installed, search it as after
+# `export AMENT_PREFIX_PATH=.venv`.
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 
 # Fast DDS refuses domain ids above 232 (UDP port arithmetic): stay within [100, 232].
 _domains = itertools.cycle(range(100 + os.getpid() % 40 * 3, 233))

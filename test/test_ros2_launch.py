@@ -30,8 +30,9 @@ STOP_TIMEOUT_S = 15.0
 
 @pytest.fixture
 def launch_env(ros_env):
-    """ros_env, with the venv as the ament prefix: skip unless ros2 and telesurg are there."""
-    env = dict(ros_env, AMENT_PREFIX_PATH=os.environ.get("AMENT_PREFIX_PATH") or sys.prefix)
+    """ros_env (the venv its ament prefix, conftest.py): skip unless ros2 and telesurg are
+    there."""
+    env = dict(ros_env)
     if not ROS2.is_file():
         pytest.skip(f"{ROS2} is not installed: ROS 2's launch system and command line are not "
                     "on PyPI (make setup installs them from ROS2_BUNDLE, ../shared/ros2)")
@@ -167,3 +168,16 @@ def test_two_sites_on_two_domains_join_over_the_bridge(launch_env, launches, tmp
         pids = site.node_pids()
         assert site.stop(signal.SIGINT) == 0, site.output()[-2000:]
         assert not wait_gone(pids)
+
+
+@pytest.mark.parametrize(("parent", "survives"), [("the same", True), ("another", False)])
+def test_a_process_whose_parent_died_while_it_started_stops_at_once(parent, survives):
+    """A node asks to die with its parent only after its slow imports: if the parent it
+    started with is gone by then, it stops at once instead of running on as an orphan."""
+    started_with = "os.getppid()" if parent == "the same" else "os.getppid() + 1"
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; from telesurg.session.processes import "
+         f"die_with_parent; die_with_parent({started_with}); print('running')"],
+        capture_output=True, text=True, timeout=60)
+    assert (child.returncode, child.stdout) == ((0, "running\n") if survives
+                                                else (-signal.SIGTERM, ""))

@@ -15,6 +15,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from telesurg import STARTED_BY_PID
 from telesurg.contract.params import (
     NODE_PARAMETERS,
     ConfigError,
@@ -81,8 +82,9 @@ def run_nodes(process_name: str, creators: list[Callable[[], Node]],
     its own section."""
     args = sys.argv if args is None else args
     # Whatever started this process (ros2 launch, ros2 run, telesurg demo) may die without
-    # stopping it, even by SIGKILL: then it stops cleanly too, never running on as an orphan.
-    die_with_parent()
+    # stopping it, even by SIGKILL, or may have died while this one imported: then it stops
+    # too, never running on as an orphan.
+    die_with_parent(STARTED_BY_PID)
     # A crash in native code (rclpy, the middleware, MuJoCo) leaves the Python stacks of every
     # thread in the node's log, not just a signal number.
     faulthandler.enable()

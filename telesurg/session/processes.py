@@ -16,10 +16,14 @@ from telesurg.contract.graph import NodeSpec
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int | None = None) -> None:
     """If the parent process dies, even by SIGKILL, this process gets SIGTERM instead of living
-    on as an orphan (run in a child before exec, or by the child itself)."""
+    on as an orphan (run in a child before exec, or by the child itself). parent_pid: the
+    parent this process had at its start, when it asks later: if that one has died already,
+    SIGTERM comes at once."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def cpu_seconds(pid: int) -> float:
