@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from telesurg.bridge.wire import write_key
+from telesurg.bringup import plan as support
 from telesurg.session.processes import die_with_parent
 
 pytestmark = pytest.mark.multiprocess
@@ -89,6 +90,17 @@ def launches(tmp_path):
         item.kill_all()
 
 
+def ros2(arguments: list[str], env: dict) -> subprocess.CompletedProcess:
+    """A `ros2` command without the daemon, repeated while it fails for up to UP_TIMEOUT_S
+    (a node it names may not be discovered yet)."""
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while True:
+        result = subprocess.run([ROS2, *arguments, "--no-daemon"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode == 0 or time.monotonic() > deadline:
+            return result
+
+
 def echo_once(topic: str, env: dict, until: str, timeout_s: float = UP_TIMEOUT_S) -> str:
     """`ros2 topic echo --once topic`, repeated until its output contains `until`."""
     deadline = time.monotonic() + timeout_s
@@ -145,6 +157,8 @@ def test_the_default_launch_comes_up_and_stops_with_its_nodes(launch_env, launch
     pids = launch.node_pids()
     assert len(pids) == 4, launch.output()[-2000:]
     assert all(alive(pid) for pid in pids)
+    rate = ros2(["param", "get", "/arm_controller", "rate_hz"], launch_env)
+    assert rate.stdout.strip() == "Double value is: 500.0", rate
     status = launch.stop(signum)
     assert not wait_gone(pids), f"nodes left running after {signum.name}: {launch.output()}"
     if signum == signal.SIGINT:
@@ -160,10 +174,19 @@ def test_two_sites_on_two_domains_join_over_the_bridge(launch_env, launches, tmp
     patient_env = dict(launch_env, ROS_DOMAIN_ID=str(second_domain_id))
     key_argument = f"key_file:={key}"
     master = launches(["master_site.launch.py", key_argument], launch_env)
-    patient = launches(["patient_site.launch.py", key_argument], patient_env)
+    # RViz and recording asked for where neither is installed: a line each, the site runs.
+    patient = launches(["patient_site.launch.py", key_argument, "rviz:=true", "record:=true"],
+                       patient_env)
     for env in (launch_env, patient_env):
         echo_once("/bridge/link_state", env, "REDUNDANT")
     assert "DISABLED" in echo_once("/psm/operating_state", launch_env, "DISABLED")
+    for program, package in (("rviz2", "rviz2"), ("ros2 bag", support.ROS2_BAG_PACKAGE)):
+        assert f"but {program} " in patient.output() or support.installed(package)
+    # Enabled from the master site, the virtual surgeon's commands reach the patient site.
+    enable = subprocess.run([ROS2, "run", "telesurg", "telesurg", "state", "enable"],
+                            env=launch_env, capture_output=True, text=True, timeout=60)
+    assert enable.returncode == 0, (enable.stdout, enable.stderr)
+    assert "position" in echo_once("/psm/servo_cp", patient_env, "position")
     for site in (master, patient):
         pids = site.node_pids()
         assert site.stop(signal.SIGINT) == 0, site.output()[-2000:]
@@ -181,3 +204,12 @@ def test_a_process_whose_parent_died_while_it_started_stops_at_once(parent, surv
         capture_output=True, text=True, timeout=60)
     assert (child.returncode, child.stdout) == ((0, "running\n") if survives
                                                 else (-signal.SIGTERM, ""))
+
+
+def test_gazebo_asked_for_where_it_is_missing_fails_naming_it(launch_env, launches):
+    if support.installed(support.GZ_SIM_LAUNCH.package):
+        pytest.skip("Gazebo (ros_gz_sim) is installed here")
+    launch = launches(["patient_site.launch.py", "sim:=gazebo"], launch_env)
+    assert launch.process.wait(timeout=60) != 0
+    assert f"package '{support.GZ_SIM_LAUNCH.package}' not found" in launch.output()
+    assert not launch.node_pids()

@@ -13,7 +13,7 @@ command from telesurg.bringup.plan (pure, tested without launch).
 
 from datetime import datetime
 
-from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from ament_index_python.packages import get_package_share_directory
 from launch.actions import (
     DeclareLaunchArgument,
     EmitEvent,
@@ -164,7 +164,7 @@ def robot_state_publisher(*, use_sim_time: bool, condition=None,
     """The arm's URDF on robot_description (which Gazebo's spawn and gz_ros2_control read)
     and its frames on /tf from /joint_states. Optional (only RViz needs it): where it is not
     installed, a line says so and the site runs without it."""
-    if optional and not _installed("robot_state_publisher"):
+    if optional and not support.installed("robot_state_publisher"):
         return LogInfo(msg="robot_state_publisher is not installed: no robot_description or "
                            "/tf for RViz (the telesurg nodes do not need them)",
                        condition=condition)
@@ -175,28 +175,31 @@ def robot_state_publisher(*, use_sim_time: bool, condition=None,
                 output="screen", condition=condition)
 
 
-def _installed(package: str) -> bool:
-    try:
-        get_package_share_directory(package)
-    except PackageNotFoundError:
-        return False
-    return True
-
-
-def rviz_node() -> Node:
+def rviz_node() -> Node | LogInfo:
+    """RViz when rviz:=true; where it is not installed, a line says so."""
+    condition = IfCondition(LaunchConfiguration("rviz"))
+    if not support.installed("rviz2"):
+        return LogInfo(msg="rviz:=true but rviz2 is not installed: no RViz", condition=condition)
     return Node(package="rviz2", executable="rviz2",
                 arguments=["-d", share_file(support.RVIZ_CONFIG)],
                 parameters=[{"use_sim_time": ParameterValue(
                     EqualsSubstitution(LaunchConfiguration("sim"), "gazebo"), value_type=bool)}],
-                condition=IfCondition(LaunchConfiguration("rviz")), output="screen")
+                condition=condition, output="screen")
 
 
-def recorder(sites) -> ExecuteProcess:
-    """`ros2 bag record` of the sites' contract topics, when record:=true."""
+def recorder(sites) -> ExecuteProcess | LogInfo:
+    """`ros2 bag record` of the sites' contract topics, when record:=true; where rosbag2's
+    `ros2 bag` is not installed, a line says so and names telesurg's own recorder."""
+    condition = IfCondition(LaunchConfiguration("record"))
+    if not support.installed(support.ROS2_BAG_PACKAGE):
+        return LogInfo(msg="record:=true but ros2 bag (rosbag2) is not installed: nothing is "
+                           "recorded by this launch; `ros2 run telesurg telesurg record "
+                           "--site SITE --out DIR` records a site's contract topics "
+                           f"({', '.join(sites)})",
+                       condition=condition)
     command = support.record_command(support.contract_topics(sites),
                                      LaunchConfiguration("record_dir"))
-    return ExecuteProcess(cmd=command, condition=IfCondition(LaunchConfiguration("record")),
-                          output="screen")
+    return ExecuteProcess(cmd=command, condition=condition, output="screen")
 
 
 def patient_actions(*, with_bridge: bool) -> list:

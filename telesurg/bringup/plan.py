@@ -141,6 +141,21 @@ def contract_topics(sites: Iterable[str]) -> list[str]:
     return sorted(topics)
 
 
+def installed(package: str) -> bool:
+    """Whether an ament package is installed where ament_index looks (AMENT_PREFIX_PATH)."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+    try:
+        get_package_share_directory(package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+#: The package that gives `ros2 bag` its verbs (rosbag2's command line).
+ROS2_BAG_PACKAGE = "ros2bag"
+
+
 def record_command(topics: Sequence[str], output) -> list:
     """`ros2 bag record` of exactly these topics into the directory `output` (a string or a
     launch substitution), as MCAP. --topics comes last: it takes every argument after it."""
