@@ -58,9 +58,10 @@ pytestmark = pytest.mark.multiprocess
 PAUSE_WITHIN_MS = 1000.0  # generous: the design figures are printed
 # Open defect: a SIGKILLed process has now and then frozen the other node processes of its DDS
 # domain for about 1 s (the supervisor, PAUSED 1007 ms after the patient bridge's kill; the arm
-# controller, held 1007 ms after the site container's): with Fast DDS's shared memory, a
-# publish waiting on a port mutex the killed process held; once without it, cause unknown.
-# Until it is fixed, the cases that kill a process allow it; the design figures are printed.
+# controller, held 1007 ms after the site container's): Fast DDS's shared memory, a publish
+# waiting on a port mutex the killed process held; rmw_fastrtps keeps shared memory under the
+# LOCALHOST discovery range these sessions use. Until it is fixed, the cases that kill a
+# process allow it; the design figures are printed.
 KILLED_PEER_WITHIN_MS = 1500.0
 HELD_MOTION_MM = 0.1  # from 100 ms after the hold was commanded
 HELD_RAW_MOTION_MM = 0.25  # from the hold itself (0.05 mm at most seen so far)

@@ -73,8 +73,8 @@ def _sim_is(value: str) -> IfCondition:
 
 def middleware_profile() -> SetEnvironmentVariable:
     """telesurg's Fast DDS profile for every process launched, unless the environment names
-    one: its UDP-only transport keeps a killed process from stalling the others (shared
-    memory's lock and port health timeouts held peers about 1 s)."""
+    one: UDP only, so that a killed process cannot stall the others (a shared-memory port's
+    mutex the killed process held blocked its peers' publish about 1 s)."""
     return SetEnvironmentVariable(FASTDDS_PROFILE_VARIABLE, EnvironmentVariable(
         FASTDDS_PROFILE_VARIABLE, default_value=share_file(support.FASTDDS_PROFILE)))
 
