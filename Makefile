@@ -11,18 +11,21 @@ STAMP := $(VENV)/.telesurg-installed
 
 setup: $(STAMP)
 
-# As root, also the Debian packages of the Gazebo file checks: SDFormat 12 (the parser Gazebo
-# uses) and a compiler for the small checker the tests build. Otherwise those tests skip,
-# naming the packages to install.
-DEBIAN_PACKAGES := g++ pkg-config libsdformat-dev
+# As root, the Debian packages that build the CRTK messages telesurg carries (cmake, a compiler,
+# Python's headers) and those of the Gazebo file checks: SDFormat 12 (the parser Gazebo uses),
+# whose small checker the tests build (without it those tests skip, naming the packages).
+DEBIAN_PACKAGES := g++ cmake ninja-build python3-dev pkg-config libsdformat-dev
 
 # ROS 2's launch system and command line (launch, launch_ros, ros2cli...), which PyPI lacks:
 # installed into .venv from this folder when it is there (its install-into builds their
 # interface packages with cmake, 1-2 minutes). Without it, the demo and the tests still run;
-# the tests of real `ros2 launch` runs skip, naming what is missing.
+# the tests of real `ros2 launch` runs skip, naming what is missing. Installed once: its
+# install-into fails when run again on the same venv, so a venv with `ros2` keeps it (make clean
+# and make setup to take a newer bundle). It runs before interfaces/install-into, which builds
+# the CRTK messages telesurg carries and would otherwise leave install-into nothing to patch.
 ROS2_BUNDLE ?= ../shared/ros2
 
-$(STAMP): requirements.txt setup.py setup.cfg package.xml
+$(STAMP): requirements.txt setup.py setup.cfg package.xml $(wildcard interfaces/*/msg/*.msg)
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	   ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
 	  apt-get update -qq && apt-get install -y -qq $(DEBIAN_PACKAGES); fi
@@ -31,9 +34,11 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) setup.py --quiet ament_layout --prefix $(VENV)
-	if [ -x "$(ROS2_BUNDLE)/install-into" ]; then "$(ROS2_BUNDLE)/install-into" $(VENV); \
+	if [ -x $(VENV)/bin/ros2 ]; then :; \
+	elif [ -x "$(ROS2_BUNDLE)/install-into" ]; then "$(ROS2_BUNDLE)/install-into" $(VENV); \
 	else echo "setup: no ROS 2 launch bundle at $(ROS2_BUNDLE) (ROS2_BUNDLE=...): \
 	ros2 launch/run and the tests that use them are unavailable"; fi
+	interfaces/install-into $(VENV)
 	touch $(STAMP)
 
 demo: setup

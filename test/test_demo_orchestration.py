@@ -13,6 +13,8 @@ import threading
 
 import pytest
 import yaml
+from crtk_msgs.msg import OperatingState
+from rclpy.clock import Clock
 from rclpy.node import Node
 from std_msgs.msg import String
 
@@ -24,7 +26,7 @@ from telesurg.session.demo import DemoError, DemoOptions, ScriptedOperator, plan
 
 
 class FakeNode:
-    """What ScriptedOperator uses of an rclpy node: its publishers and subscriptions."""
+    """What ScriptedOperator uses of an rclpy node: its clock, publishers and subscriptions."""
 
     def __init__(self):
         self.sent: dict[str, list[str]] = {}
@@ -33,13 +35,18 @@ class FakeNode:
     def create_publisher(self, _type, name, _qos):
         sent = self.sent.setdefault(name, [])
         return type("Publisher", (), {"publish": lambda _self, message: sent.append(
-            message.data)})()
+            message.string)})()
+
+    def get_clock(self):
+        return Clock()
 
     def create_subscription(self, _type, name, callback, _qos, raw=False):
         self.callbacks[name] = callback
 
     def hear(self, topic, text):
-        self.callbacks[topic.name](String(data=text))
+        message = (OperatingState(state=text) if topic is topics.PSM_OPERATING_STATE
+                   else String(data=text))
+        self.callbacks[topic.name](message)
 
 
 def operator_on(node, said):

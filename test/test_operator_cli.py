@@ -149,7 +149,7 @@ def test_a_picture_says_what_is_not_known_yet():
 
 def test_a_complete_picture_is_one_line_with_state_cause_following_and_links():
     picture = Picture()
-    picture.on_state(10.0, "PAUSED")
+    picture.on_state(10.0, "PAUSED", True)
     picture.on_status(10.0, status_json("PAUSED", "link lost", ["link lost (overall LOST)"],
                                         ["link SINGLE: no redundancy left"]))
     picture.on_following(10.0, False)
@@ -159,15 +159,17 @@ def test_a_complete_picture_is_one_line_with_state_cause_following_and_links():
         "PAUSED (cause: link lost; persisting: link lost (overall LOST); warnings: link "
         "SINGLE: no redundancy left) | following no | links LOST: a DOWN heard 3.0 ms ago "
         "rtt 0.8 ms loss 0.0%, b DOWN heard 412 ms ago rtt 0.9 ms loss 0.0%")
-    picture.on_state(10.3, "ENABLED")  # the 20 Hz state is fresher than the 2 Hz status
+    picture.on_state(10.3, "ENABLED", True)  # the 20 Hz state is fresher than the 2 Hz status
     picture.on_following(10.3, True)
     assert format_picture(picture, 10.4).startswith("ENABLED (cause: link lost")
     assert "| following yes |" in format_picture(picture, 10.4)
+    picture.on_state(10.5, "DISABLED", False)  # after unhome
+    assert format_picture(picture, 10.6).startswith("DISABLED (not homed; cause: link lost")
 
 
 def test_reports_that_stopped_coming_are_shown_stale():
     picture = Picture()
-    picture.on_state(0.0, "ENABLED")
+    picture.on_state(0.0, "ENABLED", True)
     picture.on_status(0.0, status_json("ENABLED"))
     picture.on_link_state(0.0, link_statuses())
     assert "stale" not in format_picture(picture, 0.9)

@@ -20,6 +20,7 @@ ROSDEP_KEYS = {
     "geometry_msgs": "geometry_msgs",
     "sensor_msgs": "sensor_msgs",
     "diagnostic_msgs": "diagnostic_msgs",
+    "crtk_msgs": "crtk_msgs",
     "trajectory_msgs": "trajectory_msgs",
     "builtin_interfaces": "builtin_interfaces",
     "rosgraph_msgs": "rosgraph_msgs",

@@ -188,6 +188,15 @@ TABLE = [
     (FAULT, "disable", True, DISABLED, "FAULT -> DISABLED"),
     (FAULT, "pause", False, FAULT, "pause refused in FAULT: only ENABLED pauses"),
     (FAULT, "resume", False, FAULT, "resume refused in FAULT: only PAUSED resumes"),
+    # Homing changes no state (the arm is homed from the start: absolute joint positions).
+    (DISABLED, "home", True, DISABLED, "already homed"),
+    (DISABLED, "unhome", True, DISABLED, "not homed: enable refused until home"),
+    (ENABLED, "home", True, ENABLED, "already homed"),
+    (ENABLED, "unhome", False, ENABLED, "unhome refused in ENABLED: disable first"),
+    (PAUSED, "home", True, PAUSED, "already homed"),
+    (PAUSED, "unhome", False, PAUSED, "unhome refused in PAUSED: disable first"),
+    (FAULT, "home", True, FAULT, "already homed"),  # the condition has cleared: FAULT latches
+    (FAULT, "unhome", True, FAULT, "not homed: enable refused until home"),
 ]
 
 
@@ -209,6 +218,24 @@ def test_command_table(state, command, accepted, after, reason):
         assert expected.detail and sup.cause == COMMAND_CAUSES[command]
 
 
+def test_unhomed_arm_refuses_enable_until_home_and_home_needs_the_arm_heard():
+    sup = ready()
+    assert sup.is_homed
+    assert sup.command(T0, "unhome").accepted and not sup.is_homed
+    assert sup.command(T0, "enable").reason == ("enable refused: the arm is not homed: "
+                                                "send home")
+    assert sup.state is DISABLED
+    result = sup.command(T0, "home")
+    assert result.accepted and sup.is_homed and result.transitions == []
+    assert result.reason == "homed (absolute joint positions: no homing motion)"
+    assert sup.command(T0, "enable").accepted
+    silent = make()  # no joint states yet: homing cannot be confirmed
+    silent.command(T0, "unhome")
+    assert silent.command(T0, "home").reason == ("home refused: arm joint states stopped "
+                                                 "(none yet)")
+    assert not silent.is_homed
+
+
 def test_commands_may_be_given_as_command_members():
     sup = ready()
     assert sup.command(T0, Command.ENABLE).accepted
@@ -222,7 +249,7 @@ def test_unknown_commands_are_refused_listing_the_valid_ones(command):
         result = sup.command(T0, command)
         assert not result.accepted and sup.state is state and result.transitions == []
         assert result.reason == (f"unknown command {command!r}: valid commands are enable, "
-                                 f"disable, pause, resume")
+                                 f"disable, home, unhome, pause, resume")
 
 
 def test_disable_from_fault_says_enable_stays_refused_while_the_condition_persists():
@@ -798,7 +825,7 @@ _INPUTS = st.one_of(
     st.tuples(st.just("update")),
     st.tuples(st.just("state_command"),
               st.sampled_from(["enable", "resume", "enable", "resume", "disable", "pause",
-                               "bogus"])),
+                               "home", "unhome", "bogus"])),
 )
 _JOINTS = {"home": HOME, "near": [1.49, 0.0, 0.12], "nan": [math.nan, 0.0, 0.12],
            "short": [0.0, 0.0]}
@@ -846,6 +873,8 @@ def _check(sup, now, step, state_before, count, made, result):
     if sup.state is ENABLED:
         # Every input is evaluated at once: ENABLED never outlives a cause.
         assert sup.persisting_causes(now) == []
+    if sup.state in (ENABLED, PAUSED):  # an arm that may move is always homed
+        assert sup.is_homed
 
 
 @settings(max_examples=120, deadline=None)

@@ -63,6 +63,12 @@ def following_changes(messages: list[tuple[int, object]]) -> list[tuple[int, boo
     return [(t, message.data) for t, message in messages]
 
 
+def operating_states(messages: list[tuple[int, object]]) -> list[tuple[int, str]]:
+    """/psm/operating_state (crtk_msgs/OperatingState) reports as (time, state); they carry no
+    cause (/safety/status does)."""
+    return [(t, message.state) for t, message in messages]
+
+
 @dataclass(frozen=True)
 class Transition:
     """A change of the arm's operating state as recorded (patient.safety.Transition is the

@@ -27,6 +27,7 @@ from telesurg.analysis.recording import (
     Track,
     Transition,
     following_changes,
+    operating_states,
     pose_track,
     safety_states,
     tracking_error_series,
@@ -223,11 +224,6 @@ def lost_intervals(history: LinkHistory, end_ns: int) -> list[Interval]:
     return [run for run in state_runs(history.overall, end_ns) if run.state == OverallState.LOST]
 
 
-def operating_states(states: list[tuple[int, object]]) -> list[tuple[int, str, str]]:
-    """(time, state, cause) of /psm/operating_state reports, which carry no cause."""
-    return [(time_ns, message.data, "") for time_ns, message in states]
-
-
 def task_window(summary: dict, recorded: list[Transition]) -> tuple[int, int] | None:
     """The task's start and end on the bags' clock, if summary.json anchors them: its
     transitions are timed from the task start (t_s), so the first one also recorded gives the
@@ -306,7 +302,7 @@ def extract_session(recording: Recording, summary: dict) -> Session:
     if statuses:
         session.states, session.states_topic = statuses, topics.SAFETY_STATUS.name
     elif (states := recording.topic(topics.PSM_OPERATING_STATE.name)[1]):
-        session.states = operating_states(states)
+        session.states = [(t, state, "") for t, state in operating_states(states)]
         session.states_topic = topics.PSM_OPERATING_STATE.name
     following = recording.topic(topics.CONSOLE_FOLLOWING.name)[1]
     if following:

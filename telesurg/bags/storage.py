@@ -12,8 +12,10 @@ Every problem reading a bag is a BagError whose message names the file.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import struct
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -30,15 +32,45 @@ from rosbags.interfaces import (
     QosTime,
 )
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from telesurg.bags.mcap_check import CHUNK_CRC_OFFSET, ChunkDamage, chunk_crc, mcap_damage
+from telesurg.contract.topics import TOPICS
 
 #: Storage formats a bag can be written in; the first is the default (as in `ros2 bag record`).
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 #: Message definitions and type hashes written into new bags: the ROS 2 distribution the
 #: package's message wheels come from.
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+
+
+def _definition_prefixes() -> list[Path]:
+    """Where installed message definitions are looked for: the ament prefixes (a sourced ROS 2
+    install), then this interpreter's prefix (the venv that `make setup` builds them into)."""
+    prefixes = [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    return prefixes + [Path(sys.prefix)]
+
+
+def _register_installed_types(type_names) -> dict[str, str]:
+    """Adds to TYPESTORE the message types it lacks (CRTK's), from the .msg files their packages
+    install (share/<package>/msg/<Name>.msg), so bags carry their definitions and hashes like any
+    other. {type: why not registered} for those whose definition was not found."""
+    missing = {}
+    for type_name in sorted(set(type_names) - set(TYPESTORE.fielddefs)):
+        package, _, name = type_name.split("/")
+        candidates = [prefix / "share" / package / "msg" / f"{name}.msg"
+                      for prefix in _definition_prefixes()]
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is None:
+            missing[type_name] = (f"its definition is in none of {', '.join(map(str, candidates))}"
+                                  f" (is {package} installed, or AMENT_PREFIX_PATH set?)")
+            continue
+        TYPESTORE.register(get_types_from_msg(found.read_text(), type_name))
+    return missing
+
+
+#: Contract types whose definitions were not found, and why (a bag cannot hold them).
+UNREGISTERED_TYPES = _register_installed_types(topic.type_name for topic in TOPICS)
 CHECKPOINT_PERIOD_S = 1.0
 #: metadata.yaml custom_data of a bag whose recording has not closed it (yet).
 RECORDING_KEY = "telesurg.bags.recorder"
@@ -54,6 +86,8 @@ def decode(data: bytes, type_name: str):
     fields have the names of rclpy's messages; values differ in kind only where rclpy uses
     its own containers: numeric arrays come as numpy arrays, DiagnosticStatus.level as an
     int. Raises on a payload that does not decode (rosbags raises several kinds)."""
+    if type_name in UNREGISTERED_TYPES:
+        raise BagError(f"cannot decode {type_name}: {UNREGISTERED_TYPES[type_name]}")
     return TYPESTORE.deserialize_cdr(data, type_name)
 
 
@@ -101,6 +135,9 @@ class BagWriter:
         return topic in self._connections
 
     def add_topic(self, topic: str, type_name: str, qos: Iterable[Qos] = ()) -> None:
+        if type_name in UNREGISTERED_TYPES:
+            raise BagError(f"{self.path}: cannot record {topic} ({type_name}): "
+                           f"{UNREGISTERED_TYPES[type_name]}")
         self._connections[topic] = self._writer.add_connection(
             topic, type_name, typestore=TYPESTORE, offered_qos_profiles=list(qos))
 

@@ -49,6 +49,7 @@ from telesurg.contract.topics import Qos
 from telesurg.linkem.model import PROFILES
 from telesurg.master.surgeon import PresenceRetry
 from telesurg.ros.loop import NodeLoop
+from telesurg.ros.messages import state_command
 from telesurg.session.demo import DemoOptions, open_links, plan_sites
 
 STEPS = 100
@@ -136,7 +137,7 @@ class Probe:
         import rclpy
         from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
-        from std_msgs.msg import Bool, String
+        from std_msgs.msg import Bool
 
         from telesurg.ros.qos import publisher, subscription
 
@@ -172,7 +173,7 @@ class Probe:
         self._clutch_pub = publisher(master, topics.CONSOLE_CLUTCH)
         self._present_pub = publisher(master, topics.CONSOLE_OPERATOR_PRESENT)
         self._command_pub = publisher(master, topics.PSM_STATE_COMMAND)
-        self._bool, self._string = Bool, String
+        self._bool, self._clock = Bool, master.get_clock()
         self._pose = PoseStamped()
         self._pose.header.frame_id = MASTER_FRAME
         self._pose.pose.orientation.w = 1.0
@@ -234,7 +235,7 @@ class Probe:
         return self._next_step_ns is not None
 
     def command(self, command: StateCommand) -> None:
-        self._command_pub.publish(self._string(data=command))
+        self._command_pub.publish(state_command(command, self._clock))
 
     def close(self) -> None:
         import rclpy

@@ -134,7 +134,6 @@ class PatientSite:
     def __init__(self):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from std_msgs.msg import String
 
         from telesurg.ros.qos import publisher, subscription
 
@@ -144,7 +143,6 @@ class PatientSite:
         self.reports: list[tuple[int, str, list]] = []  # the bridge's, see lost_report
         self.tips: list[tuple[int, np.ndarray]] = []  # /psm/measured_cp (stamp, xyz)
         self.following: bool | None = None  # the console's, as the patient bridge delivers it
-        self._string = String
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("bench_freeze", context=self.context)
@@ -194,7 +192,9 @@ class PatientSite:
         return self.decisions[-1][1] if self.decisions else None
 
     def command(self, command: StateCommand) -> None:
-        self._commands.publish(self._string(data=command))
+        from telesurg.ros.messages import state_command
+
+        self._commands.publish(state_command(command, self.node.get_clock()))
 
     def wait(self, condition, timeout_s: float, what: str):
         """condition()'s first true value, polled."""

@@ -31,8 +31,12 @@ class OperatingState(StrEnum):
 
 
 class StateCommand(StrEnum):
+    """CRTK's state commands (crtk_msgs/StringStamped on /psm/state_command)."""
+
     ENABLE = "enable"
     DISABLE = "disable"
+    HOME = "home"
+    UNHOME = "unhome"
     PAUSE = "pause"
     RESUME = "resume"
 

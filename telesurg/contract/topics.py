@@ -50,6 +50,10 @@ _POSE = "geometry_msgs/msg/PoseStamped"
 _JOINTS = "sensor_msgs/msg/JointState"
 _BOOL = "std_msgs/msg/Bool"
 _STRING = "std_msgs/msg/String"
+# CRTK's own types, as the dVRK and every CRTK client use them (interfaces/crtk_msgs carries
+# their definitions for installs without the crtk_msgs package).
+_OPERATING_STATE = "crtk_msgs/msg/OperatingState"
+_STRING_STAMPED = "crtk_msgs/msg/StringStamped"
 _DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 
 
@@ -95,10 +99,10 @@ PSM_JAW_SERVO_JP = Topic("/psm/jaw/servo_jp", _JOINTS, Qos.COMMAND, BOTH,
                          "master_console (master site), bridge (patient site)",
                          MASTER_TO_PATIENT)
 # The arm's safety state, commanded by the operator, kept by the safety supervisor.
-PSM_STATE_COMMAND = Topic("/psm/state_command", _STRING, Qos.EVENT, BOTH,
+PSM_STATE_COMMAND = Topic("/psm/state_command", _STRING_STAMPED, Qos.EVENT, BOTH,
                           "operator tools (`telesurg state`, the demo's operator)",
                           MASTER_TO_PATIENT)
-PSM_OPERATING_STATE = Topic("/psm/operating_state", _STRING, Qos.STATE, BOTH,
+PSM_OPERATING_STATE = Topic("/psm/operating_state", _OPERATING_STATE, Qos.STATE, BOTH,
                             "safety_supervisor; bridged to the master site", PATIENT_TO_MASTER)
 SAFETY_STATUS = Topic("/safety/status", _STRING, Qos.STATE, BOTH,
                       "safety_supervisor (one JSON line: state, cause, answer); bridged",

@@ -26,11 +26,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from crtk_msgs.msg import OperatingState
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, Header, String
+from std_msgs.msg import Float64MultiArray, Header
 
 from telesurg.arm.kinematics import BASE_FRAME, HOME_POSITIONS, JOINT_NAMES, forward
 from telesurg.arm.simulation import ArmSimulation, RealTimeArm
@@ -116,8 +117,8 @@ class ArmControllerNode(Node):
             self.get_logger().warning(f"servo_cp refused: {refusal}")
         self._last_refusal = refusal
 
-    def _on_operating_state(self, msg: String) -> None:
-        self.core.on_operating_state(msg.data, self._now())
+    def _on_operating_state(self, msg: OperatingState) -> None:
+        self.core.on_operating_state(msg.state, self._now())
 
     def _on_jaw(self, msg: JointState) -> None:
         if msg.position:

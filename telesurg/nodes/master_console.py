@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 
+from crtk_msgs.msg import OperatingState as OperatingStateMessage
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool
 
 from telesurg.arm.kinematics import BASE_FRAME, JAW_JOINT_NAME
 from telesurg.contract import topics
@@ -94,10 +95,10 @@ class MasterConsoleNode(Node):
         if is_valid_stamp(msg.header.stamp):
             self._arm = (pose_to_matrix(msg.pose), self._now())
 
-    def _on_operating_state(self, msg: String) -> None:
-        state = OperatingState.parse(msg.data)
+    def _on_operating_state(self, msg: OperatingStateMessage) -> None:
+        state = OperatingState.parse(msg.state)
         if state != self._arm_state:
-            self.get_logger().info(f"arm operating state: {msg.data}")
+            self.get_logger().info(f"arm operating state: {msg.state}")
         self._arm_state = state
 
     def _on_arm_js(self, msg: JointState) -> None:

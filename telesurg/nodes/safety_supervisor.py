@@ -6,8 +6,10 @@ age from the console's stamp, tip steps), the console (/console/following and
 takes operator commands on /psm/state_command. The rules are telesurg.patient.safety's; this
 node only feeds them and publishes:
 
-- /psm/operating_state (DISABLED, ENABLED, PAUSED, FAULT): on every change, and repeated at
-  heartbeat_rate_hz as the heartbeat the arm controller holds without;
+- /psm/operating_state (crtk_msgs/OperatingState: DISABLED, ENABLED, PAUSED, FAULT, is_homed,
+  is_busy): on every change and in answer to every state command, accepted or refused, and
+  repeated at heartbeat_rate_hz as the heartbeat the arm controller holds without. Its
+  header.stamp increases strictly, as CRTK clients ignore a state not newer than the last;
 - /safety/status: one JSON line with the state, the cause of the last transition, the causes
   that persist now, warnings, and the answer to the last state command (bridged back to the
   master site, where `telesurg state` and `telesurg status` read it);
@@ -19,6 +21,9 @@ from __future__ import annotations
 import json
 import time
 
+from builtin_interfaces.msg import Time
+from crtk_msgs.msg import OperatingState as OperatingStateMessage
+from crtk_msgs.msg import StringStamped
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -51,6 +56,7 @@ class SafetySupervisorNode(Node):
         self._commands_received = 0
         self._arm_index = None  # positions of ARM_JOINT_NAMES in /psm/measured_js
         self._next_status = 0.0
+        self._last_stamp_ns = 0
         self._state_pub = publisher(self, topics.PSM_OPERATING_STATE)
         self._status_pub = publisher(self, topics.SAFETY_STATUS)
         self._diagnostics_pub = publisher(self, topics.DIAGNOSTICS)
@@ -108,17 +114,19 @@ class SafetySupervisorNode(Node):
                 return
         self._feed(self.core.on_joint_states, [msg.position[i] for i in self._arm_index[1]])
 
-    def _on_state_command(self, msg: String) -> None:
-        result = self.core.command(self._now(), msg.data.strip())
+    def _on_state_command(self, msg: StringStamped) -> None:
+        command = msg.string.strip()
+        result = self.core.command(self._now(), command)
         self._commands_received += 1
-        self._last_command = {"command": msg.data.strip(), "accepted": result.accepted,
+        self._last_command = {"command": command, "accepted": result.accepted,
                               "reason": result.reason, "number": self._commands_received}
-        what = f"state command {msg.data.strip()!r}: {result.reason}"
+        what = f"state command {command!r}: {result.reason}"
         if result.accepted:  # rclpy wants one severity per call site
             self.get_logger().info(what)
         else:
             self.get_logger().warning(what)
-        self._report(result.transitions, status_only=not result.transitions)
+        # Answered with a fresh operating state either way: a CRTK client waits for one.
+        self._report(result.transitions, answer=True)
 
     # Outputs -------------------------------------------------------------------------------
 
@@ -126,12 +134,14 @@ class SafetySupervisorNode(Node):
         transitions = self.core.update(self._now())
         self._report(transitions, heartbeat=True)
 
-    def _report(self, transitions, heartbeat: bool = False, status_only: bool = False) -> None:
+    def _report(self, transitions, heartbeat: bool = False, answer: bool = False) -> None:
         now = self._now()
-        published = self.get_clock().now().to_msg()  # the /diagnostics stamp: the state's time
+        published = self._stamp()  # the state's time, on /psm/operating_state and /diagnostics
         state = str(self.core.state)
-        if transitions or heartbeat:
-            self._publish(self._state_pub, String(data=state))
+        if transitions or heartbeat or answer:
+            self._publish(self._state_pub, OperatingStateMessage(
+                header=Header(stamp=published), state=state, is_homed=self.core.is_homed,
+                is_busy=False))
         # Logged once the arm controller has the state: a pause must not wait for its log line.
         for transition in transitions:
             self.get_logger().warning(
@@ -140,9 +150,9 @@ class SafetySupervisorNode(Node):
         status_due = heartbeat and now >= self._next_status
         if status_due:
             self._next_status = now + STATUS_PERIOD_S
-        if transitions or status_only or status_due:
+        if transitions or answer or status_due:
             # Built only when sent: the heartbeat repeats the state ten times as often.
-            status = {"state": state, "cause": self.core.cause,
+            status = {"state": state, "is_homed": self.core.is_homed, "cause": self.core.cause,
                       "persisting": self.core.persisting_causes(now),
                       "faults": self.core.fault_conditions(now),
                       "warnings": self.core.warnings(now),
@@ -155,6 +165,12 @@ class SafetySupervisorNode(Node):
                     message=state, values=[
                         KeyValue(key=key, value=value if isinstance(value, str)
                                  else json.dumps(value)) for key, value in status.items()])]))
+
+    def _stamp(self):
+        """The clock now, but always after the last stamp (two reports in one clock tick)."""
+        stamp_ns = max(self.get_clock().now().nanoseconds, self._last_stamp_ns + 1)
+        self._last_stamp_ns = stamp_ns
+        return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
 
     @staticmethod
     def _publish(publisher, message) -> None:

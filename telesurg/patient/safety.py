@@ -14,6 +14,13 @@ Commands (a refusal changes nothing and says why; "=" is accepted without a tran
     PAUSED           refused: use resume  DISABLED   =                ENABLED if no cause
     FAULT            refused: disable     DISABLED   refused          refused
 
+Homing (CRTK's is_homed; the state does not change). The arms telesurg drives report absolute
+joint positions (MuJoCo, Gazebo), so the arm is homed from the start and homing needs no
+motion: home is accepted whenever the arm's joint states are consistent (it answers is_homed
+true, is_busy false), refused otherwise. unhome is accepted in DISABLED and FAULT only (an
+arm that may move stays calibrated: disable first); while not homed, enable and resume are
+refused until home. Nothing here takes time, so is_busy stays false.
+
 Automatic transitions: ENABLED -> PAUSED on any pause cause; ENABLED or PAUSED -> FAULT on any
 fault condition. Nothing else moves by itself: PAUSED leaves only on resume or disable, FAULT
 only on disable. Every transition records its cause and a detail with the figures.
@@ -241,6 +248,7 @@ class SafetySupervisor:
         self._joint_problem = ""  # why the latest joint states are inconsistent
         self._positions: np.ndarray | None = None  # latest consistent joint states
         self._joint_allowance: np.ndarray | None = None  # depth into the margin, while ENABLED
+        self._homed = True  # absolute joint positions: see the module docstring
 
     @classmethod
     def for_arm(cls, config: SafetyConfig | None = None) -> SafetySupervisor:
@@ -257,6 +265,10 @@ class SafetySupervisor:
     @property
     def state(self) -> OperatingState:
         return self._state
+
+    @property
+    def is_homed(self) -> bool:
+        return self._homed
 
     @property
     def cause(self) -> str:
@@ -402,7 +414,7 @@ class SafetySupervisor:
         return self._evaluate(now, events)
 
     def command(self, now: float, command: Command | str) -> CommandResult:
-        """A /psm/state_command: enable, disable, pause or resume."""
+        """A /psm/state_command: enable, disable, home, unhome, pause or resume."""
         transitions = self._evaluate(now, [])
         state = self._state
         try:
@@ -420,6 +432,20 @@ class SafetySupervisor:
                 detail += f"; enable stays refused while: {', '.join(faults)}"
             transitions.append(self._transition(now, DISABLED, "disable command", detail))
             return self._accepted(f"{state} -> DISABLED", transitions)
+        if command is Command.HOME:
+            faults = self.fault_conditions(now)
+            if faults:
+                return self._refused(f"home refused: {', '.join(faults)}", transitions)
+            if self._homed:
+                return self._accepted("already homed", transitions)
+            self._homed = True
+            return self._accepted("homed (absolute joint positions: no homing motion)",
+                                  transitions)
+        if command is Command.UNHOME:
+            if state in (ENABLED, PAUSED):
+                return self._refused(f"unhome refused in {state}: disable first", transitions)
+            self._homed = False
+            return self._accepted("not homed: enable refused until home", transitions)
         if command is Command.PAUSE:
             if state is PAUSED:
                 return self._accepted("already PAUSED", transitions)
@@ -439,6 +465,8 @@ class SafetySupervisor:
         elif state is not PAUSED:  # resume
             return self._refused(f"resume refused in {state}: only PAUSED resumes", transitions)
         blocking = self.persisting_causes(now)
+        if not self._homed:
+            blocking.append("the arm is not homed: send home")
         if self._following:
             # The console must have stopped (it learns the state over the bridge) so that the
             # operator engages afresh after the resume, and the arm does not rejoin a motion.

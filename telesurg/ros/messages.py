@@ -15,7 +15,9 @@ import importlib
 import re
 
 import numpy as np
+from crtk_msgs.msg import StringStamped
 from geometry_msgs.msg import Pose
+from rclpy.clock import Clock
 from rclpy.serialization import serialize_message
 from rosidl_parser.definition import (
     CHARACTER_TYPES,
@@ -142,6 +144,13 @@ def fill_pose(pose: Pose, matrix: np.ndarray) -> Pose:
     o = pose.orientation
     o.x, o.y, o.z, o.w = matrix_to_quaternion(matrix[:3, :3])
     return pose
+
+
+def state_command(command: str, clock: Clock) -> StringStamped:
+    """A CRTK state command for /psm/state_command, stamped now by clock (the sender's)."""
+    message = StringStamped(string=command)
+    message.header.stamp = clock.now().to_msg()
+    return message
 
 
 def is_valid_stamp(stamp) -> bool:

@@ -263,8 +263,6 @@ class ScriptedOperator:
     RETRY_S = 0.5
 
     def __init__(self, node, say, supervisor_log: Path | str = "the safety supervisor's log"):
-        from std_msgs.msg import String
-
         from telesurg.ros.qos import publisher, subscription
 
         self.state: OperatingState | None = None
@@ -272,7 +270,7 @@ class ScriptedOperator:
         self._status_state = ""  # the state that status gave
         self._say = say
         self._supervisor_log = supervisor_log
-        self._message = String
+        self._clock = node.get_clock()
         self._publisher = publisher(node, topics.PSM_STATE_COMMAND)
         subscription(node, topics.PSM_OPERATING_STATE, self._on_state)
         subscription(node, topics.SAFETY_STATUS, self._on_status)
@@ -281,7 +279,7 @@ class ScriptedOperator:
         self._announced = 0  # of them, those said to be resumed
 
     def _on_state(self, message) -> None:
-        state = OperatingState.parse(message.data)
+        state = OperatingState.parse(message.state)
         if state is OperatingState.PAUSED and self.state is not OperatingState.PAUSED:
             self._pauses_seen += 1
         self.state = state
@@ -292,7 +290,9 @@ class ScriptedOperator:
         self._status_state = str(status.get("state", ""))
 
     def _command(self, command: StateCommand) -> None:
-        self._publisher.publish(self._message(data=command))
+        from telesurg.ros.messages import state_command
+
+        self._publisher.publish(state_command(command, self._clock))
 
     def enable(self, timeout_s: float) -> None:
         """Until the arm is ENABLED: enable it, resume it if it paused meanwhile; DemoError at

@@ -167,13 +167,14 @@ class Picture:
     (monotonic seconds)."""
 
     state: str | None = None           # /psm/operating_state
+    homed: bool | None = None          # its is_homed
     status: dict | None = None         # /safety/status
     following: bool | None = None      # /console/following
     links: dict | None = None          # /bridge/link_state, as link_report
     heard: dict[str, float] = field(default_factory=dict)
 
-    def on_state(self, now: float, state: str) -> None:
-        self.state = state
+    def on_state(self, now: float, state: str, homed: bool) -> None:
+        self.state, self.homed = state, homed
         self.heard[OPERATING_STATE_TOPIC] = now
 
     def on_status(self, now: float, text: str) -> None:
@@ -217,7 +218,7 @@ def format_picture(picture: Picture, now: float) -> str:
     if state is None:
         head = f"state: {NOT_YET}"
     else:
-        details = []
+        details = ["not homed"] if picture.homed is False else []
         if status is None:
             details.append(f"safety status: {NOT_YET}")
         else:
@@ -321,8 +322,7 @@ def run_state(command: str, domain: int | None, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     site = None
     try:
-        from std_msgs.msg import String
-
+        from telesurg.ros.messages import state_command
         from telesurg.ros.qos import publisher, subscription
 
         site = _Site(domain, "telesurg_state")
@@ -348,7 +348,7 @@ def run_state(command: str, domain: int | None, timeout_s: float) -> int:
             return 2
         counted = commands_counted(statuses[-1])
         statuses.clear()
-        command_pub.publish(String(data=command))
+        command_pub.publish(state_command(command, site.node.get_clock()))
         answer: list[dict] = []
 
         def answered() -> bool:
@@ -398,7 +398,7 @@ def run_status(domain: int | None, once: bool, timeout_s: float,
         site = _Site(domain, "telesurg_status")
         node = site.node
         subscription(node, topics.PSM_OPERATING_STATE,
-                     lambda m: picture.on_state(time.monotonic(), m.data))
+                     lambda m: picture.on_state(time.monotonic(), m.state, m.is_homed))
         subscription(node, topics.SAFETY_STATUS,
                      lambda m: picture.on_status(time.monotonic(), m.data))
         subscription(node, topics.CONSOLE_FOLLOWING,

@@ -19,7 +19,13 @@ from telesurg.analysis.playback import (
     procedure_end,
     receive_times,
 )
-from telesurg.analysis.recording import BAG_DIRS, decoded, following_changes, pose_track
+from telesurg.analysis.recording import (
+    BAG_DIRS,
+    decoded,
+    following_changes,
+    operating_states,
+    pose_track,
+)
 from telesurg.bags.player import Player
 from telesurg.bags.storage import BagError, BagReader, decode
 from telesurg.contract import topics
@@ -70,8 +76,7 @@ class ReplayPlan:
             recorded = {MASTER: master.read_all([topics.PSM_OPERATING_STATE.name,
                                                  topics.CONSOLE_FOLLOWING.name,
                                                  topics.PSM_SERVO_CP.name])}
-            states = [(t, message.data) for t, message in decoded(
-                recorded, MASTER, topics.PSM_OPERATING_STATE)]
+            states = operating_states(decoded(recorded, MASTER, topics.PSM_OPERATING_STATE))
             enabled = next((t for t, state in states if state == OperatingState.ENABLED), None)
             if enabled is None:
                 raise BagError(f"{bags['master']}: the arm was never ENABLED in this recording; "
