@@ -100,7 +100,7 @@ def probe_topics() -> dict[str, dict[str, Topic]]:
         },
         "master": {
             "/console/following": Topic("std_msgs/msg/Bool", "record_state"),
-            "/psm/operating_state": Topic("std_msgs/msg/String", "record_state"),
+            "/psm/operating_state": Topic("crtk_msgs/msg/OperatingState", "record_state"),
             BRIDGE_LINK_STATE.name: Topic("diagnostic_msgs/msg/DiagnosticArray", "record_state"),
         },
     }
@@ -347,7 +347,7 @@ class Session:
                               else None)
             setattr(self, site.name, probe)
             # Reliable, volatile, as the supervisor subscribes: every command counts.
-            probe.publisher("/psm/state_command", "std_msgs/msg/String", "event")
+            probe.publisher("/psm/state_command", "crtk_msgs/msg/StringStamped", "event")
         # What the fault tests inject, made now (nothing is published on them yet) so that
         # every subscriber has discovered them long before: a matched writer does not mean
         # the readers have matched it too, and a best-effort sample they have not is dropped.
@@ -476,9 +476,9 @@ class Session:
     def command(self, text: str, site: str = "master") -> int:
         """A /psm/state_command at a site (the operator's tools are at the master site);
         returns time.time_ns() just before it went out."""
-        from std_msgs.msg import String
+        from crtk_msgs.msg import StringStamped
 
-        return getattr(self, site).publish("/psm/state_command", String(data=text))
+        return getattr(self, site).publish("/psm/state_command", StringStamped(string=text))
 
     def enable(self, timeout_s: float = STARTUP_TIMEOUT_S) -> int:
         """Enable the arm, repeating `enable` until the supervisor says ENABLED (and `resume`

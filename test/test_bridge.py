@@ -13,11 +13,11 @@ import time
 
 import pytest
 import rclpy
+from crtk_msgs.msg import OperatingState
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from std_msgs.msg import String
 
 from telesurg.bridge.wire import PROTOCOL_VERSION, MessageKind, write_key
 from telesurg.contract.graph import NodeSpec
@@ -124,11 +124,11 @@ def test_messages_cross_both_ways_and_each_site_sees_its_links(two_sites):
     patient.node.create_subscription(  # best effort, as the bridge publishes commands
         PoseStamped, "/psm/servo_cp", lambda m: received.append(m.pose.position.x),
         QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT))
-    state_pub = patient.node.create_publisher(String, "/psm/operating_state",
+    state_pub = patient.node.create_publisher(OperatingState, "/psm/operating_state",
                                               qos_profile(Qos.STATE))
     states = []
-    master.node.create_subscription(String, "/psm/operating_state",
-                                    lambda m: states.append(m.data), qos_profile(Qos.STATE))
+    master.node.create_subscription(OperatingState, "/psm/operating_state",
+                                    lambda m: states.append(m.state), qos_profile(Qos.STATE))
     master.spin_until(lambda: servo_pub.get_subscription_count() > 0, DISCOVERY_TIMEOUT_S,
                       "the master bridge to subscribe /psm/servo_cp")
     patient.spin_until(lambda: patient.node.count_publishers("/psm/servo_cp") > 0
@@ -143,7 +143,7 @@ def test_messages_cross_both_ways_and_each_site_sees_its_links(two_sites):
         patient.spin_for(0.005)
     patient.spin_until(lambda: len(received) >= 190, 5.0, "the stream at the patient site")
     assert received == sorted(received)  # latest-wins stream arrives in order, no duplicates
-    state_pub.publish(String(data="ENABLED"))
+    state_pub.publish(OperatingState(state="ENABLED"))
     master.spin_until(lambda: states == ["ENABLED"], 10.0, "the state at the master site")
 
     patient.spin_until(lambda: patient.overall("delivered") >= len(received), 5.0,

@@ -545,7 +545,7 @@ def test_safety_supervisor_killed(lan_session):
     session.wait_arm("holding: operating state DISABLED", restarted)
     # The console learns DISABLED and stops following (it cannot engage again until ENABLED);
     # only then is `enable` sent (see the report: enable is not refused while following).
-    told, _ = session.master.wait_for("/psm/operating_state", lambda m: m.data == "DISABLED",
+    told, _ = session.master.wait_for("/psm/operating_state", lambda m: m.state == "DISABLED",
                                       10.0, "DISABLED at the master site", restarted)
     session.wait_until(told + 100 * MS)  # a following=True already in flight lands first
     stopped = session.wait_following(False, told, timeout_s=10.0, latest=True)

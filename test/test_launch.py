@@ -54,8 +54,9 @@ EXPECTED_ARGUMENTS = {
     "master_site.launch.py": {"config", "record", "record_dir", *BRIDGE_ARGUMENTS},
     "patient_site.launch.py": {"config", "sim", "rviz", "record", "record_dir",
                                *BRIDGE_ARGUMENTS},
-    "telesurg.launch.py": {"config", "sim", "rviz", "record", "record_dir"},
-    "gazebo.launch.py": {"config", "bridge", "world", *BRIDGE_ARGUMENTS},
+    "telesurg.launch.py": {"config", "sim", "rviz", "record", "record_dir", "patient_domain",
+                           *BRIDGE_ARGUMENTS},
+    "gazebo.launch.py": {"config", "world", *BRIDGE_ARGUMENTS},
 }
 FILE_SUFFIXES = (".yaml", ".yml", ".xml", ".sdf", ".urdf", ".xacro", ".rviz", ".launch.py")
 
@@ -223,7 +224,7 @@ def test_record_command_records_exactly_each_sites_contract_topics():
     with pytest.raises(ValueError):
         support.record_command([], "DIR")
     recorded = {ast.unparse(call.args[0]) for call in calls(SITE_LAUNCH, "recorder")}
-    assert recorded == {"[site]", "SITES"}  # each site its own, one machine both
+    assert recorded == {"[site]", "['master']", "['patient']"}  # each site its own recording
 
 
 def test_record_directory_is_new_at_each_launch():
@@ -455,8 +456,9 @@ class StandIn:
 STAND_INS = {
     "launch": ["LaunchDescription"],
     "launch.actions": ["DeclareLaunchArgument", "EmitEvent", "ExecuteProcess", "GroupAction",
-                       "IncludeLaunchDescription", "LogInfo", "RegisterEventHandler",
-                       "SetEnvironmentVariable"],
+                       "IncludeLaunchDescription", "LogInfo", "OpaqueFunction",
+                       "RegisterEventHandler", "SetEnvironmentVariable",
+                       "SetLaunchConfiguration"],
     "launch.conditions": ["IfCondition"],
     "launch.event_handlers": ["OnProcessExit"],
     "launch.events": ["Shutdown"],
@@ -496,6 +498,12 @@ def _kind(entity) -> str:
     return type(entity).__name__
 
 
+def _flattened(entities) -> list:
+    """The entities, with those of groups in place of the groups (stand-ins)."""
+    return [inner for entity in entities for inner in (
+        _flattened(entity.args[0]) if _kind(entity) == "GroupAction" else [entity])]
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_ARGUMENTS))
 def test_launch_file_builds_over_stand_ins(stand_in_launch, name):
     description = _built(name)
@@ -518,16 +526,18 @@ def test_launch_file_builds_over_stand_ins(stand_in_launch, name):
     assert Path(profile.args[1].kwargs["default_value"]).is_file()
     site = {"master_site.launch.py": ["master"], "patient_site.launch.py": ["patient"],
             "telesurg.launch.py": list(SITES)}.get(name)
-    processes = [entity for entity in entities if _kind(entity) == "ExecuteProcess"]
+    processes = [entity for entity in _flattened(entities) if _kind(entity) == "ExecuteProcess"]
     if site is None:
         assert not processes
-    else:
-        (recorder,) = processes
-        command = recorder.kwargs["cmd"]
-        assert command[:7] == ["ros2", "bag", "record", "-s", "mcap", "-o", command[6]]
-        assert command[6].args == ("record_dir",)
-        assert command[8:] == support.contract_topics(site)
-        assert recorder.kwargs["condition"].args[0].args == ("record",)
+    else:  # one recording per site, in record_dir (the session's: in a folder per site)
+        assert len(processes) == len(site)
+        for recorder, recorded in zip(processes, site, strict=True):
+            command = recorder.kwargs["cmd"]
+            assert command[:7] == ["ros2", "bag", "record", "-s", "mcap", "-o", command[6]]
+            assert command[6][0].args == ("record_dir",)
+            assert command[6][1:] == ([f"/{recorded}"] if len(site) > 1 else [])
+            assert command[8:] == support.contract_topics([recorded])
+            assert recorder.kwargs["condition"].args[0].args == ("record",)
     for argument in arguments:
         default = argument.kwargs["default_value"]
         if default.startswith(str(stand_in_launch)):
@@ -569,9 +579,8 @@ def test_patient_site_over_stand_ins_starts_the_arm_for_each_sim(stand_in_launch
     (source,) = include.args
     assert Path(source.args[0]) == stand_in_launch / "telesurg" / "launch" / "gazebo.launch.py"
     passed = dict(include.kwargs["launch_arguments"])
-    assert set(passed) == {"config", "bridge", *BRIDGE_ARGUMENTS}
-    assert passed["bridge"] == "true"
-    assert all(passed[name].args == (name,) for name in passed if name != "bridge")
+    assert set(passed) == {"config", *BRIDGE_ARGUMENTS}
+    assert all(passed[name].args == (name,) for name in passed)
 
 
 def test_gazebo_over_stand_ins_chains_spawners_then_the_site_on_sim_time(stand_in_launch):
@@ -608,7 +617,7 @@ def test_gazebo_over_stand_ins_chains_spawners_then_the_site_on_sim_time(stand_i
     assert _hardware(then[-2]) == "ros2_control"  # Gazebo's arm, over ros2_control's topics
     for node in then:
         assert {"use_sim_time": True} in node.kwargs["parameters"], node.kwargs["executable"]
-    assert then[-1].kwargs["condition"].args[0].args == ("bridge",)
+    assert "condition" not in then[-1].kwargs  # the patient site's bridge, always
     assert entities.index(spawn) > max(entities.index(entity) for entity in entities
                                        if _kind(entity) == "RegisterEventHandler")
 
@@ -708,9 +717,10 @@ def test_launch_description_builds_and_visits_where_launch_imports(name):
         _visit(description.entities, context, found)
         nodes = found["nodes"]
         if site is not None and has_ros2_bag:
-            (command,) = found["processes"]
-            assert command == support.record_command(support.contract_topics(site),
-                                                     context.launch_configurations["record_dir"])
+            record_dir = context.launch_configurations["record_dir"]
+            assert found["processes"] == [support.record_command(
+                support.contract_topics([recorded]),
+                record_dir + (f"/{recorded}" if len(site) > 1 else "")) for recorded in site]
         else:  # without rosbag2, record:=true is a log line naming telesurg's recorder
             assert not found["processes"]
         if name == "gazebo.launch.py":
@@ -725,8 +735,8 @@ def test_launch_description_builds_and_visits_where_launch_imports(name):
         assert ("telesurg", "simulator") not in nodes
         assert (support.GAZEBO_LAUNCH.name in found["includes"]) == (patient and sim == "gazebo")
         assert (("telesurg", "arm_controller") in nodes) == (patient and sim != "gazebo")
-        assert (("telesurg", "bridge") in nodes) == (name != "telesurg.launch.py"
-                                                     and not (patient and sim == "gazebo"))
+        # Every site its bridge; the patient site's comes with Gazebo's chain under gazebo.
+        assert (("telesurg", "bridge") in nodes) == (site != ["patient"] or sim != "gazebo")
         for spec in nodes_of_site("master"):
             assert (("telesurg", spec.executable) in nodes) == ("master" in (site or []))
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import rclpy
 import yaml
+from crtk_msgs.msg import OperatingState, StringStamped
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -416,20 +417,20 @@ RECORDING = sorted(
     [("/mtm/measured_cp", t * MS, pose(k)) for k, t in enumerate(POSE_OFFSETS_MS)]
     + [("/console/clutch", t * MS, Bool(data=value))
        for t, value in ((50, False), (500, True), (1100, False), (1450, True))]
-    + [("/psm/operating_state", t * MS, String(data=value))
+    + [("/psm/operating_state", t * MS, OperatingState(state=value, is_homed=True))
        for t, value in ((10, "DISABLED"), (300, "ENABLED"))]
-    + [("/psm/state_command", 250 * MS, String(data="enable"))],
+    + [("/psm/state_command", 250 * MS, StringStamped(string="enable"))],
     key=lambda m: m[1])
 TYPES = {"/mtm/measured_cp": "geometry_msgs/msg/PoseStamped",
          "/console/clutch": "std_msgs/msg/Bool",
-         "/psm/operating_state": "std_msgs/msg/String",
-         "/psm/state_command": "std_msgs/msg/String"}
+         "/psm/operating_state": "crtk_msgs/msg/OperatingState",
+         "/psm/state_command": "crtk_msgs/msg/StringStamped"}
 OFFERED = {"/mtm/measured_cp": (QosReliability.BEST_EFFORT, QosDurability.VOLATILE),
            "/console/clutch": (QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL),
            "/psm/operating_state": (QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL),
            "/psm/state_command": (QosReliability.RELIABLE, QosDurability.VOLATILE)}
 MESSAGE_TYPES = {"/mtm/measured_cp": PoseStamped, "/console/clutch": Bool,
-                 "/psm/operating_state": String, "/psm/state_command": String}
+                 "/psm/operating_state": OperatingState, "/psm/state_command": StringStamped}
 
 
 def ros2_bag(parent: Path, storage: str, messages=RECORDING, types=TYPES,
@@ -614,7 +615,7 @@ def test_replay_from_a_start_time_first_gives_the_states_then_in_force(tmp_path,
     found = by_topic(received)
     # States: the last value before 0.8 s first, then what followed.
     assert [m.data for m in found["/console/clutch"]] == [True, False, True]
-    assert [m.data for m in found["/psm/operating_state"]] == ["ENABLED"]
+    assert [m.state for m in found["/psm/operating_state"]] == ["ENABLED"]
     assert "/psm/state_command" not in found  # an event before the start is not replayed
     indices = [int(m.header.frame_id) for m in found["/mtm/measured_cp"]]
     assert indices == [k for k, t in enumerate(POSE_OFFSETS_MS) if t >= 800]

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import rclpy
 import yaml
+from crtk_msgs.msg import OperatingState, StringStamped
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rosbags.interfaces import QosDurability, QosReliability
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool
 
 from telesurg.bags.storage import BagReader
 from telesurg.contract.topics import Qos
@@ -35,8 +36,8 @@ TOPICS = {
     "/mtm/measured_cp": (PoseStamped, qos_profile(Qos.COMMAND)),
     "/mtm/gripper/measured_js": (JointState, qos_profile(Qos.COMMAND)),
     "/console/clutch": (Bool, qos_profile(Qos.STATE)),
-    "/psm/operating_state": (String, qos_profile(Qos.STATE)),
-    "/psm/state_command": (String, COMMAND_QOS),
+    "/psm/operating_state": (OperatingState, qos_profile(Qos.STATE)),
+    "/psm/state_command": (StringStamped, COMMAND_QOS),
 }
 STREAMS = ("/mtm/measured_cp", "/mtm/gripper/measured_js")
 RELIABLE = ("/console/clutch", "/psm/operating_state", "/psm/state_command")
@@ -56,7 +57,10 @@ def message(topic: str, i: int, warm_up: bool = False):
         return JointState(name=["jaw", tag], position=[i * 1e-3])
     if topic == "/console/clutch":
         return Bool(data=True if warm_up else i % 2 == 1)  # the test's run starts with False
-    return String(data=f"{WARM_UP}" if warm_up else f"{topic[5:]} {i}")
+    text = WARM_UP if warm_up else f"{topic[5:]} {i}"
+    if topic == "/psm/operating_state":
+        return OperatingState(state=text)
+    return StringStamped(string=text)
 
 
 def value(topic: str, data: bytes):
@@ -71,8 +75,9 @@ def value(topic: str, data: bytes):
         tag = decoded.name[1]
         (position,) = decoded.position
     else:
-        tag = decoded.data.rsplit(" ", 1)[-1]
-        assert decoded.data == WARM_UP or decoded.data == f"{topic[5:]} {tag}"
+        text = decoded.state if topic == "/psm/operating_state" else decoded.string
+        tag = text.rsplit(" ", 1)[-1]
+        assert text == WARM_UP or text == f"{topic[5:]} {tag}"
     if tag == WARM_UP:
         return None
     if topic in STREAMS:

@@ -8,6 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import yaml
+from crtk_msgs.msg import OperatingState
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
@@ -121,7 +122,8 @@ def patient_messages() -> list:
         messages.append((t, "/safety/status", "std_msgs/msg/String", String(data=json.dumps(
             {"state": state, "cause": cause, "persisting": [], "warnings": [],
              "last_command": None}))))
-        messages.append((t, "/psm/operating_state", "std_msgs/msg/String", String(data=state)))
+        messages.append((t, "/psm/operating_state", "crtk_msgs/msg/OperatingState",
+                         OperatingState(state=state, is_homed=True)))
     return messages
 
 

@@ -148,17 +148,41 @@ def test_ros2_knows_the_package_and_runs_its_executables(launch_env):
     assert run.returncode == 0 and "demo" in run.stdout
 
 
+def tip_positions(env: dict, count: int) -> set[tuple[float, ...]]:
+    """The tip positions of `count` successive /psm/measured_cp samples, as echoed, to the
+    micrometre (a held arm's position varies far below it)."""
+    positions = set()
+    for _ in range(count):
+        echoed = echo_once("/psm/measured_cp", env, "orientation")
+        block = echoed.split("position:")[1].split("orientation")[0]
+        positions.add(tuple(round(float(value), 6)
+                            for value in re.findall(r"[xyz]: (\S+)", block)))
+    return positions
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_the_default_launch_comes_up_and_stops_with_its_nodes(launch_env, launches, signum):
+def test_the_default_launch_follows_the_surgeon_and_stops_with_its_nodes(
+        launch_env, launches, signum, second_domain_id):
     """telesurg.launch.py with its defaults (sim:=mujoco), where robot_state_publisher is not
-    installed: the nodes come up, the arm DISABLED; stopping ros2 launch stops every node."""
-    launch = launches(["telesurg.launch.py"], launch_env)
-    assert "DISABLED" in echo_once("/psm/operating_state", launch_env, "DISABLED")
+    installed: both sites come up in their two domains, joined by their bridges, the arm
+    DISABLED (a crtk_msgs/OperatingState); enabled from the master site, the arm follows the
+    virtual surgeon; stopping ros2 launch stops every node."""
+    patient_env = dict(launch_env, ROS_DOMAIN_ID=str(second_domain_id))
+    launch = launches(["telesurg.launch.py", f"patient_domain:={second_domain_id}"],
+                      launch_env)
+    state = echo_once("/psm/operating_state", launch_env, "DISABLED")
+    for field in ("header:", "stamp:", "state: DISABLED", "is_homed: true", "is_busy: false"):
+        assert field in state, state
     pids = launch.node_pids()
-    assert len(pids) == 4, launch.output()[-2000:]
+    assert len(pids) == 6, launch.output()[-2000:]  # two nodes and a bridge at each site
     assert all(alive(pid) for pid in pids)
-    rate = ros2(["param", "get", "/arm_controller", "rate_hz"], launch_env)
+    rate = ros2(["param", "get", "/arm_controller", "rate_hz"], patient_env)
     assert rate.stdout.strip() == "Double value is: 500.0", rate
+    assert len(tip_positions(patient_env, 2)) == 1  # DISABLED: the arm holds
+    enable = subprocess.run([ROS2, "run", "telesurg", "telesurg", "state", "enable"],
+                            env=launch_env, capture_output=True, text=True, timeout=60)
+    assert enable.returncode == 0, (enable.stdout, enable.stderr)
+    assert len(tip_positions(patient_env, 3)) > 1, "the arm did not move after enable"
     status = launch.stop(signum)
     assert not wait_gone(pids), f"nodes left running after {signum.name}: {launch.output()}"
     if signum == signal.SIGINT:

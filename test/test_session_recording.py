@@ -55,7 +55,7 @@ def test_a_session_leaves_bags_an_independent_reader_accepts_and_a_report(record
     # The streams of the session are there, as many as the session's own figures say.
     assert len(patient["/forward_position_controller/commands"]) >= summary["controller_ticks"]
     assert len(master["/psm/servo_cp"]) >= 0.9 * summary["command_rate_hz"] * 10
-    states = {message.data for _, message in master["/psm/operating_state"]}
+    states = {message.state for _, message in master["/psm/operating_state"]}
     assert "ENABLED" in states
     following = [message.data for _, message in master["/console/following"]]
     assert following.count(True) >= summary["engagements"]

@@ -2,7 +2,8 @@
 
 - site_launch_description("master" | "patient"): one site of a two-machine session, with its
   bridge (launch/master_site.launch.py, launch/patient_site.launch.py);
-- session_launch_description(): both sites on one machine, no bridge (launch/telesurg.launch.py);
+- session_launch_description(): both sites on one machine, each in its own DDS domain, joined by
+  their bridges on loopback as `telesurg demo` joins them (launch/telesurg.launch.py);
 - gazebo_launch_description(): Gazebo Sim with the arm under ros2_control, and the patient site
   once the controllers are active (launch/gazebo.launch.py, included by the other two with
   sim:=gazebo).
@@ -11,7 +12,9 @@ The node lists come from telesurg.contract.graph, the files, controllers and the
 command from telesurg.bringup.plan (pure, tested without launch).
 """
 
+import tempfile
 from datetime import datetime
+from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import (
@@ -21,8 +24,10 @@ from launch.actions import (
     GroupAction,
     IncludeLaunchDescription,
     LogInfo,
+    OpaqueFunction,
     RegisterEventHandler,
     SetEnvironmentVariable,
+    SetLaunchConfiguration,
 )
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
@@ -40,6 +45,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 from telesurg.bridge.config import LINK_OVERRIDES
+from telesurg.bridge.wire import write_key
 from telesurg.bringup import plan as support
 from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, nodes_of_site
 from telesurg.contract.resources import FASTDDS_PROFILE_VARIABLE
@@ -141,7 +147,7 @@ def session_nodes(specs, *, use_sim_time: bool = False, condition=None,
             for spec in specs]
 
 
-def bridge_node(site: str, *, use_sim_time: bool = False, condition=None) -> Node:
+def bridge_node(site: str, *, use_sim_time: bool = False) -> Node:
     """The site's bridge, the only path to the other site."""
     # Each override parameter is 'a=VALUE b=VALUE'; an empty VALUE keeps the file's. Typed as
     # strings, so that an empty or numeric-looking value is not read as YAML.
@@ -156,7 +162,7 @@ def bridge_node(site: str, *, use_sim_time: bool = False, condition=None) -> Nod
                   **overrides}
     extra = [{"use_sim_time": True}] if use_sim_time else []
     return Node(package="telesurg", executable=BRIDGE.executable, name=BRIDGE.name,
-                parameters=[parameters, *extra], output="screen", condition=condition)
+                parameters=[parameters, *extra], output="screen")
 
 
 def robot_state_publisher(*, use_sim_time: bool, condition=None,
@@ -187,9 +193,10 @@ def rviz_node() -> Node | LogInfo:
                 condition=condition, output="screen")
 
 
-def recorder(sites) -> ExecuteProcess | LogInfo:
-    """`ros2 bag record` of the sites' contract topics, when record:=true; where rosbag2's
-    `ros2 bag` is not installed, a line says so and names telesurg's own recorder."""
+def recorder(sites, subdirectory: str = "") -> ExecuteProcess | LogInfo:
+    """`ros2 bag record` of the sites' contract topics into record_dir (or its subdirectory),
+    when record:=true; where rosbag2's `ros2 bag` is not installed, a line says so and names
+    telesurg's own recorder."""
     condition = IfCondition(LaunchConfiguration("record"))
     if not support.installed(support.ROS2_BAG_PACKAGE):
         return LogInfo(msg="record:=true but ros2 bag (rosbag2) is not installed: nothing is "
@@ -197,25 +204,22 @@ def recorder(sites) -> ExecuteProcess | LogInfo:
                            "--site SITE --out DIR` records a site's contract topics "
                            f"({', '.join(sites)})",
                        condition=condition)
-    command = support.record_command(support.contract_topics(sites),
-                                     LaunchConfiguration("record_dir"))
+    output = [LaunchConfiguration("record_dir"), *([f"/{subdirectory}"] if subdirectory else [])]
+    command = support.record_command(support.contract_topics(sites), output)
     return ExecuteProcess(cmd=command, condition=condition, output="screen")
 
 
-def patient_actions(*, with_bridge: bool) -> list:
+def patient_actions() -> list:
     """The patient site for each value of `sim`: the arm controller running the MuJoCo arm
     (mujoco), Gazebo (gazebo.launch.py, which starts the site's nodes on sim time once the
     controllers are active) or neither (none: the arm controller on ros2_control's topics);
     with or without its bridge."""
     controller, others = support.split_arm_controller(nodes_of_site("patient"))
-    at_once = session_nodes(others)
-    if with_bridge:
-        at_once.append(bridge_node("patient"))
-    passed = ("config", *(BRIDGE_ARGUMENTS if with_bridge else ()))
+    at_once = [*session_nodes(others), bridge_node("patient")]
     gazebo = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(share_file(support.GAZEBO_LAUNCH)),
-        launch_arguments=[*((name, LaunchConfiguration(name)) for name in passed),
-                          ("bridge", "true" if with_bridge else "false")],
+        launch_arguments=[(name, LaunchConfiguration(name))
+                          for name in ("config", *BRIDGE_ARGUMENTS)],
         condition=_sim_is("gazebo"))
     return [
         *session_nodes([controller], condition=_sim_is("mujoco"),
@@ -250,7 +254,7 @@ def site_launch_description(site: str) -> LaunchDescription:
         raise ValueError(f"unknown site {site!r}: one of {', '.join(SITES)}")
     if site == "patient":
         arguments = [sim_argument(), rviz_argument()]
-        actions = patient_actions(with_bridge=True)
+        actions = patient_actions()
     else:
         arguments = []
         actions = [*session_nodes(nodes_of_site(site)), bridge_node(site)]
@@ -265,17 +269,43 @@ def site_launch_description(site: str) -> LaunchDescription:
     ])
 
 
+def _session_domains_and_key(context) -> list:
+    """The patient site's domain (patient_domain, or the master's + 1) and, unless key_file
+    names one, a new key for this launch only: both bridges are in it."""
+    master = int(context.environment.get("ROS_DOMAIN_ID") or 0)
+    patient = LaunchConfiguration("patient_domain").perform(context) or str(master + 1)
+    if patient == str(master):
+        raise ValueError(f"patient_domain:={patient} is the master site's domain "
+                         "(ROS_DOMAIN_ID): the sites must be joined by their bridges only")
+    actions = [SetLaunchConfiguration("patient_domain", patient),
+               LogInfo(msg=f"master site in DDS domain {master}, patient site in {patient}")]
+    if not LaunchConfiguration("key_file").perform(context):
+        key = Path(tempfile.mkdtemp(prefix="telesurg_launch_")) / "bridge.key"
+        write_key(key)
+        actions.append(SetLaunchConfiguration("key_file", str(key)))
+    return actions
+
+
 def session_launch_description() -> LaunchDescription:
-    """Both sites on one machine and one DDS domain (no bridge)."""
+    """Both sites on one machine, each in its own DDS domain (the master site in ROS_DOMAIN_ID),
+    joined by their bridges over the default bridge configuration's links (loopback)."""
     return LaunchDescription([
         *config_arguments(),
+        *bridge_arguments(),
         sim_argument(),
         rviz_argument(),
         *record_arguments("session"),
+        DeclareLaunchArgument(
+            "patient_domain", default_value="",
+            description="DDS domain of the patient site; empty: ROS_DOMAIN_ID + 1"),
         middleware_profile(),
+        OpaqueFunction(function=_session_domains_and_key),
         *session_nodes(nodes_of_site("master")),
-        *patient_actions(with_bridge=False),
-        recorder(SITES),
+        bridge_node("master"),
+        recorder(["master"], "master"),
+        GroupAction([
+            SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("patient_domain")),
+            *patient_actions(), recorder(["patient"], "patient")], scoped=True),
     ])
 
 
@@ -287,8 +317,7 @@ def gazebo_launch_description() -> LaunchDescription:
     site = [*session_nodes(others, use_sim_time=True),
             *session_nodes([controller], use_sim_time=True,
                            parameters={"hardware": support.ARM_HARDWARE_OF_SIM["gazebo"]}),
-            bridge_node("patient", use_sim_time=True,
-                        condition=IfCondition(LaunchConfiguration("bridge")))]
+            bridge_node("patient", use_sim_time=True)]
     spawn = Node(package="ros_gz_sim", executable="create",
                  arguments=support.spawn_arguments(), output="screen")
     spawners = [Node(package="controller_manager", executable="spawner",
@@ -304,8 +333,6 @@ def gazebo_launch_description() -> LaunchDescription:
     return LaunchDescription([
         *config_arguments(),
         *bridge_arguments(),
-        _flag("bridge", "true", "true: the patient site's bridge as well (false when both sites "
-                                "run on one machine, telesurg.launch.py)"),
         DeclareLaunchArgument("world", default_value=share_file(support.WORLD),
                               description="Gazebo world (SDF) the arm is spawned into"),
         middleware_profile(),
