@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace an existing key file (the other site then needs the new "
                              "one too)")
     state = commands.add_parser(
-        "state", help="enable, disable, pause or resume the arm and print the resulting state",
+        "state", help="enable, disable, home, unhome, pause or resume the arm and print the "
+                      "resulting state",
         description="Publish one state command on /psm/state_command in the site's DDS domain "
                     "(normally the master site: its bridge carries the command to the patient "
                     "site's safety supervisor), wait for the supervisor's answer on "

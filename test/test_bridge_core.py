@@ -399,3 +399,12 @@ def test_state_topics_are_sent_again_and_commands_are_not(cores):
     master.refresh_states()
     assert wait_for(lambda: len(delivered) == 3)
     assert delivered[-1] == (state, b"following: false")
+    # A periodic refresh leaves out a state sent within its period (its publisher repeats it).
+    master.refresh_states(unsent_for_ns=10**9)
+    master.send(command, b"servo 2")
+    assert wait_for(lambda: len(delivered) == 4)
+    assert delivered[-1] == (command, b"servo 2")
+    time.sleep(0.02)
+    master.refresh_states(unsent_for_ns=10**7)
+    assert wait_for(lambda: len(delivered) == 5)
+    assert delivered[-1] == (state, b"following: false")

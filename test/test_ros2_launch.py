@@ -189,6 +189,62 @@ def test_the_default_launch_follows_the_surgeon_and_stops_with_its_nodes(
         assert status == 0, launch.output()[-2000:]
 
 
+class CrtkClient:
+    """What crtk_python_client (crtk/ral_ros2.py, crtk/utils.py) does with an arm's state, in
+    this process: /psm/operating_state subscribed reliable and volatile (so a latched sample
+    alone is never seen), /psm/state_command published transient local with depth 10, and
+    after each command the states that follow waited on until one says what was expected."""
+
+    def __init__(self, domain: int):
+        import rclpy
+        from crtk_msgs.msg import OperatingState, StringStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node("crtk_client", context=self.context)
+        self.states: list[tuple[int, str, bool, bool]] = []  # (stamp ns, state, homed, busy)
+        self.node.create_subscription(OperatingState, "/psm/operating_state", self._on_state,
+                                      QoSProfile(depth=10))
+        self.commands = self.node.create_publisher(
+            StringStamped, "/psm/state_command",
+            QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self._message = StringStamped
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def _on_state(self, message) -> None:
+        stamp = message.header.stamp.sec * 1_000_000_000 + message.header.stamp.nanosec
+        self.states.append((stamp, message.state, message.is_homed, message.is_busy))
+
+    def spin_until(self, condition, what: str, timeout_s: float = UP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRTK client: no {what} within {timeout_s} s; states "
+                                     f"{self.states[-5:]}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def command(self, text: str, expected) -> int:
+        """Send a state command and wait for a later state that is `expected` (a predicate of
+        (stamp, state, homed, busy)); returns the index of the states heard before it."""
+        self.spin_until(lambda: self.commands.get_subscription_count() > 0 and self.states,
+                        "match and first state")
+        heard = len(self.states)
+        message = self._message(string=text)
+        message.header.stamp = self.node.get_clock().now().to_msg()
+        self.commands.publish(message)
+        self.spin_until(lambda: any(map(expected, self.states[heard:])),
+                        f"expected state after {text!r}", 5.0)
+        return heard
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
 def test_two_sites_on_two_domains_join_over_the_bridge(launch_env, launches, tmp_path,
                                                        second_domain_id):
     """master_site.launch.py and patient_site.launch.py in two DDS domains, the default
@@ -206,6 +262,21 @@ def test_two_sites_on_two_domains_join_over_the_bridge(launch_env, launches, tmp
     assert "DISABLED" in echo_once("/psm/operating_state", launch_env, "DISABLED")
     for program, package in (("rviz2", "rviz2"), ("ros2 bag", support.ROS2_BAG_PACKAGE)):
         assert f"but {program} " in patient.output() or support.installed(package)
+    # A CRTK client at the master site: the state repeats (it subscribes volatile), each
+    # command brings a newer state saying what it did, and homing works as CRTK says.
+    client = CrtkClient(int(launch_env["ROS_DOMAIN_ID"]))
+    try:
+        client.spin_until(lambda: len(client.states) >= 3, "repeated state")
+        client.command("unhome", lambda state: state[1:] == ("DISABLED", False, False))
+        refused = client.command("enable", lambda state: True)  # refused: not homed
+        client.command("home", lambda state: state[1:] == ("DISABLED", True, False))
+        assert {state for _, state, _, _ in client.states[refused:]} == {"DISABLED"}
+        client.spin_until(lambda: len(client.states) >= 20, "more states")
+        stamps = [stamp for stamp, *_ in client.states]
+        assert stamps[0] > 0 and all(b > a for a, b in zip(stamps, stamps[1:], strict=False)), \
+            str([(s - stamps[0]) // 1000 for s in stamps])
+    finally:
+        client.close()
     # Enabled from the master site, the virtual surgeon's commands reach the patient site.
     enable = subprocess.run([ROS2, "run", "telesurg", "telesurg", "state", "enable"],
                             env=launch_env, capture_output=True, text=True, timeout=60)

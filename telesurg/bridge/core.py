@@ -190,7 +190,8 @@ class BridgeCore:
                                             if topic.qos == Qos.COMMAND)
         self.commands_sent = 0
         self.commands_delivered = 0
-        self._latest_states: dict[int, bytes] = {}
+        # {topic index: (its latest message, monotonic ns when sent)}
+        self._latest_states: dict[int, tuple[bytes, int]] = {}
         # The last message sent: (sequence, topic index, CDR, monotonic ns when sent).
         self._previous_data: tuple[int, int, bytes, int] | None = None
         self.oversized = 0
@@ -228,18 +229,23 @@ class BridgeCore:
         with self._send_lock:
             self._send_data(topic_index, message)
             if topic_index in self._state_topics:
-                self._latest_states[topic_index] = message
+                self._latest_states[topic_index] = (message, time.monotonic_ns())
         if topic_index in self._command_topics:
             self.commands_sent += 1
         return True
 
-    def refresh_states(self) -> None:
-        """Send every state topic's latest message again. A state is sent once, on change; one
-        lost with both links down would leave the other site with a stale value for good.
-        Under the send lock, so that a newer value sent meanwhile cannot be overtaken."""
+    def refresh_states(self, unsent_for_ns: int = 0) -> None:
+        """Send again the latest message of every state topic not sent for unsent_for_ns. A
+        state is sent once, on change; one lost with both links down would leave the other
+        site with a stale value for good. A state its publisher repeats more often than that
+        needs no help, and a copy would reach the other site's readers twice (a CRTK client
+        expects each operating state newer than the last). Under the send lock, so that a
+        newer value sent meanwhile cannot be overtaken."""
         with self._send_lock:
-            for topic_index, message in self._latest_states.items():
-                self._send_data(topic_index, message)
+            now_ns = time.monotonic_ns()
+            for topic_index, (message, sent_ns) in self._latest_states.items():
+                if now_ns - sent_ns >= unsent_for_ns:
+                    self._send_data(topic_index, message)
 
     def _send_data(self, topic_index: int, message: bytes) -> None:
         """Needs _send_lock."""

@@ -32,9 +32,10 @@ from telesurg.ros.qos import publisher, qos_profile
 #: An all-zero key: what both bridges use when run insecure, so they still understand each
 #: other. Anyone can read and forge such traffic.
 INSECURE_KEY = bytes(32)
-#: How often the latest value of each outgoing state topic is sent again (and at once when a
-#: link comes back after all were lost).
+#: How often the latest value of each outgoing state topic is sent again, unless its publisher
+#: sent one within the period (and at once when a link comes back after all were lost).
 STATE_REFRESH_HZ = 2.0
+STATE_REFRESH_NS = round(1e9 / STATE_REFRESH_HZ)
 LEVELS = {LinkState.UP: DiagnosticStatus.OK, LinkState.DEGRADED: DiagnosticStatus.WARN,
           LinkState.DOWN: DiagnosticStatus.ERROR, OverallState.REDUNDANT: DiagnosticStatus.OK,
           OverallState.SINGLE: DiagnosticStatus.WARN, OverallState.LOST: DiagnosticStatus.ERROR}
@@ -73,7 +74,8 @@ class BridgeNode(Node):
         self.loop = NodeLoop(self)
         self.loop.every(1.0 / config.heartbeat_rate_hz, self.core.send_heartbeat)
         self.loop.every(1.0 / p.link_state_rate_hz, self._report_link_state)
-        self.loop.every(1.0 / STATE_REFRESH_HZ, self.core.refresh_states)
+        self.loop.every(1.0 / STATE_REFRESH_HZ,
+                        lambda: self.core.refresh_states(unsent_for_ns=STATE_REFRESH_NS))
         links = ", ".join(f"{link.name} {link.bind[0]}:{link.bind[1]} -> "
                           f"{link.peer[0]}:{link.peer[1]}" for link in config.links)
         self.get_logger().info(
