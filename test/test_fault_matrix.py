@@ -338,8 +338,10 @@ def test_command_age_over_the_limit_on_a_satellite_link(tmp_path):
         label = "command age"
         engaged_ns = session.wait_following(True, 0, timeout_s=30.0)
         paused_at, status = session.wait_state("PAUSED", 0, timeout_s=10.0)
-        # Ask to resume at once: it reaches the patient site while the stream still flows.
-        asked = session.command("resume")
+        # Ask to resume at once, at the patient site: it reaches the supervisor while the
+        # stream still flows and the console (280 ms away) still follows. Sent from the master
+        # site it would take 280 ms too, and under load could come after both had stopped.
+        asked = session.command("resume", site="patient")
         session.patient.wait_for("/psm/servo_cp", lambda data: True, 5.0,
                                  "a command at the patient site")
         first_arrival, first_stamp, _ = session.servo_commands(0)[0]
