@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import faulthandler
 import gc
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -117,6 +118,10 @@ def run_nodes(process_name: str, creators: list[Callable[[], Node]],
         if not _context_shuts_down(within_s=0.5):
             raise
     finally:
+        # A terminal's Ctrl-C reaches every process of the launch, and launch then sends its
+        # own SIGINT: the second must not cut the teardown short (exit by signal, logged by
+        # launch as a node that died).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for node in reversed(nodes):
             node.destroy_node()
         rclpy.try_shutdown()
