@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "telesurg"
 #: Subpackages whose every module runs without ROS.
-PURE_PACKAGES = ("contract", "arm", "master", "patient", "bridge", "linkem", "analysis")
+PURE_PACKAGES = ("contract", "arm", "master", "patient", "bridge", "linkem", "analysis",
+                 "video")
 #: Modules without ROS inside packages that also hold ROS code.
 PURE_MODULES = ("bags.storage", "session.processes")
 #: ROS at run time, by top-level module: the client library and middleware, the generated

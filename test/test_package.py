@@ -39,7 +39,8 @@ ROSDEP_KEYS = {
 }
 #: Top-level module -> the pip package that provides it where rosdep has no key: package.xml
 #: must say so in a comment (`pip install NAME`) and requirements.txt must pin it.
-PIP_ONLY = {"mujoco": "mujoco", "rosbags": "rosbags", "zenoh": "eclipse-zenoh"}
+PIP_ONLY = {"mujoco": "mujoco", "rosbags": "rosbags", "zenoh": "eclipse-zenoh", "av": "av",
+            "zfec": "zfec"}
 #: Test-only imports -> their rosdep keys (test_depend).
 TEST_KEYS = {"pytest": "python3-pytest", "hypothesis": "python3-hypothesis"}
 

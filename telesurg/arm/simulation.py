@@ -63,6 +63,14 @@ class ArmSimulation:
             self.model.actuator_gainprm[index, 0] = kp
             self.model.actuator_biasprm[index, 1:3] = (-kp, -kv)
 
+    def place(self, positions) -> None:
+        """Put the joints at positions at once, at rest, commanded to stay (a pose to render,
+        not a motion)."""
+        self.data.qpos[self._qpos] = positions
+        self.data.qvel[self._qvel] = 0.0
+        self.data.ctrl[:] = positions
+        mujoco.mj_forward(self.model, self.data)
+
     def command(self, positions) -> None:
         self.data.ctrl[:] = positions
 

@@ -30,6 +30,9 @@ BENCHMARKS = {
             "a default demo's CPU per process and command path at device rates of 250, 500 "
             "and 1000 Hz"),
     "zenoh": ("telesurg.bench.zenoh_link", "Eclipse Zenoh on the same emulated links and outage"),
+    "video": ("telesurg.bench.video",
+              "the endoscope video pipeline: render, encode, FEC, paced links, reassemble, "
+              "decode"),
 }
 RESULTS_PATH = Path("bench/results.json")
 

@@ -34,6 +34,7 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import zfec
 
@@ -60,8 +61,7 @@ def first_frame_number() -> int:
     return random.SystemRandom().getrandbits(32)
 
 
-@dataclass(frozen=True, slots=True)
-class FragmentHeader:
+class FragmentHeader(NamedTuple):
     frame_number: int
     stamp_ns: int  # the camera's capture stamp, carried through for latency measurement
     keyframe: bool
@@ -95,8 +95,7 @@ class FragmentHeader:
         if len(fragment) != _HEADER.size + block_bytes:
             raise ValueError(f"fragment of {len(fragment)} bytes, expected {_HEADER.size} + "
                              f"{block_bytes}")
-        return cls(number, stamp_ns, bool(flags & KEYFRAME), k, n, index, frame_bytes,
-                   block_bytes)
+        return cls(number, stamp_ns, flags == KEYFRAME, k, n, index, frame_bytes, block_bytes)
 
 
 def data_blocks(frame_bytes: int, payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> int:
@@ -219,8 +218,9 @@ class FrameAssembler:
 
     @property
     def wants_keyframe(self) -> bool:
-        """Whether the decoder needs a keyframe: from the start, and after any frame was lost
-        (dropped, or never seen) until a keyframe is delivered."""
+        """Whether the decoder needs a keyframe: from the start, and from the moment a frame
+        is lost (expired, abandoned, or skipped by the frame delivered) until a keyframe is
+        delivered."""
         return self._wants_keyframe
 
     @property
@@ -244,8 +244,9 @@ class FrameAssembler:
             if behind > self.restart_frames:
                 self._restart()
             elif behind >= 0:
+                # No keyframe request: delivering the newer frame flagged the gap already.
                 self.counters.late_dropped += 1
-                self._drop(number)
+                self._close(number)
                 return []
         partial = self._pending.get(number)
         if partial is None:
@@ -269,6 +270,8 @@ class FrameAssembler:
     def expire(self, now_ns: int) -> int:
         """Drops the incomplete frames whose first fragment came more than deadline_ns before
         now_ns; returns how many."""
+        if not self._pending:
+            return 0
         overdue = [number for number, partial in self._pending.items()
                    if now_ns - partial.first_ns > self.deadline_ns]
         for number in overdue:
