@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from telesurg.analysis.metrics import percentiles
+from telesurg.arm.kinematics import HOME_POSITIONS
+from telesurg.arm.simulation import ArmSimulation
 from telesurg.bench import Result, Row
+from telesurg.contract.resources import arm_urdf
 from telesurg.video import transport
-from telesurg.video.camera import StereoEndoscope  # before mujoco: it picks EGL
+from telesurg.video.camera import StereoEndoscope  # opens its own EGL context
 from telesurg.video.codec import H264Decoder, H264Encoder
 
 FPS = 30.0
@@ -88,8 +91,6 @@ class EyeStream:
 
 def _arm_pose(sim, t_s: float) -> None:
     """The arm moving as a surgeon's hand would, a few centimetres a second."""
-    from telesurg.arm.kinematics import HOME_POSITIONS
-
     positions = HOME_POSITIONS.copy()
     positions[0] += 0.15 * np.sin(2 * np.pi * 0.5 * t_s)
     positions[1] += 0.10 * np.sin(2 * np.pi * 0.3 * t_s)
@@ -100,10 +101,6 @@ def _arm_pose(sim, t_s: float) -> None:
 def run_variant(conditions: Conditions, frames: int = FRAMES, fps: float = FPS,
                 width: int = WIDTH, height: int = HEIGHT) -> dict:
     """The figures of one variant (see the module docstring)."""
-    from telesurg.arm.kinematics import HOME_POSITIONS
-    from telesurg.arm.simulation import ArmSimulation
-    from telesurg.contract.resources import arm_urdf
-
     rng = random.Random(SEED)
     sim = ArmSimulation(arm_urdf(), 0.002, HOME_POSITIONS)
     eyes = [EyeStream(H264Encoder(width, height, fps)) for _ in range(2)]
