@@ -739,6 +739,18 @@ def test_presence_lost_only_while_following_past_the_grace():
     sup.on_following(T0, False)
     sup.on_operator_present(T0 + 0.01 + grace_s, False)
     assert sup.state is ENABLED
+    # Both links cut: the console stopped following during the outage and its report arrives
+    # with the links' return, long after the last command; the operator's release that follows
+    # (re-pressing the pedal to engage again) is no release while following.
+    sup = following()
+    outage_s = 1.0
+    sup.on_link_state(T0 + 0.01, "LOST")
+    assert sup.state is PAUSED
+    healthy(sup, T0 + outage_s)
+    sup.on_following(T0 + outage_s, False)
+    assert sup.command(T0 + outage_s, "resume").accepted
+    sup.on_operator_present(T0 + outage_s + 0.5 * grace_s, False)
+    assert sup.state is ENABLED
 
 
 # Joint ranges of 8 with a margin of 1/8: a margin of exactly 1.0, edges without round-off.

@@ -40,11 +40,12 @@ naming every persisting cause and fault condition with its figures.
   checked, reported in warnings().
 - COMMAND_STAMP: likewise, the latest command is stamped more than max_clock_skew_ms in the
   future: the sites' clocks are out of step (or the stamp is forged), so no age limit holds.
-- PRESENCE_LOST: the operator-present pedal released while the console reports following (an
-  event), or the console reporting following without the operator for presence_grace_ms (the
-  two reports cross the bridge on topics of their own, so on an engage "following" may come
-  before "present"). The latter clears as soon as the operator is back or the console stops
-  following (re-engaging needs presence).
+- PRESENCE_LOST: the operator-present pedal released while the console reports following, or
+  within presence_grace_ms of a stop that ended a stream of commands (an event), or the console
+  reporting following without the operator for presence_grace_ms (the two reports cross the
+  bridge on topics of their own, so on an engage "following" may come before "present"). The
+  latter clears as soon as the operator is back or the console stops following (re-engaging
+  needs presence).
 - STEP_LIMIT (event, never persists): the tip moved more than step_limit_mm (plus
   max_tip_speed_m_s times the time since the previous command arrived) between consecutive
   commands while ENABLED and following (a non-finite tip counts as over). The reference is
@@ -376,7 +377,11 @@ class SafetySupervisor:
             self._following_since = now
         if not following:
             self._step_reference = None  # the next engage re-captures
-            if self._following:
+            # Only a stop that ends a stream of commands can be the console's answer to a
+            # release still on its way; one held back by a link outage arrives long after the
+            # commands ceased, and a release after it is no release while following.
+            commanded = now - self._command_time <= self.config.presence_grace_ms * 1e-3
+            if self._following and commanded:
                 self._following_stopped_at = now
         self._following = following
         return self._evaluate(now, [])
