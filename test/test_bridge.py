@@ -11,13 +11,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import rclpy
+import yaml
 from crtk_msgs.msg import OperatingState
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage
 
 from telesurg.bridge.wire import PROTOCOL_VERSION, MessageKind, write_key
 from telesurg.contract.graph import NodeSpec
@@ -27,6 +30,7 @@ from telesurg.linkem.relay import LinkRelay
 from telesurg.ros.qos import qos_profile
 from telesurg.session.demo import session_environment
 from telesurg.session.processes import NodeGroup
+from telesurg.video.codec import H264Decoder, H264Encoder
 
 # Tier (setup.cfg markers): bridge node processes and ROS contexts on two DDS domains.
 pytestmark = pytest.mark.multiprocess
@@ -151,6 +155,52 @@ def test_messages_cross_both_ways_and_each_site_sees_its_links(two_sites):
     assert patient.overall("duplicates_discarded") >= len(received)  # the copy from link b
     assert patient.overall("rejected_datagrams") == 0
     assert all(process.poll() is None for process in processes)
+
+
+VIDEO_TOPIC = "/endoscope/left/image_raw/compressed"
+
+
+def test_h264_frames_cross_as_video_and_decode_at_the_master_site(tmp_path, ros_env,
+                                                                  second_domain_id,
+                                                                  direct_bridge_config):
+    """A video topic in the configuration: the patient site's H.264 frames (CompressedImage)
+    cross in fragments and come out at the master site whole, in order, and decodable."""
+    config, _ = direct_bridge_config
+    document = yaml.safe_load(config.read_text())
+    document["topics"]["patient_to_master"].append(
+        {"name": VIDEO_TOPIC, "type": "sensor_msgs/msg/CompressedImage", "qos": "video"})
+    config.write_text(yaml.safe_dump(document))
+    with bridged_sites(tmp_path, int(ros_env["ROS_DOMAIN_ID"]), second_domain_id,
+                       config) as (master, patient, processes):
+        camera = patient.node.create_publisher(CompressedImage, VIDEO_TOPIC,
+                                               qos_profile(Qos.VIDEO))
+        frames = []
+        master.node.create_subscription(
+            CompressedImage, VIDEO_TOPIC, frames.append,
+            QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
+        patient.spin_until(lambda: camera.get_subscription_count() > 0
+                           and patient.overall() == "REDUNDANT", DISCOVERY_TIMEOUT_S,
+                           "the patient bridge to subscribe the video and both links up")
+        master.spin_until(lambda: master.node.count_publishers(VIDEO_TOPIC) > 0,
+                          DISCOVERY_TIMEOUT_S, "the master bridge to publish the video")
+        encoder = H264Encoder(320, 240, 30.0)
+        rows, columns = np.mgrid[0:240, 0:320]
+        for number in range(30):  # a gradient sliding across the image, at 30 fps
+            image = np.stack([(columns + 4 * number) % 256, rows % 256,
+                              np.full_like(rows, 128)], axis=-1).astype(np.uint8)
+            encoded = encoder.encode(image, number)
+            message = CompressedImage(format="h264", data=encoded.data)
+            message.header.frame_id = str(number)
+            camera.publish(message)
+            patient.spin_for(1 / 30)
+        master.spin_until(lambda: len(frames) >= 28, 10.0, "the frames at the master site")
+        numbers = [int(frame.header.frame_id) for frame in frames]
+        assert numbers == sorted(set(numbers))  # in order, each once
+        decoder = H264Decoder()
+        decoded = [decoder.decode(bytes(frame.data)) for frame in frames]
+        assert sum(image is not None for image in decoded) >= 28
+        assert all(image is None or image.shape == (240, 320, 3) for image in decoded)
+        assert all(process.poll() is None for process in processes)
 
 
 def test_garbage_is_counted_and_never_published(two_sites):

@@ -9,9 +9,17 @@ replaced, its datagrams are discarded (counted apart from rejected ones, since a
 peer sends them too) and count for nothing: neither delivered nor as signs of a live link. A
 replaced sender is never trusted again, so its recorded traffic cannot be replayed later.
 
-No rclpy: the node hands outgoing payloads (CDR bytes) to send(), and gets incoming ones back
-through a callback from the receive thread. Sockets are plain UDP, one per link, optionally
-bound to a network interface so that each link leaves on its own technology.
+Video. A message of a video topic (a compressed frame) goes to send_video(): it is cut into
+fragments with forward error correction (telesurg.video.transport), which a thread of their
+own sends, paced under VIDEO_CAP_MBPS per link, each under the send lock for one datagram only:
+a command waits behind at most one fragment, never behind a frame. A newer frame of the same
+topic replaces what is left of the older one in the queue (shown late it would be worthless).
+The receiver reassembles each topic's frames and delivers a frame once, whole and in order, or
+not at all.
+
+No rclpy: the node hands outgoing payloads (CDR bytes) to send() (or send_video()), and gets
+incoming ones back through a callback from the receive thread. Sockets are plain UDP, one per
+link, optionally bound to a network interface so that each link leaves on its own technology.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,11 +45,14 @@ from telesurg.bridge.wire import (
     WireCodec,
     WireError,
     max_message_bytes,
+    max_payload_bytes,
     pack_data,
     unpack_data,
 )
 from telesurg.contract.params import MAX_CLOCK_SKEW
+from telesurg.contract.states import LinkState
 from telesurg.contract.topics import Qos
+from telesurg.video import transport
 
 #: Heartbeat payload: per link, the link id, the newest peer heartbeat timestamp heard on it and
 #: how long it was held before this heartbeat left (RTCP's LSR/DLSR), so that each side measures
@@ -58,6 +70,14 @@ REDUNDANCY_WINDOW_NS = 100_000_000
 #: that delivered on time look silent.
 _SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
+#: Video's share of each link (every fragment goes on every link), and the burst it may send at
+#: once: a frame's fragments leave together unless the link is busy with video already.
+VIDEO_CAP_MBPS = 20.0
+VIDEO_BURST_BYTES = 64_000
+#: A video frame not complete this long after its first fragment arrived is dropped.
+VIDEO_DEADLINE_NS = 100_000_000
+#: Loss assumed when sizing a frame's parity: every link must lose a fragment for it to be lost.
+VIDEO_LOSS_RATE = 0.01
 _ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
 RECEIVE_BUFFER_BYTES = 4 << 20
 #: Longest the receive thread sleeps when no link deadline is due.
@@ -87,6 +107,15 @@ class TokenBucket:
             return False
         self._tokens -= 1.0
         return True
+
+
+@dataclass
+class VideoCounters:
+    frames_sent: int = 0  # handed to send_video
+    frames_superseded: int = 0  # a newer frame of the topic came before all was sent
+    fragments_sent: int = 0  # on every link
+    frames_delivered: int = 0  # reassembled and handed over
+    fragments_unexpected: int = 0  # for a topic this site does not receive as video
 
 
 @dataclass
@@ -207,14 +236,32 @@ class BridgeCore:
         self._stop = threading.Event()
         self._receiver = threading.Thread(target=self._receive_loop, name="bridge_receive",
                                           daemon=True)
+        # Video: per outgoing topic, its next frame number and the fragments still to send;
+        # per incoming topic, its frames being reassembled.
+        self.video = VideoCounters()
+        self._video_numbers = {topic.index: transport.first_frame_number()
+                               for topic in config.outgoing if topic.qos == Qos.VIDEO}
+        self._video_queues: dict[int, deque[bytes]] = {index: deque()
+                                                       for index in self._video_numbers}
+        self._video_ready = threading.Condition()
+        self._video_pacer = transport.Pacer(VIDEO_CAP_MBPS * 1e6 / 8, VIDEO_BURST_BYTES)
+        self._assemblers = {topic.index: transport.FrameAssembler(VIDEO_DEADLINE_NS)
+                            for topic in config.incoming if topic.qos == Qos.VIDEO}
+        self._video_sender = threading.Thread(target=self._video_loop, name="bridge_video",
+                                              daemon=True) if self._video_numbers else None
 
     def start(self) -> None:
         self._receiver.start()
+        if self._video_sender is not None:
+            self._video_sender.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._receiver.is_alive():
-            self._receiver.join(timeout=2.0)
+        with self._video_ready:
+            self._video_ready.notify()
+        for thread in (self._receiver, self._video_sender):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=2.0)
         for link in self.links:
             link.sock.close()
 
@@ -233,6 +280,57 @@ class BridgeCore:
         if topic_index in self._command_topics:
             self.commands_sent += 1
         return True
+
+    def send_video(self, topic_index: int, frame: bytes) -> None:
+        """Queue a video topic's message (a compressed frame, CDR bytes) for the video thread,
+        in fragments with parity for the links' loss now; what is left of this topic's previous
+        frame is dropped. ValueError if the frame needs more than transport.MAX_BLOCKS
+        fragments."""
+        k = transport.data_blocks(len(frame), max_payload_bytes())
+        parity = transport.parity_blocks(k, self._video_loss_rate())
+        number = self._video_numbers[topic_index]
+        self._video_numbers[topic_index] = (number + 1) % (1 << 32)
+        fragments = transport.fragment_frame(number, max(header_stamp_ns(frame) or 0, 0), frame,
+                                             False, parity=parity,
+                                             payload_bytes=max_payload_bytes())
+        with self._video_ready:
+            queue = self._video_queues[topic_index]
+            if queue:
+                self.video.frames_superseded += 1
+            queue.clear()
+            queue.extend(fragments)
+            self.video.frames_sent += 1
+            self._video_ready.notify()
+
+    def _video_loss_rate(self) -> float:
+        """The chance that a fragment is lost on every link, from the links' loss as measured
+        on what the peer sends (a link DOWN loses everything)."""
+        rate = 1.0
+        for figures in self.snapshot().links.values():
+            rate *= 1.0 if figures.state == LinkState.DOWN else figures.loss_percent / 100.0
+        return min(rate, 1.0)
+
+    def _video_loop(self) -> None:
+        """Send queued fragments, the topics in turn, each when the pacer lets it go."""
+        turn = deque(self._video_queues)
+        while not self._stop.is_set():
+            with self._video_ready:
+                while not any(self._video_queues.values()) and not self._stop.is_set():
+                    self._video_ready.wait()
+                if self._stop.is_set():
+                    return
+                while not self._video_queues[turn[0]]:
+                    turn.rotate(-1)
+                topic_index = turn[0]
+                fragment = self._video_queues[topic_index].popleft()
+                turn.rotate(-1)
+            wait_ns = self._video_pacer.wait_ns(len(fragment), time.monotonic_ns())
+            if wait_ns and self._stop.wait(wait_ns * 1e-9):
+                return
+            self._video_pacer.take(len(fragment), time.monotonic_ns())
+            with self._send_lock:
+                self._send_everywhere(MessageKind.VIDEO, topic_index, fragment)
+            self.video.fragments_sent += 1
 
     def refresh_states(self, unsent_for_ns: int = 0) -> None:
         """Send again the latest message of every state topic not sent for unsent_for_ns. A
@@ -357,6 +455,11 @@ class BridgeCore:
                 self._deliver_data(datagram.topic_index, message)
             else:
                 self.duplicates_discarded += 1
+        elif datagram.kind == MessageKind.VIDEO:
+            if fresh:
+                self._take_fragment(datagram.topic_index, datagram.payload, arrival_ns)
+            else:
+                self.duplicates_discarded += 1
 
     def _rejected_unread(self, link: _Link, header, arrival_ns: int) -> str:
         """Why a datagram is dropped on its header alone, before any cryptography ("" if it is
@@ -374,6 +477,19 @@ class BridgeCore:
         if not self.codec.knows(header.sender_id) and not self._derivations.take(arrival_ns):
             return "unknown sender over budget"
         return ""
+
+    def _take_fragment(self, topic_index: int, fragment: bytes, arrival_ns: int) -> None:
+        assembler = self._assemblers.get(topic_index)
+        if assembler is None:  # not a video topic this site receives: misconfigured peer
+            self.video.fragments_unexpected += 1
+            return
+        for frame in assembler.add(fragment, arrival_ns):
+            self.video.frames_delivered += 1
+            self._deliver(topic_index, frame.data)
+
+    def video_assembly(self) -> dict[int, transport.AssemblyCounters]:
+        """Each incoming video topic's reassembly counters, by topic index."""
+        return {index: assembler.counters for index, assembler in self._assemblers.items()}
 
     def _deliver_data(self, topic_index: int, message: bytes) -> None:
         self.delivered += 1

@@ -74,9 +74,12 @@ class MessageKind(IntEnum):
     DATA = 1
     HEARTBEAT = 2
     HEARTBEAT_REPLY = 3
+    VIDEO = 4  # one fragment of a video frame (telesurg.video.transport)
 
 
 _KINDS = frozenset(MessageKind)
+#: The kinds that carry a topic's messages (the others, topic index 0).
+_TOPIC_KINDS = frozenset({MessageKind.DATA, MessageKind.VIDEO})
 
 
 def max_payload_bytes() -> int:
@@ -227,7 +230,7 @@ class WireCodec:
                 f"fit in a {MAX_DATAGRAM_BYTES}-byte datagram")
         if kind not in _KINDS:
             raise ValueError(f"unknown message kind {kind}")
-        if kind != MessageKind.DATA and topic_index != 0:
+        if kind not in _TOPIC_KINDS and topic_index != 0:
             raise ValueError(f"{MessageKind(kind).name} must have topic index 0")
         if sequence <= self._last_sequence_by_link.get(link_id, -1):
             raise SequenceReuse(f"sequence {sequence} on link {link_id} is not above the last "

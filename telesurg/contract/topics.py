@@ -44,6 +44,9 @@ class Qos(StrEnum):
     #: Reliable, volatile, keep last 1: joint commands to ros2_control, whose forward
     #: controllers subscribe reliable (a reliable writer also serves best-effort readers).
     JOINT_COMMAND = "joint_command"
+    #: Best effort, volatile, keep last 1, like COMMAND; the bridges carry it as video: each
+    #: message (a frame) in fragments with forward error correction, paced, behind commands.
+    VIDEO = "video"
 
 
 _POSE = "geometry_msgs/msg/PoseStamped"

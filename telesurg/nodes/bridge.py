@@ -24,6 +24,7 @@ from telesurg.bridge.wire import DropCounters, KeyFileError, load_key
 from telesurg.contract import topics
 from telesurg.contract.params import ConfigError
 from telesurg.contract.states import LINK_OVERALL_ID, LinkState, OverallState
+from telesurg.contract.topics import Qos
 from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import message_class, message_info
 from telesurg.ros.node import declare_parameters, run_node
@@ -62,9 +63,10 @@ class BridgeNode(Node):
         except OSError as error:
             raise ConfigError(f"{path}: {error}") from None
         for topic in config.outgoing:
-            self.create_subscription(message_class(topic.type_name), topic.name,
-                                     self._sender(topic.index), qos_profile(topic.qos),
-                                     raw=True)
+            send = (self._video_sender(topic.index) if topic.qos == Qos.VIDEO
+                    else self._sender(topic.index))
+            self.create_subscription(message_class(topic.type_name), topic.name, send,
+                                     qos_profile(topic.qos), raw=True)
         self._link_state_pub = publisher(self, topics.BRIDGE_LINK_STATE)
         self._diagnostics_pub = publisher(self, topics.DIAGNOSTICS)
         self._name = f"bridge ({p.role})"
@@ -109,6 +111,15 @@ class BridgeNode(Node):
                 self.get_logger().error(
                     "a message too large for one datagram was not sent",
                     throttle_duration_sec=5.0)
+        return send
+
+    def _video_sender(self, topic_index: int):
+        def send(payload: bytes) -> None:
+            try:
+                self.core.send_video(topic_index, payload)
+            except ValueError as error:  # a frame too large even for fragments
+                self.get_logger().error(f"a video frame was not sent: {error}",
+                                        throttle_duration_sec=5.0)
         return send
 
     def _deliver(self, topic_index: int, payload: bytes) -> None:

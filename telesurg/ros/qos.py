@@ -16,6 +16,7 @@ _POLICIES = {
     Qos.STATE: (1, ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL),
     Qos.EVENT: (10, ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE),
     Qos.JOINT_COMMAND: (1, ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE),
+    Qos.VIDEO: (1, ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE),
 }
 
 
