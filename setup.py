@@ -78,6 +78,7 @@ setup(
             "simulator = telesurg.nodes.simulator:main",
             "bridge = telesurg.nodes.bridge:main",
             "safety_supervisor = telesurg.nodes.safety_supervisor:main",
+            "endoscope = telesurg.nodes.endoscope:main",
             "site_container = telesurg.nodes.site_container:main",
         ],
     },

@@ -54,6 +54,12 @@ SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "pati
                      "MuJoCo physics of the arm URDF, ros2_control-style interface.",
                      "SimulatorNode", niceness=-5)
 
+#: The patient site's stereo endoscope: renders the arm from /joint_states, publishes H.264.
+#: Not in SESSION_NODES: it costs about 0.6 of a core at 640x480 and 30 fps.
+ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
+                     "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
+                     "EndoscopeNode")
+
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
                   "Carries the configured topics to the other site over every link.",

@@ -212,6 +212,21 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               1.0, 100.0),
         MAX_CLOCK_SKEW,
     ),
+    "endoscope": (
+        Param("fps", 30.0, "Stereo frames captured (rendered and encoded) per second.",
+              1.0, 60.0),
+        Param("width", 640, "Image width per eye, pixels (even).", 64, 1920),
+        Param("height", 480, "Image height per eye, pixels (even).", 48, 1080),
+        Param("baseline_m", 0.005, "Distance between the two eyes, like a 3D laparoscope's.",
+              0.001, 0.02),
+        Param("keyframe_interval_s", 1.0,
+              "Time between H.264 keyframes: the longest a receiver that lost a frame waits "
+              "to show video again.", 0.1, 10.0),
+        Param("publish_raw", False,
+              "Also publish /endoscope/*/image_raw at the patient site (about 0.9 MB per "
+              "image at 640x480: costs CPU even with nobody listening to the copies)."),
+        URDF_PATH,
+    ),
     "simulator": (
         PHYSICS_RATE,
         Param("publish_rate_hz", 500.0,

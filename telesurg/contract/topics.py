@@ -133,6 +133,20 @@ BRIDGE_LINK_STATE = Topic("/bridge/link_state", _DIAGNOSTICS, Qos.STATE, BOTH,
                           "each site's bridge, its own view (a status per link and overall)")
 DIAGNOSTICS = Topic("/diagnostics", _DIAGNOSTICS, Qos.EVENT, BOTH,
                     "every node with health to report")
+# The stereo endoscope at the patient site (the endoscope node: MuJoCo render, H.264), stamped
+# at capture. The compressed frames cross as video; the raw images stay at the patient site.
+ENDOSCOPE_LEFT_COMPRESSED, ENDOSCOPE_RIGHT_COMPRESSED = (
+    Topic(f"/endoscope/{eye}/image_raw/compressed", "sensor_msgs/msg/CompressedImage",
+          Qos.VIDEO, BOTH, "endoscope (patient site), bridge (master site)", PATIENT_TO_MASTER)
+    for eye in ("left", "right"))
+ENDOSCOPE_LEFT_CAMERA_INFO, ENDOSCOPE_RIGHT_CAMERA_INFO = (
+    Topic(f"/endoscope/{eye}/camera_info", "sensor_msgs/msg/CameraInfo", Qos.COMMAND, BOTH,
+          "endoscope (patient site), bridge (master site)", PATIENT_TO_MASTER)
+    for eye in ("left", "right"))
+ENDOSCOPE_LEFT_IMAGE, ENDOSCOPE_RIGHT_IMAGE = (
+    Topic(f"/endoscope/{eye}/image_raw", "sensor_msgs/msg/Image", Qos.COMMAND, (PATIENT,),
+          "endoscope, with publish_raw", recorded=False)
+    for eye in ("left", "right"))
 
 #: The crossing topics in the default bridge configuration's order, which gives each its index
 #: on the wire: master_to_patient first, then patient_to_master.
@@ -140,6 +154,9 @@ TOPICS: tuple[Topic, ...] = (
     MTM_MEASURED_CP, MTM_GRIPPER_MEASURED_JS, CONSOLE_CLUTCH,
     PSM_SERVO_CP, PSM_JAW_SERVO_JP, PSM_STATE_COMMAND, CONSOLE_FOLLOWING, CONSOLE_OPERATOR_PRESENT,
     PSM_MEASURED_CP, PSM_OPERATING_STATE, SAFETY_STATUS,
+    ENDOSCOPE_LEFT_COMPRESSED, ENDOSCOPE_RIGHT_COMPRESSED,
+    ENDOSCOPE_LEFT_CAMERA_INFO, ENDOSCOPE_RIGHT_CAMERA_INFO,
+    ENDOSCOPE_LEFT_IMAGE, ENDOSCOPE_RIGHT_IMAGE,
     PSM_SETPOINT_CP, PSM_MEASURED_JS, FORWARD_POSITION_COMMANDS, JOINT_STATES,
     BRIDGE_LINK_STATE, DIAGNOSTICS,
 )

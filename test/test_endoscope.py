@@ -1,0 +1,105 @@
+"""The endoscope node as a process: it follows /joint_states, and its H.264 frames (both eyes,
+stamped at capture, with their camera_info) decode into images that show the arm move."""
+
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, JointState
+
+from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
+from telesurg.contract import topics
+from telesurg.contract.graph import ENDOSCOPE
+from telesurg.ros.qos import qos_profile
+from telesurg.session.demo import session_environment
+from telesurg.session.processes import NodeGroup
+from telesurg.video.codec import H264Decoder
+
+pytestmark = pytest.mark.multiprocess
+
+TIMEOUT_S = 30.0
+FPS = 15.0
+#: Mean absolute difference (0-255) between two decoded images that show different scenes.
+DIFFERENT = 2.0
+
+
+class Site:
+    """This test's node on the endoscope's domain: the arm's /joint_states in, video out."""
+
+    def __init__(self, domain: int):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node("endoscope_probe", context=self.context)
+        self.joints = self.node.create_publisher(JointState, topics.JOINT_STATES.name,
+                                                 qos_profile(topics.JOINT_STATES.qos))
+        self.frames = {"left": [], "right": []}
+        self.infos = {"left": [], "right": []}
+        deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+        for eye in self.frames:
+            self.node.create_subscription(CompressedImage,
+                                          f"/endoscope/{eye}/image_raw/compressed",
+                                          self.frames[eye].append, deep)
+            self.node.create_subscription(CameraInfo, f"/endoscope/{eye}/camera_info",
+                                          self.infos[eye].append, deep)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def pose(self, positions) -> None:
+        self.joints.publish(JointState(name=list(JOINT_NAMES), position=list(positions)))
+
+    def spin_until(self, condition, what: str, timeout_s: float = TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def decoded_last(frames) -> np.ndarray:
+    """The newest frame decoded from the stream so far."""
+    decoder = H264Decoder()
+    images = [decoder.decode(bytes(frame.data)) for frame in frames]
+    found = [image for image in images if image is not None]
+    assert found, f"none of {len(frames)} frames decoded"
+    return found[-1]
+
+
+def test_the_endoscope_streams_both_eyes_and_shows_the_arm_move(tmp_path, ros_env):
+    domain = int(ros_env["ROS_DOMAIN_ID"])
+    group = NodeGroup(session_environment(domain), tmp_path / "logs")
+    group.start(ENDOSCOPE, ["-p", f"fps:={FPS}", "-p", "width:=320", "-p", "height:=240",
+                            "-p", "keyframe_interval_s:=0.5"])
+    site = Site(domain)
+    try:
+        site.spin_until(lambda: site.node.count_publishers(
+            topics.ENDOSCOPE_LEFT_COMPRESSED.name) > 0 and site.joints.get_subscription_count()
+            > 0, "endoscope on the graph")
+        site.pose(HOME_POSITIONS)
+        site.spin_until(lambda: min(map(len, site.frames.values())) >= 10, "ten stereo frames")
+        left, right = (decoded_last(site.frames[eye]) for eye in ("left", "right"))
+        assert left.shape == (240, 320, 3)
+        assert np.abs(left.astype(int) - right.astype(int)).mean() > DIFFERENT  # 5 mm apart
+        frame, info = site.frames["left"][-1], site.infos["right"][-1]
+        assert frame.format == "h264" and frame.header.stamp.sec > 0
+        assert info.width == 320 and info.p[3] == pytest.approx(-info.k[0] * 0.005)
+
+        moved = np.array(HOME_POSITIONS)
+        moved[0] += 0.3  # outer yaw: the tool sweeps across the view
+        seen = len(site.frames["left"])
+        site.pose(moved)
+        site.spin_until(lambda: len(site.frames["left"]) >= seen + 10, "frames after the move")
+        after = decoded_last(site.frames["left"])
+        assert np.abs(after.astype(int) - left.astype(int)).mean() > DIFFERENT
+        stamps = [f.header.stamp.sec * 10**9 + f.header.stamp.nanosec
+                  for f in site.frames["left"]]
+        assert stamps == sorted(stamps)
+    finally:
+        site.close()
+        assert set(group.stop().values()) <= {0}, (tmp_path / "logs").glob("*")
