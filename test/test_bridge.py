@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 import rclpy
-import yaml
 from crtk_msgs.msg import OperatingState
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
@@ -24,7 +23,7 @@ from sensor_msgs.msg import CompressedImage
 
 from telesurg.bridge.wire import PROTOCOL_VERSION, MessageKind, write_key
 from telesurg.contract.graph import NodeSpec
-from telesurg.contract.topics import Qos
+from telesurg.contract.topics import ENDOSCOPE_LEFT_COMPRESSED, Qos
 from telesurg.linkem.model import PROFILES
 from telesurg.linkem.relay import LinkRelay
 from telesurg.ros.qos import qos_profile
@@ -157,19 +156,15 @@ def test_messages_cross_both_ways_and_each_site_sees_its_links(two_sites):
     assert all(process.poll() is None for process in processes)
 
 
-VIDEO_TOPIC = "/endoscope/left/image_raw/compressed"
+VIDEO_TOPIC = ENDOSCOPE_LEFT_COMPRESSED.name
 
 
 def test_h264_frames_cross_as_video_and_decode_at_the_master_site(tmp_path, ros_env,
                                                                   second_domain_id,
                                                                   direct_bridge_config):
-    """A video topic in the configuration: the patient site's H.264 frames (CompressedImage)
-    cross in fragments and come out at the master site whole, in order, and decodable."""
+    """The patient site's H.264 frames (CompressedImage) on the endoscope's video topic cross
+    in fragments and come out at the master site whole, in order, and decodable."""
     config, _ = direct_bridge_config
-    document = yaml.safe_load(config.read_text())
-    document["topics"]["patient_to_master"].append(
-        {"name": VIDEO_TOPIC, "type": "sensor_msgs/msg/CompressedImage", "qos": "video"})
-    config.write_text(yaml.safe_dump(document))
     with bridged_sites(tmp_path, int(ros_env["ROS_DOMAIN_ID"]), second_domain_id,
                        config) as (master, patient, processes):
         camera = patient.node.create_publisher(CompressedImage, VIDEO_TOPIC,

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-import yaml
 from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage
@@ -19,6 +18,7 @@ from waiting import wait_for
 from telesurg.bridge import config as bridge_config
 from telesurg.bridge.core import BridgeCore, _Link, echo, header_stamp_ns
 from telesurg.bridge.wire import MessageKind, WireCodec, max_payload_bytes, write_key
+from telesurg.contract import topics
 from telesurg.ros.messages import message_info
 
 load_bridge_config = functools.partial(bridge_config.load_bridge_config,
@@ -425,19 +425,15 @@ def test_state_topics_are_sent_again_and_commands_are_not(cores):
 
 # Video --------------------------------------------------------------------------------------
 
-VIDEO_TOPIC = "/endoscope/left/image_raw/compressed"
+VIDEO_TOPIC = topics.ENDOSCOPE_LEFT_COMPRESSED.name
 
 
 @pytest.fixture
 def video_cores(tmp_path, direct_bridge_config):
-    """(patient, master, received at the master site, the video topic's index): the default
-    configuration plus one video topic, patient to master."""
+    """(patient, master, received at the master site, the index of the left endoscope's video
+    topic), with the default configuration."""
     key = write_key(tmp_path / "bridge.key")
     path, _ = direct_bridge_config
-    document = yaml.safe_load(path.read_text())
-    document["topics"]["patient_to_master"].append(
-        {"name": VIDEO_TOPIC, "type": "sensor_msgs/msg/CompressedImage", "qos": "video"})
-    path.write_text(yaml.safe_dump(document))
     received = []
     patient = BridgeCore(load_bridge_config(path, "patient"), key, lambda *_: None,
                          lambda _: None)
