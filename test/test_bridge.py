@@ -83,14 +83,15 @@ class Site:
 
 
 @contextlib.contextmanager
-def bridged_sites(folder, master_domain, patient_domain, config):
+def bridged_sites(folder, master_domain, patient_domain, config, video=False):
     """Two bridge processes with the given configuration, and a probe on each site's domain."""
     write_key(folder / "bridge.key")
     groups = []
     for role, domain in (("master", master_domain), ("patient", patient_domain)):
         group = NodeGroup(session_environment(domain), folder / f"logs_{role}")
         group.start(NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", role, "bridge"),
-                    ["-p", f"role:={role}", "-p", f"config_file:={config}"])
+                    ["-p", f"role:={role}", "-p", f"config_file:={config}",
+                     "-p", f"video:={str(video).lower()}"])
         groups.append(group)
     master, patient = Site(master_domain), Site(patient_domain)
     try:
@@ -148,6 +149,9 @@ def test_messages_cross_both_ways_and_each_site_sees_its_links(two_sites):
     assert received == sorted(received)  # latest-wins stream arrives in order, no duplicates
     state_pub.publish(OperatingState(state="ENABLED"))
     master.spin_until(lambda: states == ["ENABLED"], 10.0, "the state at the master site")
+    # Without video (the default), the bridges have no endpoints for the video topics.
+    assert master.node.count_publishers(VIDEO_TOPIC) == 0
+    assert patient.node.count_subscribers(VIDEO_TOPIC) == 0
 
     patient.spin_until(lambda: patient.overall("delivered") >= len(received), 5.0,
                        "the patient bridge's counters")
@@ -166,7 +170,7 @@ def test_h264_frames_cross_as_video_and_decode_at_the_master_site(tmp_path, ros_
     in fragments and come out at the master site whole, in order, and decodable."""
     config, _ = direct_bridge_config
     with bridged_sites(tmp_path, int(ros_env["ROS_DOMAIN_ID"]), second_domain_id,
-                       config) as (master, patient, processes):
+                       config, video=True) as (master, patient, processes):
         camera = patient.node.create_publisher(CompressedImage, VIDEO_TOPIC,
                                                qos_profile(Qos.VIDEO))
         frames = []

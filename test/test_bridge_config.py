@@ -65,6 +65,15 @@ def test_default_file_loads_for_both_roles_with_the_same_topic_indices():
     assert (master.heartbeat_rate_hz, master.link_timeout_ms) == (100.0, 50.0)
 
 
+def test_without_video_the_video_topics_are_left_out_and_indices_kept():
+    with_video, without = (load_bridge_config(default_bridge_config_path(), "master",
+                                              video=video) for video in (True, False))
+    assert without.outgoing == with_video.outgoing
+    assert [topic.name for topic in without.incoming] == [
+        "/psm/measured_cp", "/psm/operating_state", "/safety/status"]
+    assert without.incoming == with_video.incoming[:3]
+
+
 def test_optional_keys_take_their_defaults_and_addresses_their_forms(tmp_path):
     def edit(document):
         del document["heartbeat_rate_hz"], document["link_timeout_ms"]

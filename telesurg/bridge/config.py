@@ -33,7 +33,14 @@ from telesurg.bridge.link_health import LINK_TIMEOUT
 from telesurg.bridge.wire import max_message_bytes
 from telesurg.contract.params import ConfigError, Param, read_yaml
 from telesurg.contract.resources import share_dir
-from telesurg.contract.topics import OUTGOING_DIRECTION, SITE_LOCAL_TOPICS, SITES, Qos, topic_named
+from telesurg.contract.topics import (
+    OUTGOING_DIRECTION,
+    SITE_LOCAL_TOPICS,
+    SITES,
+    Qos,
+    is_video_topic,
+    topic_named,
+)
 
 #: The bridges' roles: one per site. Topic indices follow OUTGOING_DIRECTION's order
 #: (master_to_patient first).
@@ -122,13 +129,14 @@ def parse_link_overrides(parameter: str, text: str) -> dict[str, str]:
 
 def load_bridge_config(path: str | Path, role: str, key_file: str = "",
                        link_overrides: dict[str, str] | None = None, *,
-                       message_types: MessageTypes) -> BridgeConfig:
+                       message_types: MessageTypes, video: bool = True) -> BridgeConfig:
     """Read and check the bridge configuration file `path`; return the side of `role`.
 
     key_file, if not empty, replaces the file's; link_overrides maps each LINK_OVERRIDES
     parameter to its text, which replaces those parts of this site's side of the links. The
     result is checked as if the file said so, and errors name the parameter. message_types
-    describes each topic's message type (see MessageTypes).
+    describes each topic's message type (see MessageTypes). Without video, the contract's
+    video topics are left out (their indices stay reserved).
     """
     path = Path(path)
     if role not in ROLES:
@@ -148,7 +156,9 @@ def load_bridge_config(path: str | Path, role: str, key_file: str = "",
                      f"{link_timeout_ms} ms is less than {_MIN_HEARTBEATS_PER_TIMEOUT} heartbeat "
                      f"periods ({shortest_timeout_ms:g} ms at {heartbeat_rate_hz:g} Hz): one lost "
                      "heartbeat would report the link down")
-    topics = _topics(fields["topics"], path, message_types)
+    topics = {direction: tuple(topic for topic in carried
+                               if video or not is_video_topic(topic.name))
+              for direction, carried in _topics(fields["topics"], path, message_types).items()}
     (other_role,) = set(ROLES) - {role}
     return BridgeConfig(
         role=role,

@@ -210,6 +210,8 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               "experiments; both bridges must say so."),
         Param("link_state_rate_hz", 10.0, "Rate of /bridge/link_state (also sent on change).",
               1.0, 100.0),
+        Param("video", False,
+              "Carry the endoscope's video topics; off, the bridge has no endpoints for them."),
         MAX_CLOCK_SKEW,
     ),
     "endoscope": (

@@ -69,6 +69,9 @@ class Topic:
     publisher: str            # who publishes it (at each of its sites)
     crossing: str | None = None   # the direction the default bridge configuration carries it
     recorded: bool = True     # held in its sites' recordings
+    #: The endoscope's: present only in a session with video (bridges and recorders leave it
+    #: out otherwise, so a session without video has no endpoints for it).
+    video: bool = False
     #: What telesurg's own readers ask for, if not qos: a state read as a stream (the latest
     #: sample, nothing resent) by the loops that poll it.
     reader_qos: Qos | None = None
@@ -137,15 +140,16 @@ DIAGNOSTICS = Topic("/diagnostics", _DIAGNOSTICS, Qos.EVENT, BOTH,
 # at capture. The compressed frames cross as video; the raw images stay at the patient site.
 ENDOSCOPE_LEFT_COMPRESSED, ENDOSCOPE_RIGHT_COMPRESSED = (
     Topic(f"/endoscope/{eye}/image_raw/compressed", "sensor_msgs/msg/CompressedImage",
-          Qos.VIDEO, BOTH, "endoscope (patient site), bridge (master site)", PATIENT_TO_MASTER)
+          Qos.VIDEO, BOTH, "endoscope (patient site), bridge (master site)", PATIENT_TO_MASTER,
+          video=True)
     for eye in ("left", "right"))
 ENDOSCOPE_LEFT_CAMERA_INFO, ENDOSCOPE_RIGHT_CAMERA_INFO = (
     Topic(f"/endoscope/{eye}/camera_info", "sensor_msgs/msg/CameraInfo", Qos.COMMAND, BOTH,
-          "endoscope (patient site), bridge (master site)", PATIENT_TO_MASTER)
+          "endoscope (patient site), bridge (master site)", PATIENT_TO_MASTER, video=True)
     for eye in ("left", "right"))
 ENDOSCOPE_LEFT_IMAGE, ENDOSCOPE_RIGHT_IMAGE = (
     Topic(f"/endoscope/{eye}/image_raw", "sensor_msgs/msg/Image", Qos.COMMAND, (PATIENT,),
-          "endoscope, with publish_raw", recorded=False)
+          "endoscope, with publish_raw", recorded=False, video=True)
     for eye in ("left", "right"))
 
 #: The crossing topics in the default bridge configuration's order, which gives each its index
@@ -174,14 +178,22 @@ def topic_named(name: str) -> Topic | None:
     return _BY_NAME.get(name)
 
 
-def site_topics(site: str) -> dict[str, str]:
-    """{name: type} of the topics a site's recording holds, in contract order."""
+def site_topics(site: str, video: bool = False) -> dict[str, str]:
+    """{name: type} of the topics a site's recording holds, in contract order; the video
+    topics only with video."""
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}: one of {', '.join(SITES)}")
-    return {t.name: t.type_name for t in TOPICS if site in t.sites and t.recorded}
+    return {t.name: t.type_name for t in TOPICS
+            if site in t.sites and t.recorded and (video or not t.video)}
 
 
-#: {site: {name: type}} of every site's recording.
+def is_video_topic(name: str) -> bool:
+    """Whether name is one of the contract's video topics."""
+    topic = _BY_NAME.get(name)
+    return topic is not None and topic.video
+
+
+#: {site: {name: type}} of every site's recording in a session without video.
 SITE_TOPICS = {site: site_topics(site) for site in SITES}
 
 

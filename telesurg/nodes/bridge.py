@@ -51,7 +51,7 @@ class BridgeNode(Node):
         config = load_bridge_config(
             path, p.role, p.key_file,
             {parameter: getattr(p, parameter) for parameter in LINK_OVERRIDES},
-            message_types=message_info)
+            message_types=message_info, video=p.video)
         key = self._key(config.key_file, p.insecure)
         self._incoming_publishers = {
             topic.index: self.create_publisher(message_class(topic.type_name), topic.name,
