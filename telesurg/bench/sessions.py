@@ -27,7 +27,9 @@ from telesurg.session.processes import NodeGroup, _prepare_child, cpu_seconds
 
 #: Each link a /30 of its own, only ever inside a session's namespaces: .1 master, .2 patient.
 SUBNETS = {"a": "10.214.1", "b": "10.214.2"}
-PORTS = {"a": 47201, "b": 47202}
+#: Below the kernel's ephemeral range and off every domain's DDS ports (7400 + 250 x domain +
+#: 0..149), as config/bridge.yaml advises: 47201 was in both, and a bridge once found it taken.
+PORTS = {"a": 17621, "b": 17622}
 HOSTS = {"master": 1, "patient": 2}
 _namespace_runs = iter(range(10**6))
 
