@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "controller, the default) or ros2_control (the simulator node "
                            "behind /joint_states and /forward_position_controller/commands, "
                            "as Gazebo or a real arm would be)")
+    demo.add_argument("--video", action=argparse.BooleanOptionalAction, default=False,
+                      help="run the patient site's stereo endoscope (MuJoCo render, H.264 per "
+                           "eye, about half a core at 640x480 and 30 fps), carry its video to "
+                           "the master site over both links, record it at both sites and add "
+                           "its figures to the summary (default: --no-video)")
     demo.add_argument("--process-per-node", dest="compose", action="store_false",
                       help="run every node in a process of its own, instead of each site's "
                            "site container (master: virtual_surgeon, master_console, bridge; "
@@ -160,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "lost (it checkpoints every second).")
     record.add_argument("--site", choices=SITES, required=True, help="which site's topics")
     record.add_argument("--out", type=Path, required=True, help="bag directory to create")
+    record.add_argument("--video", action="store_true",
+                        help="also record the endoscope's compressed video (a session run with "
+                             "video)")
     record.add_argument("--storage", choices=tuple(STORAGES), default="mcap",
                         help="storage format (default: mcap)")
     _add_domain_option(record)
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "record":
         from telesurg.bags.recorder import run_record
 
-        return run_record(args.site, args.out, args.storage, args.domain)
+        return run_record(args.site, args.out, args.storage, args.domain, args.video)
     if args.command == "replay":
         from telesurg.bags.player import run_replay
 
@@ -312,6 +320,7 @@ def _keygen(args) -> int:
 
 def _demo(args) -> int:
     from telesurg.analysis.summary import print_summary
+    from telesurg.analysis.video import print_video_summary
     from telesurg.session.demo import DemoError, DemoOptionError, DemoOptions, run_demo
 
     options = DemoOptions(task=args.task, duration_s=args.duration, seed=args.seed,
@@ -320,7 +329,7 @@ def _demo(args) -> int:
                           outages=tuple(args.outage), record=args.record, storage=args.storage,
                           replay=args.replay, report=args.report,
                           accept_damage=args.accept_damage, arm_hardware=args.arm_hardware,
-                          compose=args.compose)
+                          compose=args.compose, video=args.video)
     try:
         summary = run_demo(options)
     except BagError as error:
@@ -336,6 +345,8 @@ def _demo(args) -> int:
         print("telesurg demo: interrupted; all nodes stopped", file=sys.stderr)
         return 130
     print_summary(summary)
+    if "video" in summary:
+        print_video_summary(summary["video"])
     print(f"summary written to {options.out / 'summary.json'}")
     if summary["faults"]:
         fault = summary["faults"][0]

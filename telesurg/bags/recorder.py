@@ -20,7 +20,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 
 from telesurg.bags.storage import BagError, BagWriter, make_qos
-from telesurg.contract.topics import SITE_TOPICS, Qos, topic_named
+from telesurg.contract.topics import Qos, site_topics, topic_named
 from telesurg.ros.messages import message_class
 from telesurg.ros.node import freeze_start_up_objects
 from telesurg.ros.qos import qos_profile
@@ -120,8 +120,10 @@ def _taken_by_run(_message) -> None:
     """The subscriptions' callback, never called: SiteRecorder.run takes their messages."""
 
 
-def run_record(site: str, out: Path, storage: str, domain: int | None) -> int:
-    """`telesurg record`: record the site's contract topics until Ctrl-C or SIGTERM."""
+def run_record(site: str, out: Path, storage: str, domain: int | None,
+               video: bool = False) -> int:
+    """`telesurg record`: record the site's contract topics (with video, the endoscope's too)
+    until Ctrl-C or SIGTERM."""
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
@@ -131,15 +133,16 @@ def run_record(site: str, out: Path, storage: str, domain: int | None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    recorded = site_topics(site, video)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
     try:
-        recorder = SiteRecorder(context, out, SITE_TOPICS[site], storage)
+        recorder = SiteRecorder(context, out, recorded, storage)
     except BagError as error:
         print(f"telesurg record: {error}", file=sys.stderr)
         rclpy.shutdown(context=context)
         return 2
-    print(f"recording the {site} site's {len(SITE_TOPICS[site])} contract topics into {out} "
+    print(f"recording the {site} site's {len(recorded)} contract topics into {out} "
           f"({storage}); Ctrl-C to stop", flush=True)
     freeze_start_up_objects()
     try:

@@ -114,6 +114,7 @@ class VideoCounters:
     frames_sent: int = 0  # handed to send_video
     frames_superseded: int = 0  # a newer frame of the topic came before all was sent
     fragments_sent: int = 0  # on every link
+    bytes_sent: int = 0  # of those fragments, on each link
     frames_delivered: int = 0  # reassembled and handed over
     fragments_unexpected: int = 0  # for a topic this site does not receive as video
 
@@ -331,6 +332,7 @@ class BridgeCore:
             with self._send_lock:
                 self._send_everywhere(MessageKind.VIDEO, topic_index, fragment)
             self.video.fragments_sent += 1
+            self.video.bytes_sent += len(fragment)
 
     def refresh_states(self, unsent_for_ns: int = 0) -> None:
         """Send again the latest message of every state topic not sent for unsent_for_ns. A

@@ -55,10 +55,11 @@ SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "pati
                      "SimulatorNode", niceness=-5)
 
 #: The patient site's stereo endoscope: renders the arm from /joint_states, publishes H.264.
-#: Not in SESSION_NODES: it costs about 0.6 of a core at 640x480 and 30 fps.
+#: Not in SESSION_NODES: it costs about 0.6 of a core at 640x480 and 30 fps. Below the
+#: session's priority: on two cores the command path must not wait for a render.
 ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
                      "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
-                     "EndoscopeNode")
+                     "EndoscopeNode", niceness=10)
 
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",

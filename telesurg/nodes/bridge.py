@@ -201,7 +201,11 @@ def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore,
                 "untrusted_discarded": core.untrusted_discarded,
                 "command_age_ms_p50": _value(core.command_age.percentile(50)),
                 "command_age_ms_p99": _value(core.command_age.percentile(99)),
-                "command_ages_out_of_range": core.command_age.out_of_range}
+                "command_ages_out_of_range": core.command_age.out_of_range,
+                "video_frames_sent": core.video.frames_sent,
+                "video_frames_superseded": core.video.frames_superseded,
+                "video_bytes_sent": core.video.bytes_sent,
+                "video_frames_delivered": core.video.frames_delivered}
     counters.update({f"rejected_{reason}": count
                      for reason, count in core.drops.snapshot().items()})
     # A flood of rejected datagrams is no change of state, but worth a warning.

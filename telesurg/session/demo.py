@@ -31,12 +31,14 @@ from telesurg.analysis.summary import (
     safety_summary,
     summarize,
 )
+from telesurg.analysis.video import VideoSummaryError, video_summary
 from telesurg.bags.recorder import RECORDER_NODE_NAME
 from telesurg.bags.storage import BagReader
 from telesurg.contract import topics
 from telesurg.contract.graph import (
     BRIDGE,
     DEFAULT_LINKS,
+    ENDOSCOPE,
     SIMULATOR,
     SITE_CONTAINER,
     SITE_CONTAINER_NODES,
@@ -50,7 +52,7 @@ from telesurg.contract.resources import (
     fastdds_profile,
 )
 from telesurg.contract.states import OperatingState, StateCommand
-from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS, SITES, Qos
+from telesurg.contract.topics import MASTER, PATIENT, SITES, Qos, site_topics
 from telesurg.linkem.model import PROFILES, Outage, outage_timeline
 from telesurg.session.operator_cli import MAX_DOMAIN_ID, parse_domain, parse_status
 from telesurg.session.playback import ReplayPlan
@@ -105,6 +107,7 @@ class DemoOptions:
     arm_hardware: str = "mujoco"  # the arm controller's: mujoco in it, or ros2_control topics
     compose: bool = True         # SITE_CONTAINER_NODES in one process, or a process per node
     report: bool = True          # write out/report.html
+    video: bool = False          # the patient site's stereo endoscope, carried to the master site
 
 
 def session_environment(domain_id: int) -> dict[str, str]:
@@ -153,6 +156,7 @@ class Site:
     name: str
     domain_id: int
     processes: list[PlannedProcess]
+    video: bool = False  # whether its recording holds the endoscope's video
     group: NodeGroup | None = None
     node: object = None
     loop: object = None  # the node's NodeLoop, served by a thread of the demo
@@ -192,7 +196,7 @@ class Site:
         pedal presses once, discovering their publisher seconds later)."""
         return all(any(info.node_name == RECORDER_NODE_NAME
                        for info in self.node.get_subscriptions_info_by_topic(topic))
-                   for topic in SITE_TOPICS[self.name])
+                   for topic in site_topics(self.name, self.video))
 
 
 def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config: Path,
@@ -210,10 +214,13 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config
                  if not (replay and spec.name == "virtual_surgeon")]
         if name == PATIENT and options.arm_hardware == "ros2_control":
             specs.append(SIMULATOR)
+        if name == PATIENT and options.video:
+            specs.append(ENDOSCOPE)
         specs.append(BRIDGE)
         session = {"virtual_surgeon": {"task": options.task, "seed": options.seed},
                    "arm_controller": {"hardware": options.arm_hardware},
-                   BRIDGE.name: {"role": name, "config_file": str(bridge_config)}}
+                   BRIDGE.name: {"role": name, "config_file": str(bridge_config),
+                                 "video": options.video}}
         session_file = Path(options.out) / f"{name}_params.yaml"
         session_file.write_text(yaml.safe_dump(
             {node: {"ros__parameters": values} for node, values in session.items()
@@ -229,7 +236,7 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config
                                                                                 params), names))
         processes += [PlannedProcess.node(spec, params) for spec in specs
                       if spec not in contained]
-        sites.append(Site(name, domain, processes))
+        sites.append(Site(name, domain, processes, options.video))
     return sites
 
 
@@ -434,7 +441,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             for site in sites:
                 site.group.start_program(RECORDER, [
                     "record", "--site", site.name, "--out", str(bag_root / BAG_DIRS[site.name]),
-                    "--storage", options.storage])
+                    "--storage", options.storage, *(["--video"] if options.video else [])])
                 for planned in site.processes:
                     site.group.start_planned(planned)
             if replay:  # the recorded surgeon's device, held still until the arm is enabled
@@ -501,6 +508,13 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     if replay:
         summary["replay_of"] = str(options.replay)
         summary.update(replay.reference.deviation(messages, replayer.played_at_ns))
+    if options.video:
+        try:
+            summary["video"] = video_summary(
+                messages, [r for r in sites[1].link_states if r[0] <= counted_until_ns],
+                min(PROFILES[profile].delay_ms for profile in options.link_profiles))
+        except VideoSummaryError as error:
+            raise DemoError(str(error)) from None
     summary["cpu_percent"] = cpu_percent
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:

@@ -1,0 +1,121 @@
+"""The endoscope video's figures of a session (summary.json's `video`), from the sites'
+recordings and the patient bridge's reports.
+
+A frame is one eye's image. Sent: recorded at the patient site as the endoscope published it
+(its header stamp is the capture time). Delivered: recorded at the master site as its bridge
+published it, with the same eye and stamp. Late: delivered after a newer frame of its eye (shown,
+it would step back in time; the bridges deliver in order, so this counts what they let through).
+Added latency: from capture to the frame decoded at the master site, less the link's one-way
+delay: the arrival at the master site's recorder, plus the time this machine takes to decode it
+(each delivered frame is decoded here, in order, as a viewer would: after a lost frame, nothing
+until the next keyframe, counted as undecodable). Frames captured within
+IN_FLIGHT_NS of the last capture are left out: the session's end cut them off on the way.
+
+Pure but for the H.264 decoder (telesurg.video.codec, PyAV): recorded messages by site and
+topic, [(arrival ns, CDR bytes)], and decoded link-state reports in.
+"""
+
+from __future__ import annotations
+
+import time
+
+from telesurg.analysis.metrics import percentiles
+from telesurg.analysis.recording import decoded
+from telesurg.contract import topics
+from telesurg.contract.fields import link_state_values, stamp_ns
+from telesurg.contract.graph import DEFAULT_LINKS
+from telesurg.contract.states import LINK_OVERALL_ID
+from telesurg.contract.topics import MASTER, PATIENT
+
+#: The video's topics, one per eye.
+EYES = {"left": topics.ENDOSCOPE_LEFT_COMPRESSED, "right": topics.ENDOSCOPE_RIGHT_COMPRESSED}
+#: Frames captured this close to the last capture are not counted: still on their way.
+IN_FLIGHT_NS = 300_000_000
+#: The patient bridge's counter of video bytes it sent, on every link (each carries all).
+VIDEO_BYTES_KEY = "video_bytes_sent"
+
+
+class VideoSummaryError(Exception):
+    """The recordings hold no video to judge; the message says what is missing."""
+
+
+def video_summary(messages: dict, patient_states: list, one_way_delay_ms: float) -> dict:
+    """The video figures of a session: frames sent, delivered, dropped and late (both eyes),
+    added latency, bitrate per link, the image size and the capture rate."""
+    from telesurg.video.codec import H264Decoder
+
+    sent = {eye: {stamp_ns(m): t for t, m in decoded(messages, PATIENT, topic)}
+            for eye, topic in EYES.items()}
+    if not any(sent.values()):
+        raise VideoSummaryError("the patient site's recording holds no endoscope frame (is the "
+                                "endoscope running? see logs/patient/endoscope.log)")
+    last_capture = max(max(stamps) for stamps in sent.values() if stamps)
+    counted = {eye: {stamp for stamp in stamps if stamp <= last_capture - IN_FLIGHT_NS}
+               for eye, stamps in sent.items()}
+    delivered = late = undecodable = 0
+    latencies_ms = []
+    size = None
+    for eye, topic in EYES.items():
+        decoder = H264Decoder()
+        position = {stamp: i for i, stamp in enumerate(sorted(sent[eye]))}
+        newest = None
+        for arrival, message in decoded(messages, MASTER, topic):
+            stamp = stamp_ns(message)
+            if stamp not in position:
+                continue  # not this session's endoscope: nothing to compare with
+            if newest is not None and stamp <= newest:
+                late += stamp in counted[eye]
+                continue  # a viewer drops it
+            if newest is not None and position[stamp] != position[newest] + 1:
+                decoder.reset()  # a frame between was lost: wait for a keyframe
+            newest = stamp
+            started = time.perf_counter_ns()
+            image = decoder.decode(bytes(message.data))
+            decode_ns = time.perf_counter_ns() - started
+            if stamp not in counted[eye]:
+                continue
+            delivered += 1
+            if image is None:
+                undecodable += 1  # a frame after a loss, until the next keyframe
+                continue
+            size = image.shape[1], image.shape[0]
+            latencies_ms.append((arrival - stamp + decode_ns) * 1e-6 - one_way_delay_ms)
+    frames_sent = sum(len(stamps) for stamps in counted.values())
+    span_s = (max(counted["left"]) - min(counted["left"])) * 1e-9 if len(counted["left"]) > 1 \
+        else 0.0
+    latency = percentiles(latencies_ms)
+    return {
+        "frames_sent": frames_sent,
+        "frames_delivered": delivered,
+        "frames_dropped": frames_sent - delivered,
+        "frames_late": late,
+        "frames_undecodable": undecodable,
+        "added_latency_ms": {"p50": latency["p50"], "p99": latency["p99"]},
+        "bitrate_mbps": video_bitrate_mbps(patient_states),
+        "width": size[0] if size else None,
+        "height": size[1] if size else None,
+        "fps": round((len(counted["left"]) - 1) / span_s, 1) if span_s else None,
+    }
+
+
+def video_bitrate_mbps(patient_states: list) -> dict[str, float | None]:
+    """Per link, the video's rate in Mbit/s over the patient bridge's reports, (arrival ns,
+    /bridge/link_state message): every fragment (parity included) goes on every link."""
+    counts = [(t, float(values[VIDEO_BYTES_KEY]))
+              for t, message in patient_states
+              if VIDEO_BYTES_KEY in (values := link_state_values(message)[LINK_OVERALL_ID][1])]
+    if len(counts) < 2 or counts[-1][0] <= counts[0][0]:
+        rate = None
+    else:
+        rate = round((counts[-1][1] - counts[0][1]) * 8e3 / (counts[-1][0] - counts[0][0]), 3)
+    return dict.fromkeys(DEFAULT_LINKS, rate)
+
+
+def print_video_summary(video: dict, say=print) -> None:
+    latency = video["added_latency_ms"]
+    rates = ", ".join(f"{link} {rate} Mbit/s" for link, rate in video["bitrate_mbps"].items())
+    say(f"  video: {video['width']}x{video['height']} per eye at {video['fps']} fps; "
+        f"{video['frames_sent']} frames sent (both eyes), {video['frames_delivered']} delivered, "
+        f"{video['frames_dropped']} dropped, {video['frames_late']} late, "
+        f"{video['frames_undecodable']} undecodable; added latency p50 {latency['p50']} ms, "
+        f"p99 {latency['p99']} ms; per link {rates}")
