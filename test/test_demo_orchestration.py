@@ -179,12 +179,22 @@ def test_each_site_runs_its_container_beside_the_arm_controller(tmp_path):
     # override them (a -p override would lose to it).
     assert yaml.safe_load((tmp_path / "master_params.yaml").read_text()) == {
         "virtual_surgeon": {"ros__parameters": {"task": "figure8", "seed": 7}},
-        "bridge": {"ros__parameters": {"role": "master",
+        "bridge": {"ros__parameters": {"role": "master", "video": False,
                                        "config_file": str(tmp_path / "bridge.yaml")}}}
     assert yaml.safe_load((tmp_path / "patient_params.yaml").read_text()) == {
         "arm_controller": {"ros__parameters": {"hardware": "mujoco"}},
-        "bridge": {"ros__parameters": {"role": "patient",
+        "bridge": {"ros__parameters": {"role": "patient", "video": False,
                                        "config_file": str(tmp_path / "bridge.yaml")}}}
+
+
+def test_video_adds_the_endoscope_at_the_patient_site_and_turns_the_bridges_video_on(tmp_path):
+    sites = plan(tmp_path, video=True)
+    assert layout(sites["patient"])[-1] == ("endoscope", ("endoscope",))
+    assert "endoscope" not in [name for name, _ in layout(sites["master"])]
+    for site in ("master", "patient"):
+        assert sites[site].video
+        params = yaml.safe_load((tmp_path / f"{site}_params.yaml").read_text())
+        assert params["bridge"]["ros__parameters"]["video"] is True
 
 
 def test_a_process_per_node_on_request_and_the_simulator_with_ros2_control(tmp_path):
