@@ -18,6 +18,10 @@ topic, [(arrival ns, CDR bytes)], and decoded link-state reports in.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from telesurg.analysis.metrics import percentiles
 from telesurg.analysis.recording import decoded
@@ -39,62 +43,99 @@ class VideoSummaryError(Exception):
     """The recordings hold no video to judge; the message says what is missing."""
 
 
+@dataclass(frozen=True)
+class ShownFrame:
+    """A counted frame as the master site's viewer has it: delivered in order, then decoded."""
+
+    eye: str
+    capture_ns: int
+    arrival_ns: int  # at the master site's recorder
+    latency_ms: float | None  # added latency; None when it could not be decoded
+    image: np.ndarray | None  # height x width x 3 RGB; None when it could not be decoded
+
+
+@dataclass
+class VideoFrames:
+    """A session's counted frames (both eyes): what was sent, what arrived late (the viewer
+    drops those), and the delivered ones in arrival order per eye, decoded one by one by
+    shown() as a viewer would."""
+
+    messages: dict
+    one_way_delay_ms: float
+    sent: dict[str, list[int]] = field(init=False)  # capture stamps per eye, in order
+    counted: dict[str, set[int]] = field(init=False)
+    late: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.sent = {eye: sorted(stamp_ns(m) for _, m in decoded(self.messages, PATIENT, topic))
+                     for eye, topic in EYES.items()}
+        if not any(self.sent.values()):
+            raise VideoSummaryError("the patient site's recording holds no endoscope frame (is "
+                                    "the endoscope running? see logs/patient/endoscope.log)")
+        last_capture = max(stamps[-1] for stamps in self.sent.values() if stamps)
+        self.counted = {eye: {s for s in stamps if s <= last_capture - IN_FLIGHT_NS}
+                        for eye, stamps in self.sent.items()}
+
+    def shown(self) -> Iterator[ShownFrame]:
+        """Every counted frame delivered in order, eye after eye; late ones are counted in
+        self.late (once this has run to its end)."""
+        from telesurg.video.codec import H264Decoder
+
+        self.late = 0
+        for eye, topic in EYES.items():
+            decoder = H264Decoder()
+            position = {stamp: i for i, stamp in enumerate(self.sent[eye])}
+            newest = None
+            for arrival, message in decoded(self.messages, MASTER, topic):
+                stamp = stamp_ns(message)
+                if stamp not in position:
+                    continue  # not this session's endoscope: nothing to compare with
+                if newest is not None and stamp <= newest:
+                    self.late += stamp in self.counted[eye]
+                    continue  # a viewer drops it
+                if newest is not None and position[stamp] != position[newest] + 1:
+                    decoder.reset()  # a frame between was lost: wait for a keyframe
+                newest = stamp
+                started = time.perf_counter_ns()
+                image = decoder.decode(bytes(message.data))
+                decode_ns = time.perf_counter_ns() - started
+                if stamp not in self.counted[eye]:
+                    continue
+                latency_ms = (None if image is None else
+                              (arrival - stamp + decode_ns) * 1e-6 - self.one_way_delay_ms)
+                yield ShownFrame(eye, stamp, arrival, latency_ms, image)
+
+
 def video_summary(messages: dict, patient_states: list, one_way_delay_ms: float) -> dict:
     """The video figures of a session: frames sent, delivered, dropped and late (both eyes),
-    added latency, bitrate per link, the image size and the capture rate."""
-    from telesurg.video.codec import H264Decoder
-
-    sent = {eye: {stamp_ns(m): t for t, m in decoded(messages, PATIENT, topic)}
-            for eye, topic in EYES.items()}
-    if not any(sent.values()):
-        raise VideoSummaryError("the patient site's recording holds no endoscope frame (is the "
-                                "endoscope running? see logs/patient/endoscope.log)")
-    last_capture = max(max(stamps) for stamps in sent.values() if stamps)
-    counted = {eye: {stamp for stamp in stamps if stamp <= last_capture - IN_FLIGHT_NS}
-               for eye, stamps in sent.items()}
-    delivered = late = undecodable = 0
+    undecodable (a frame after a loss, until the next keyframe), added latency, bitrate per
+    link, the image size and the capture rate."""
+    frames = VideoFrames(messages, one_way_delay_ms)
+    delivered = undecodable = 0
     latencies_ms = []
     size = None
-    for eye, topic in EYES.items():
-        decoder = H264Decoder()
-        position = {stamp: i for i, stamp in enumerate(sorted(sent[eye]))}
-        newest = None
-        for arrival, message in decoded(messages, MASTER, topic):
-            stamp = stamp_ns(message)
-            if stamp not in position:
-                continue  # not this session's endoscope: nothing to compare with
-            if newest is not None and stamp <= newest:
-                late += stamp in counted[eye]
-                continue  # a viewer drops it
-            if newest is not None and position[stamp] != position[newest] + 1:
-                decoder.reset()  # a frame between was lost: wait for a keyframe
-            newest = stamp
-            started = time.perf_counter_ns()
-            image = decoder.decode(bytes(message.data))
-            decode_ns = time.perf_counter_ns() - started
-            if stamp not in counted[eye]:
-                continue
-            delivered += 1
-            if image is None:
-                undecodable += 1  # a frame after a loss, until the next keyframe
-                continue
-            size = image.shape[1], image.shape[0]
-            latencies_ms.append((arrival - stamp + decode_ns) * 1e-6 - one_way_delay_ms)
-    frames_sent = sum(len(stamps) for stamps in counted.values())
-    span_s = (max(counted["left"]) - min(counted["left"])) * 1e-9 if len(counted["left"]) > 1 \
-        else 0.0
+    for frame in frames.shown():
+        delivered += 1
+        if frame.image is None:
+            undecodable += 1
+            continue
+        size = frame.image.shape[1], frame.image.shape[0]
+        latencies_ms.append(frame.latency_ms)
+    frames_sent = sum(len(stamps) for stamps in frames.counted.values())
+    left = sorted(frames.counted["left"])
+    span_s = (left[-1] - left[0]) * 1e-9 if len(left) > 1 else 0.0
     latency = percentiles(latencies_ms)
     return {
         "frames_sent": frames_sent,
         "frames_delivered": delivered,
         "frames_dropped": frames_sent - delivered,
-        "frames_late": late,
+        "frames_late": frames.late,
         "frames_undecodable": undecodable,
         "added_latency_ms": {"p50": latency["p50"], "p99": latency["p99"]},
         "bitrate_mbps": video_bitrate_mbps(patient_states),
         "width": size[0] if size else None,
         "height": size[1] if size else None,
-        "fps": round((len(counted["left"]) - 1) / span_s, 1) if span_s else None,
+        "fps": round((len(left) - 1) / span_s, 1) if span_s else None,
     }
 
 

@@ -59,7 +59,7 @@ SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "pati
 #: session's priority: on two cores the command path must not wait for a render.
 ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
                      "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
-                     "EndoscopeNode", niceness=10)
+                     "EndoscopeNode", niceness=19)
 
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
