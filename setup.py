@@ -79,6 +79,7 @@ setup(
             "bridge = telesurg.nodes.bridge:main",
             "safety_supervisor = telesurg.nodes.safety_supervisor:main",
             "endoscope = telesurg.nodes.endoscope:main",
+            "endoscope_decoder = telesurg.nodes.endoscope_decoder:main",
             "site_container = telesurg.nodes.site_container:main",
         ],
     },

@@ -48,16 +48,16 @@ def edited(edit):
 def test_default_file_loads_for_both_roles_with_the_same_topic_indices():
     master, patient = (load_bridge_config(default_bridge_config_path(), role) for role in ROLES)
     assert master.outgoing == patient.incoming and master.incoming == patient.outgoing
-    assert [topic.index for topic in master.outgoing + master.incoming] == list(range(12))
+    assert [topic.index for topic in master.outgoing + master.incoming] == list(range(13))
     assert [topic.name for topic in master.outgoing] == [
         "/psm/servo_cp", "/psm/jaw/servo_jp", "/psm/state_command", "/console/following",
-        "/console/operator_present"]
+        "/console/operator_present", "/endoscope/keyframe_request"]
     assert [topic.name for topic in master.incoming] == [
         "/psm/measured_cp", "/psm/operating_state", "/safety/status",
         "/endoscope/left/image_raw/compressed", "/endoscope/right/image_raw/compressed",
         "/endoscope/left/camera_info", "/endoscope/right/camera_info"]
     assert [topic.qos for topic in master.outgoing + master.incoming] == [
-        Qos.COMMAND, Qos.COMMAND, Qos.EVENT, Qos.STATE, Qos.STATE,
+        Qos.COMMAND, Qos.COMMAND, Qos.EVENT, Qos.STATE, Qos.STATE, Qos.EVENT,
         Qos.STATE, Qos.STATE, Qos.STATE, Qos.VIDEO, Qos.VIDEO, Qos.COMMAND, Qos.COMMAND]
     assert [link.name for link in master.links] == [link.name for link in patient.links]
     for mine, theirs in zip(master.links, patient.links, strict=True):
@@ -68,7 +68,8 @@ def test_default_file_loads_for_both_roles_with_the_same_topic_indices():
 def test_without_video_the_video_topics_are_left_out_and_indices_kept():
     with_video, without = (load_bridge_config(default_bridge_config_path(), "master",
                                               video=video) for video in (True, False))
-    assert without.outgoing == with_video.outgoing
+    assert without.outgoing == with_video.outgoing[:5]
+    assert with_video.outgoing[5].name == "/endoscope/keyframe_request"
     assert [topic.name for topic in without.incoming] == [
         "/psm/measured_cp", "/psm/operating_state", "/safety/status"]
     assert without.incoming == with_video.incoming[:3]
@@ -137,7 +138,7 @@ def first_topic(document, **topic):
     (lambda d: d["links"][1]["patient"].update(bind="127.0.0.1:17611"),
      "links[1].patient.bind", "already used by links[0].patient.bind"),
     (lambda d: d["topics"]["master_to_patient"].append(d["topics"]["master_to_patient"][0]),
-     "topics.master_to_patient[5].name", "listed twice (also topics.master_to_patient[0])"),
+     "topics.master_to_patient[6].name", "listed twice (also topics.master_to_patient[0])"),
     (lambda d: d["topics"]["patient_to_master"].append(d["topics"]["master_to_patient"][1]),
      "topics.patient_to_master[7].name", "also in topics.master_to_patient[1]: a topic crossing"),
     (lambda d: first_topic(d, name="psm/servo_cp"), "topics.master_to_patient[0].name",
@@ -176,9 +177,9 @@ def test_unknown_role_and_unreadable_files_are_refused(tmp_path):
 
 
 def test_topic_count_is_limited_to_the_wire_index(tmp_path, monkeypatch):
-    # The default file has 12 topics; 65536 would take YAML seconds to parse.
-    monkeypatch.setattr(bridge_config, "MAX_TOPICS", 11)
-    with pytest.raises(ConfigError, match=r"bridge.yaml: topics: 12 topics: at most 11"):
+    # The default file has 13 topics; 65536 would take YAML seconds to parse.
+    monkeypatch.setattr(bridge_config, "MAX_TOPICS", 12)
+    with pytest.raises(ConfigError, match=r"bridge.yaml: topics: 13 topics: at most 12"):
         load_bridge_config(default_bridge_config_path(), "master")
 
 

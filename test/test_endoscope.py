@@ -8,15 +8,16 @@ import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, JointState
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
+from std_msgs.msg import String
 
 from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
 from telesurg.contract import topics
-from telesurg.contract.graph import ENDOSCOPE
+from telesurg.contract.graph import ENDOSCOPE, ENDOSCOPE_DECODER
 from telesurg.ros.qos import qos_profile
 from telesurg.session.demo import session_environment
 from telesurg.session.processes import NodeGroup
-from telesurg.video.codec import H264Decoder
+from telesurg.video.codec import H264Decoder, is_keyframe
 
 pytestmark = pytest.mark.multiprocess
 
@@ -74,7 +75,7 @@ def decoded_last(frames) -> np.ndarray:
 def test_the_endoscope_streams_both_eyes_and_shows_the_arm_move(tmp_path, ros_env):
     domain = int(ros_env["ROS_DOMAIN_ID"])
     group = NodeGroup(session_environment(domain), tmp_path / "logs")
-    group.start(ENDOSCOPE, ["-p", f"fps:={FPS}", "-p", "width:=320", "-p", "height:=240",
+    group.start(ENDOSCOPE, ["-p", f"video_fps:={FPS}", "-p", "width:=320", "-p", "height:=240",
                             "-p", "keyframe_interval_s:=0.5"])
     site = Site(domain)
     try:
@@ -100,6 +101,43 @@ def test_the_endoscope_streams_both_eyes_and_shows_the_arm_move(tmp_path, ros_en
         stamps = [f.header.stamp.sec * 10**9 + f.header.stamp.nanosec
                   for f in site.frames["left"]]
         assert stamps == sorted(stamps)
+    finally:
+        site.close()
+        assert set(group.stop().values()) <= {0}, (tmp_path / "logs").glob("*")
+
+
+def stamp_of(message) -> int:
+    return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+
+
+def test_the_decoder_shows_a_new_viewer_pictures_at_once_by_asking_for_a_keyframe(tmp_path,
+                                                                                  ros_env):
+    """Keyframes every 10 s: a viewer joining after the first one gets pictures within
+    seconds only because the decoder asks the endoscope for a keyframe."""
+    domain = int(ros_env["ROS_DOMAIN_ID"])
+    group = NodeGroup(session_environment(domain), tmp_path / "logs")
+    size = ["-p", "width:=320", "-p", "height:=240", "-p", f"video_fps:={FPS}"]
+    group.start(ENDOSCOPE, [*size, "-p", "keyframe_interval_s:=10.0"])
+    group.start(ENDOSCOPE_DECODER, ["-p", f"video_fps:={FPS}"])
+    site = Site(domain)
+    requests, images = [], []
+    site.node.create_subscription(String, topics.ENDOSCOPE_KEYFRAME_REQUEST.name,
+                                  lambda m: requests.append(m.data),
+                                  qos_profile(topics.ENDOSCOPE_KEYFRAME_REQUEST.qos))
+    try:
+        site.spin_until(lambda: len(site.frames["left"]) >= FPS, "a second of frames")
+        first = stamp_of(site.frames["left"][0])
+        assert site.node.count_subscribers(topics.ENDOSCOPE_LEFT_IMAGE.name) == 0
+        site.node.create_subscription(Image, topics.ENDOSCOPE_LEFT_IMAGE.name, images.append,
+                                      qos_profile(topics.ENDOSCOPE_LEFT_IMAGE.qos))
+        site.spin_until(lambda: images, "a decoded picture", timeout_s=8.0)
+        assert requests and set(requests) == {"left"}  # nobody watches the right eye
+        shown = stamp_of(images[0])
+        assert first < shown < first + 9 * 10**9  # before the next periodic keyframe
+        (sent,) = [f for f in site.frames["left"] if stamp_of(f) == shown]
+        assert is_keyframe(bytes(sent.data))
+        assert (images[0].width, images[0].height, images[0].encoding) == (320, 240, "rgb8")
+        assert np.frombuffer(bytes(images[0].data), np.uint8).std() > 10.0  # a scene
     finally:
         site.close()
         assert set(group.stop().values()) <= {0}, (tmp_path / "logs").glob("*")

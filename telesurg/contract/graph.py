@@ -60,6 +60,12 @@ SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "pati
 ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
                      "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
                      "EndoscopeNode", niceness=19)
+#: The master site's half of the video: decodes the endoscope's frames for whoever watches
+#: /endoscope/*/image_raw and asks for a keyframe after a loss. With the endoscope only.
+ENDOSCOPE_DECODER = NodeSpec("endoscope_decoder", "endoscope_decoder",
+                             "telesurg.nodes.endoscope_decoder", "master",
+                             "Decodes the endoscope's H.264 for viewers; asks for keyframes.",
+                             "EndoscopeDecoderNode", niceness=10)
 
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",

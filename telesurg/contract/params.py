@@ -86,6 +86,8 @@ MAX_CLOCK_SKEW = Param(
 PHYSICS_RATE = Param("physics_rate_hz", 1000.0,
                      "MuJoCo physics steps per second (timestep 1/rate).", 200.0, 5000.0)
 URDF_PATH = Param("urdf_path", "", "Arm URDF; empty means the installed description/psm.urdf.")
+VIDEO_FPS = Param("video_fps", 30.0, "Stereo frames captured (rendered and encoded) per second.",
+                  1.0, 60.0)
 #: What the arm controller drives: the MuJoCo arm in its own process, or ros2_control's topics.
 ARM_HARDWARE = ("mujoco", "ros2_control")
 
@@ -215,8 +217,7 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         MAX_CLOCK_SKEW,
     ),
     "endoscope": (
-        Param("fps", 30.0, "Stereo frames captured (rendered and encoded) per second.",
-              1.0, 60.0),
+        VIDEO_FPS,
         Param("width", 640, "Image width per eye, pixels (even).", 64, 1920),
         Param("height", 480, "Image height per eye, pixels (even).", 48, 1080),
         Param("baseline_m", 0.005, "Distance between the two eyes, like a 3D laparoscope's.",
@@ -228,6 +229,15 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
               "Also publish /endoscope/*/image_raw at the patient site (about 0.9 MB per "
               "image at 640x480: costs CPU even with nobody listening to the copies)."),
         URDF_PATH,
+    ),
+    "endoscope_decoder": (
+        VIDEO_FPS,
+        Param("keyframe_request_interval_ms", 200.0,
+              "Least time between two keyframe requests for an eye while its decoder waits for "
+              "one (about a round trip and a frame).", 10.0, 5000.0),
+        Param("decode_unwatched", False,
+              "Decode (and ask for keyframes) with nobody watching, as a viewer would: what "
+              "`telesurg demo --video` measures. About 1 ms of CPU per 640x480 frame."),
     ),
     "simulator": (
         PHYSICS_RATE,

@@ -148,15 +148,22 @@ ENDOSCOPE_LEFT_CAMERA_INFO, ENDOSCOPE_RIGHT_CAMERA_INFO = (
           "endoscope (patient site), bridge (master site)", PATIENT_TO_MASTER, video=True)
     for eye in ("left", "right"))
 ENDOSCOPE_LEFT_IMAGE, ENDOSCOPE_RIGHT_IMAGE = (
-    Topic(f"/endoscope/{eye}/image_raw", "sensor_msgs/msg/Image", Qos.COMMAND, (PATIENT,),
-          "endoscope, with publish_raw", recorded=False, video=True)
+    Topic(f"/endoscope/{eye}/image_raw", "sensor_msgs/msg/Image", Qos.COMMAND, BOTH,
+          "endoscope with publish_raw or Gazebo's cameras (patient site), endoscope_decoder "
+          "while watched (master site)", recorded=False, video=True)
     for eye in ("left", "right"))
+#: The master site's decoder lost a frame of an eye (data: "left" or "right") and waits for a
+#: keyframe: the endoscope encodes that eye's next frame as one.
+ENDOSCOPE_KEYFRAME_REQUEST = Topic(
+    "/endoscope/keyframe_request", _STRING, Qos.EVENT, BOTH,
+    "endoscope_decoder (master site), bridge (patient site)", MASTER_TO_PATIENT, video=True)
 
 #: The crossing topics in the default bridge configuration's order, which gives each its index
 #: on the wire: master_to_patient first, then patient_to_master.
 TOPICS: tuple[Topic, ...] = (
     MTM_MEASURED_CP, MTM_GRIPPER_MEASURED_JS, CONSOLE_CLUTCH,
     PSM_SERVO_CP, PSM_JAW_SERVO_JP, PSM_STATE_COMMAND, CONSOLE_FOLLOWING, CONSOLE_OPERATOR_PRESENT,
+    ENDOSCOPE_KEYFRAME_REQUEST,
     PSM_MEASURED_CP, PSM_OPERATING_STATE, SAFETY_STATUS,
     ENDOSCOPE_LEFT_COMPRESSED, ENDOSCOPE_RIGHT_COMPRESSED,
     ENDOSCOPE_LEFT_CAMERA_INFO, ENDOSCOPE_RIGHT_CAMERA_INFO,

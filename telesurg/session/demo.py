@@ -39,6 +39,7 @@ from telesurg.contract.graph import (
     BRIDGE,
     DEFAULT_LINKS,
     ENDOSCOPE,
+    ENDOSCOPE_DECODER,
     SIMULATOR,
     SITE_CONTAINER,
     SITE_CONTAINER_NODES,
@@ -214,13 +215,15 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config
                  if not (replay and spec.name == "virtual_surgeon")]
         if name == PATIENT and options.arm_hardware == "ros2_control":
             specs.append(SIMULATOR)
-        if name == PATIENT and options.video:
-            specs.append(ENDOSCOPE)
+        if options.video:
+            specs.append(ENDOSCOPE if name == PATIENT else ENDOSCOPE_DECODER)
         specs.append(BRIDGE)
         session = {"virtual_surgeon": {"task": options.task, "seed": options.seed},
                    "arm_controller": {"hardware": options.arm_hardware},
                    BRIDGE.name: {"role": name, "config_file": str(bridge_config),
-                                 "video": options.video}}
+                                 "video": options.video},
+                   # The figures judge the picture a viewer gets, keyframe requests included.
+                   ENDOSCOPE_DECODER.name: {"decode_unwatched": True}}
         session_file = Path(options.out) / f"{name}_params.yaml"
         session_file.write_text(yaml.safe_dump(
             {node: {"ros__parameters": values} for node, values in session.items()
