@@ -1,14 +1,17 @@
 """Gazebo's files: the arm URDF and the operating room world as SDFormat (the parser Gazebo
 uses) loads them, the ros2_control wiring (the URDF's <ros2_control> block, config/controllers.yaml
-and what the arm controller commands) and the RViz configuration.
+and what the arm controller commands), the stereo endoscope's cameras in the world and their bridge
+to ROS, and the RViz configuration.
 
 SDFormat is reached through test/sdformat_check.cpp, compiled here once against Debian's
 libsdformat-dev (SDFormat 12); without a compiler or the headers those tests skip, saying what
 to install.
 """
 
+import ast
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -31,9 +34,17 @@ from telesurg.arm.kinematics import (
     forward,
 )
 from telesurg.arm.simulation import ArmSimulation
+from telesurg.bringup.plan import ENDOSCOPE_BRIDGES, GAZEBO_BRIDGES, SPAWN_POSE
 from telesurg.contract.params import defaults
-from telesurg.contract.topics import SITE_TOPICS
+from telesurg.contract.topics import (
+    ENDOSCOPE_LEFT_CAMERA_INFO,
+    ENDOSCOPE_LEFT_IMAGE,
+    ENDOSCOPE_RIGHT_CAMERA_INFO,
+    ENDOSCOPE_RIGHT_IMAGE,
+    SITE_TOPICS,
+)
 from telesurg.patient.arm_control import ArmController, ArmControllerConfig
+from telesurg.video.camera import DEFAULT_FOVY_DEG, DEFAULT_VIEW_OFFSET_M, home_jaws_centre
 
 ROOT = Path(__file__).resolve().parents[1]
 URDF_PATH = ROOT / "description" / "psm.urdf"
@@ -54,6 +65,14 @@ WORLD_SYSTEMS = {"gz-sim-physics-system", "gz-sim-user-commands-system",
                  "gz-sim-scene-broadcaster-system"}
 SPAWN_FRAME = "psm_spawn"
 TABLE_MODEL = "operating_table"
+ENDOSCOPE_MODEL = "endoscope"
+#: The endoscope's cameras by sensor name: the contract's image and calibration topics of each.
+ENDOSCOPE_EYES = {"left": (ENDOSCOPE_LEFT_IMAGE, ENDOSCOPE_LEFT_CAMERA_INFO),
+                  "right": (ENDOSCOPE_RIGHT_IMAGE, ENDOSCOPE_RIGHT_CAMERA_INFO)}
+#: The gz sim system that renders camera sensors, and the render engine Gazebo Harmonic has.
+SENSORS_SYSTEM = ("gz-sim-sensors-system", "gz::sim::systems::Sensors")
+RENDER_ENGINE = "ogre2"
+DESCRIPTIONS_PATH = ROOT / "telesurg" / "bringup" / "descriptions.py"
 
 
 # ---------------------------------------------------------------- the SDFormat checker
@@ -119,6 +138,12 @@ def world_result(checker):
 def world(world_result) -> dict:
     (only,) = world_result[1]["worlds"]
     return only
+
+
+@pytest.fixture(scope="module")
+def world_sdf(world_result) -> ET.Element:
+    """The world as SDFormat parsed it: its sensors, which the report does not describe."""
+    return ET.fromstring(world_result[1]["sdf"])
 
 
 @pytest.fixture(scope="module")
@@ -350,6 +375,124 @@ def test_the_arm_is_mounted_over_the_table_and_never_reaches_it(world, robot):
         assert tip[2, 3] > top, q
     # The world leaves the arm's name free for the spawned model.
     assert robot.get("name") not in {model["name"] for model in world["models"]}
+
+
+# ---------------------------------------------------------------- the endoscope
+
+def endoscope_cameras(sdf: ET.Element) -> dict[str, ET.Element]:
+    """The endoscope model's sensors, by name."""
+    (model,) = [model for model in sdf.iter("model") if model.get("name") == ENDOSCOPE_MODEL]
+    return {sensor.get("name"): sensor for sensor in model.iter("sensor")}
+
+
+def gz_topic(name: str) -> str:
+    """A Gazebo topic name as gz-transport resolves it without a namespace: under /."""
+    return "/" + name.lstrip("/")
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """Where gz-sensors publishes a camera's calibration (SDFormat 1.9 has no
+    <camera_info_topic>): camera_info beside the image topic."""
+    return image_topic.rsplit("/", 1)[0] + "/camera_info"
+
+
+def test_endoscope_cameras_publish_on_the_contracts_topics():
+    cameras = endoscope_cameras(ET.parse(WORLD_PATH).getroot())
+    assert set(cameras) == set(ENDOSCOPE_EYES)
+    for name, (image, info) in ENDOSCOPE_EYES.items():
+        assert cameras[name].get("type") == "camera", name
+        topic = gz_topic(cameras[name].findtext("topic"))
+        assert (topic, camera_info_topic(topic)) == (image.name, info.name)
+
+
+def test_endoscope_cameras_image_like_the_mujoco_endoscope():
+    """The same image size and rate as the endoscope node's defaults, and the same vertical
+    field of view: Gazebo takes the horizontal one and keeps the pixels square."""
+    endoscope = defaults("endoscope")
+    for name, sensor in endoscope_cameras(ET.parse(WORLD_PATH).getroot()).items():
+        camera = sensor.find("camera")
+        assert sensor.findtext("always_on") == "true", name
+        assert float(sensor.findtext("update_rate")) == endoscope["video_fps"], name
+        width, height = (int(camera.findtext(f"image/{side}")) for side in ("width", "height"))
+        assert (width, height) == (endoscope["width"], endoscope["height"]), name
+        assert camera.findtext("image/format") == "R8G8B8", name  # rgb8, as the raw images
+        horizontal = float(camera.findtext("horizontal_fov"))
+        vertical = 2 * math.atan(math.tan(horizontal / 2) * height / width)
+        assert vertical == pytest.approx(math.radians(DEFAULT_FOVY_DEG), abs=1e-8), name
+
+
+def test_endoscope_cameras_sit_a_baseline_apart_looking_at_the_jaws(world, world_sdf):
+    """Posed as telesurg/video/camera.py poses the MuJoCo eyes (its world is psm_base, which
+    Gazebo puts at SPAWN_POSE unrotated): the midpoint at DEFAULT_VIEW_OFFSET_M from the jaws at
+    home, parallel axes through points half the baseline to either side of the jaws, image
+    rows level. A Gazebo camera looks along its x axis, y to the left of the image, z up."""
+    (model,) = [model for model in world["models"] if model["name"] == ENDOSCOPE_MODEL]
+    assert model["static"]
+    (link,) = model["links"]
+    in_world = pose_matrix(model["pose"]) @ pose_matrix(link["pose"])
+    eyes = {}
+    for name, sensor in endoscope_cameras(world_sdf).items():
+        pose = sensor.find("pose")
+        assert pose.get("relative_to") is None, name  # in its link
+        eyes[name] = in_world @ pose_matrix([float(value) for value in pose.text.split()])
+    jaws = np.array([SPAWN_POSE[axis] for axis in "xyz"]) + home_jaws_centre()
+    left, right = eyes["left"], eyes["right"]
+    np.testing.assert_allclose(left[:3, :3], right[:3, :3], atol=1e-12)
+    baseline = left[:3, 3] - right[:3, 3]
+    assert np.linalg.norm(baseline) == pytest.approx(defaults("endoscope")["baseline_m"],
+                                                     abs=1e-12)
+    forward, leftward, up = left[:3, :3].T
+    np.testing.assert_allclose(baseline / np.linalg.norm(baseline), leftward, atol=1e-12)
+    midpoint = (left[:3, 3] + right[:3, 3]) / 2
+    np.testing.assert_allclose(midpoint, jaws + DEFAULT_VIEW_OFFSET_M, atol=1e-9)
+    distance = np.linalg.norm(DEFAULT_VIEW_OFFSET_M)
+    assert leftward[2] == pytest.approx(0.0, abs=1e-12) and up[2] > 0
+    for name, sign in (("left", -1), ("right", 1)):
+        seen = np.linalg.inv(eyes[name]) @ [*jaws, 1.0]
+        np.testing.assert_allclose(seen[:3], [distance, sign * np.linalg.norm(baseline) / 2, 0],
+                                   atol=1e-8, err_msg=name)
+        clip = endoscope_cameras(world_sdf)[name].find("camera/clip")
+        assert float(clip.findtext("near")) < distance < float(clip.findtext("far")), name
+
+
+def test_world_renders_the_cameras(world):
+    (sensors,) = [plugin for plugin in world["plugins"]
+                  if (plugin["filename"], plugin["name"]) == SENSORS_SYSTEM]
+    assert ET.fromstring(sensors["xml"]).findtext("render_engine") == RENDER_ENGINE
+
+
+def test_bridge_carries_the_cameras_to_the_contracts_topics_as_their_ros_types():
+    """Each camera topic, from Gazebo to ROS only ('['), under the same name, which is the
+    contract's: images as sensor_msgs/Image, calibrations as sensor_msgs/CameraInfo."""
+    carried = {}
+    for argument in ENDOSCOPE_BRIDGES:
+        name, _, types = argument.partition("@")
+        ros_type, _, gz_type = types.partition("[")
+        carried[name] = (ros_type, gz_type)
+    expected = {}
+    for image, info in ENDOSCOPE_EYES.values():
+        expected[image.name] = ("sensor_msgs/msg/Image", "gz.msgs.Image")
+        expected[info.name] = ("sensor_msgs/msg/CameraInfo", "gz.msgs.CameraInfo")
+    assert carried == expected
+    published = set()
+    for sensor in endoscope_cameras(ET.parse(WORLD_PATH).getroot()).values():
+        topic = gz_topic(sensor.findtext("topic"))
+        published |= {topic, camera_info_topic(topic)}
+    assert set(carried) == published
+    assert set(ENDOSCOPE_BRIDGES) <= set(GAZEBO_BRIDGES)
+
+
+def test_gazebo_launch_bridges_everything_the_plan_names():
+    """Statically: the launch's one parameter_bridge takes GAZEBO_BRIDGES as its arguments."""
+    (function,) = [node for node in ast.walk(ast.parse(DESCRIPTIONS_PATH.read_text()))
+                   if isinstance(node, ast.FunctionDef)
+                   and node.name == "gazebo_launch_description"]
+    (bridge,) = [node for node in ast.walk(function) if isinstance(node, ast.Call)
+                 and any(keyword.arg == "executable" and isinstance(keyword.value, ast.Constant)
+                         and keyword.value.value == "parameter_bridge"
+                         for keyword in node.keywords)]
+    (arguments,) = [keyword.value for keyword in bridge.keywords if keyword.arg == "arguments"]
+    assert ast.unparse(arguments) == "list(support.GAZEBO_BRIDGES)"
 
 
 # ---------------------------------------------------------------- RViz

@@ -311,8 +311,9 @@ def session_launch_description() -> LaunchDescription:
 
 def gazebo_launch_description() -> LaunchDescription:
     """Gazebo Sim with the world, robot_state_publisher, the arm spawned from
-    robot_description, the /clock bridge and the controller spawners one after the other; once
-    the last controller is active, the patient site's nodes on sim time."""
+    robot_description, the bridge of /clock and of the endoscope's cameras, and the controller
+    spawners one after the other; once the last controller is active, the patient site's nodes
+    on sim time."""
     controller, others = support.split_arm_controller(nodes_of_site("patient"))
     site = [*session_nodes(others, use_sim_time=True),
             *session_nodes([controller], use_sim_time=True,
@@ -342,7 +343,7 @@ def gazebo_launch_description() -> LaunchDescription:
                               ("on_exit_shutdown", "true")]),
         robot_state_publisher(use_sim_time=True),
         Node(package="ros_gz_bridge", executable="parameter_bridge",
-             arguments=[support.CLOCK_BRIDGE], output="screen"),
+             arguments=list(support.GAZEBO_BRIDGES), output="screen"),
         *chain,
         spawn,
     ])

@@ -16,7 +16,14 @@ from datetime import datetime
 from pathlib import Path
 
 from telesurg.contract.graph import NodeSpec
-from telesurg.contract.topics import SITE_TOPICS
+from telesurg.contract.topics import (
+    ENDOSCOPE_LEFT_CAMERA_INFO,
+    ENDOSCOPE_LEFT_IMAGE,
+    ENDOSCOPE_RIGHT_CAMERA_INFO,
+    ENDOSCOPE_RIGHT_IMAGE,
+    SITE_TOPICS,
+    Topic,
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,24 @@ CONTROLLERS = ("joint_state_broadcaster", "forward_position_controller")
 CONTROLLER_MANAGER = "/controller_manager"
 #: Gazebo's clock on /clock, for use_sim_time.
 CLOCK_BRIDGE = "/clock@rosgraph_msgs/msg/Clock[gz.msgs.Clock"
+#: The Gazebo message type of each ROS type carried from Gazebo.
+GZ_MESSAGE_TYPES = {"sensor_msgs/msg/Image": "gz.msgs.Image",
+                    "sensor_msgs/msg/CameraInfo": "gz.msgs.CameraInfo"}
+
+
+def bridge_from_gazebo(topic: Topic) -> str:
+    """ros_gz_bridge's parameter_bridge argument that publishes the Gazebo topic of the same
+    name on the contract's topic, as its ROS type ('[': from Gazebo to ROS only)."""
+    return f"{topic.name}@{topic.type_name}[{GZ_MESSAGE_TYPES[topic.type_name]}"
+
+
+#: The endoscope's images and calibrations, from the world's cameras (which publish them under
+#: the contract's names) to ROS.
+ENDOSCOPE_BRIDGES = tuple(bridge_from_gazebo(topic) for topic in (
+    ENDOSCOPE_LEFT_IMAGE, ENDOSCOPE_RIGHT_IMAGE,
+    ENDOSCOPE_LEFT_CAMERA_INFO, ENDOSCOPE_RIGHT_CAMERA_INFO))
+#: Everything the launch's parameter_bridge carries between Gazebo and ROS.
+GAZEBO_BRIDGES = (CLOCK_BRIDGE, *ENDOSCOPE_BRIDGES)
 
 
 def split_arm_controller(specs: Iterable[NodeSpec]) -> tuple[NodeSpec, tuple[NodeSpec, ...]]:
