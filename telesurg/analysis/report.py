@@ -4,9 +4,11 @@ Three layers, each usable alone:
 - reading (load_recording): the sites' bags (telesurg.bags.storage), their messages decoded;
 - extraction (command_ages ... task_window, over telesurg.analysis.recording's streams): pure
   functions from decoded messages to plain arrays and intervals, in nanoseconds of the
-  machine's wall clock;
-- drawing and writing (FIGURES, render_html): one PNG per figure with matplotlib's Agg backend,
-  and the page. A figure whose topics were not recorded is skipped, and the page says why.
+  machine's wall clock; and the endoscope video as the master site's viewer had it
+  (video_series, over telesurg.analysis.video: it decodes the recorded H.264 frames);
+- drawing and writing (FIGURES, VIDEO_FIGURES, render_html): one PNG per figure with
+  matplotlib's Agg backend, and the page. A figure whose topics were not recorded is skipped,
+  and the page says why; the video's section is there only when the video was recorded.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from telesurg.analysis.recording import (
     BAG_DIRS,
     Track,
     Transition,
+    decoded,
     following_changes,
     operating_states,
     pose_track,
@@ -33,11 +36,19 @@ from telesurg.analysis.recording import (
     tracking_error_series,
     transitions,
 )
+from telesurg.analysis.video import (
+    EYES,
+    ShownFrame,
+    VideoFrames,
+    VideoSummaryError,
+    print_video_summary,
+)
 from telesurg.bags.storage import BagError, BagReader, decode
 from telesurg.contract import topics
 from telesurg.contract.fields import link_state_values, stamp_ns
 from telesurg.contract.states import LINK_OVERALL_ID, OperatingState, OverallState
 from telesurg.contract.topics import MASTER, PATIENT, SITE_TOPICS
+from telesurg.linkem.model import PROFILES
 
 DPI = 100
 FIGURES_DIR = "figures"
@@ -65,6 +76,9 @@ OUTAGE_ALPHA = {"DOWN": 0.35, "DEGRADED": 0.15}
 #: Opaque, over the links' own shading (which would tint it), under the lines.
 LOST_STYLE = {"facecolor": "0.8", "hatch": "//", "edgecolor": "0.2", "zorder": 1.5}
 MAX_OUTAGE_ROWS = 40
+EYE_COLOURS = {"left": "tab:blue", "right": "tab:orange"}
+#: How many left-eye frames the video's strip shows, evenly spaced over the session.
+STRIP_FRAMES = 6
 
 
 class ReportError(Exception):
@@ -85,6 +99,14 @@ class Recording:
     end_ns: int | None
     unclosed: list[Path] = field(default_factory=list)  # bags whose recorder never closed them
     damage: list[str] = field(default_factory=list)  # what damaged bags lost (accept_damage)
+    #: The endoscope's frames by site and topic, [(receive time ns, CDR bytes)]: left encoded
+    #: (a session's decoded images would not fit in memory), telesurg.analysis.video decodes them.
+    video: dict[str, dict[str, list[tuple[int, bytes]]]] = field(default_factory=dict)
+
+    @property
+    def has_video(self) -> bool:
+        """Whether the master site recorded the endoscope's video (its left eye)."""
+        return topics.ENDOSCOPE_LEFT_COMPRESSED.name in self.video.get(MASTER, {})
 
     def topic(self, topic: str) -> tuple[str | None, list[tuple[int, object]]]:
         """(site, messages) of the preferred site that recorded the topic; (None, []) if none
@@ -113,21 +135,24 @@ def load_recording(bags: dict[str | None, Path], accept_damage: bool = False) ->
             # A topic recorded with another type than the contract's is treated as absent.
             wanted = [t for t in PREFERRED_SITES if site in PREFERRED_SITES[t]
                       and t in bag.topics and bag.topics[t].type == expected.get(t)]
-            raw = bag.read_all(wanted)
+            video = [t.name for t in EYES.values()
+                     if t.name in bag.topics and bag.topics[t.name].type == t.type_name]
+            raw = bag.read_all(wanted + video)
             if sum(topic.count for topic in bag.topics.values()):
                 spans.append((bag.start_ns, bag.end_ns))
             if bag.unclosed:
                 recording.unclosed.append(path)
             if bag.damage_note:
                 recording.damage.append(bag.damage_note)
-        decoded = {}
+        recording.video[site] = {topic: raw.pop(topic) for topic in video}
+        site_messages = {}
         for topic, messages in raw.items():
             try:
-                decoded[topic] = [(t, decode(data, expected[topic])) for t, data in messages]
+                site_messages[topic] = [(t, decode(data, expected[topic])) for t, data in messages]
             except Exception as error:  # a corrupt CDR payload inside a readable bag
                 raise BagError(f"{path}: undecodable {topic} message: {error}") from None
         recording.bags[site] = path
-        recording.messages[site] = decoded
+        recording.messages[site] = site_messages
     if spans:
         recording.start_ns = min(start for start, _ in spans)
         recording.end_ns = max(end for _, end in spans)
@@ -244,6 +269,60 @@ def task_window(summary: dict, recorded: list[Transition]) -> tuple[int, int] | 
     return None
 
 
+@dataclass(frozen=True)
+class EyeSeries:
+    """One eye's counted frames as the master site's viewer had them, by capture time (ns)."""
+
+    shown_ns: np.ndarray  # delivered in order
+    latency_ms: np.ndarray  # added latency of each shown frame; NaN: undecodable
+    dropped_ns: np.ndarray  # lost, or delivered late (the viewer drops those)
+
+    @property
+    def undecodable_ns(self) -> np.ndarray:
+        return self.shown_ns[np.isnan(self.latency_ms)]
+
+
+@dataclass(frozen=True)
+class VideoSeries:
+    eyes: dict[str, EyeSeries]
+    strip: list[ShownFrame]  # decoded left-eye frames evenly spaced over the session
+    first_ns: int  # capture time of the left eye's first counted frame
+
+
+def video_series(messages: dict) -> VideoSeries:
+    """The endoscope video as the master site's viewer had it, from the sites' recorded frames
+    by site and topic, [(receive time ns, CDR bytes)]. The recordings do not tell the links'
+    profiles: the added latency includes the link's one-way delay. Raises VideoSummaryError
+    when the patient site recorded no frame."""
+    frames = VideoFrames({site: messages.get(site, {}) for site in (MASTER, PATIENT)}, 0.0)
+    # The strip spans the left frames the master site received: none before the links are up.
+    received = sorted(frames.counted["left"] & {
+        stamp_ns(message) for _, message in decoded(frames.messages, MASTER, EYES["left"])})
+    targets = np.linspace(received[0], received[-1], STRIP_FRAMES) if received else []
+    # For each of the strip's times, the nearest decoded frame so far: only those images are
+    # kept, not the session's.
+    nearest: list[ShownFrame | None] = [None] * len(targets)
+    shown: dict[str, list[tuple[int, float]]] = {eye: [] for eye in EYES}
+    for frame in frames.shown():
+        shown[frame.eye].append((frame.capture_ns, np.nan if frame.image is None
+                                 else frame.latency_ms))
+        if frame.eye != "left" or frame.image is None:
+            continue
+        for index, target in enumerate(targets):
+            if nearest[index] is None or \
+                    abs(frame.capture_ns - target) < abs(nearest[index].capture_ns - target):
+                nearest[index] = frame
+    eyes = {}
+    for eye, rows in shown.items():
+        shown_ns = np.array([t for t, _ in rows], dtype=np.int64)
+        dropped = sorted(frames.counted[eye] - set(shown_ns.tolist()))
+        eyes[eye] = EyeSeries(shown_ns, np.array([ms for _, ms in rows], dtype=float),
+                              np.array(dropped, dtype=np.int64))
+    # Sparse frames can leave two of the strip's times the same nearest frame.
+    strip = list({frame.capture_ns: frame for frame in nearest if frame is not None}.values())
+    return VideoSeries(eyes, strip, min(frames.counted["left"], default=0))
+
+
 @dataclass
 class Session:
     """Everything the figures draw, extracted from a Recording; None where not recorded."""
@@ -261,6 +340,8 @@ class Session:
     states_topic: str = ""
     following: list[tuple[int, bool]] | None = None
     task: tuple[int, int] | None = None
+    video: VideoSeries | None = None
+    video_problem: str = ""  # why there is no VideoSeries though the master site recorded one
 
     def seconds(self, times_ns) -> np.ndarray:
         """Times as seconds since the recording started (every figure's time axis)."""
@@ -308,6 +389,11 @@ def extract_session(recording: Recording, summary: dict) -> Session:
     if following:
         session.following = following_changes(following)
     session.task = task_window(summary, session.transitions())
+    if recording.has_video:
+        try:
+            session.video = video_series(recording.video)
+        except VideoSummaryError as error:
+            session.video_problem = str(error)
     return session
 
 
@@ -524,6 +610,52 @@ def draw_command_age(session: Session, path: Path) -> str:
             "receive time minus the console's stamp.")
 
 
+def draw_video_strip(session: Session, path: Path) -> str:
+    video = session.video
+    with saved_figure(path, 1, max(len(video.strip), 1), size=(12.0, 2.3)) as (figure, axes):
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, frame in zip(axes, video.strip, strict=False):
+            ax.imshow(frame.image)
+            ax.set_title(f"{(frame.capture_ns - video.first_ns) * 1e-9:.1f} s, "
+                         f"{frame.latency_ms:.0f} ms", fontsize=9)
+        if not video.strip:
+            axes[0].text(0.5, 0.5, "no left-eye frame could be decoded", ha="center",
+                         va="center")
+        figure.suptitle("Left eye as the master site's viewer showed it")
+    return (f"{counted(len(video.strip), 'left-eye frame')} evenly spaced over the session, "
+            "decoded as the master site's viewer would; above each, the time since the first "
+            "frame's capture and the frame's added latency.")
+
+
+def draw_video_latency(session: Session, path: Path) -> str:
+    eyes = session.video.eyes
+    with saved_figure(path, 2, 1, size=(11.0, 5.0), sharex=True,
+                      gridspec_kw={"height_ratios": (4, 1)}) as (figure, (latency, missed)):
+        for row, (eye, series) in enumerate(eyes.items()):
+            colour = EYE_COLOURS[eye]
+            latency.plot(session.seconds(series.shown_ns), series.latency_ms, ".",
+                         markersize=3, color=colour, label=f"{eye} eye")
+            for times, marker, what in ((series.dropped_ns, "|", "dropped"),
+                                        (series.undecodable_ns, "x", "undecodable")):
+                missed.plot(session.seconds(times), np.full(times.size, row), marker,
+                            markersize=8, color=colour, label=f"{eye}: {times.size} {what}")
+        latency.set_ylabel("added latency (ms)")
+        latency.set_ylim(bottom=0.0)
+        missed.set_yticks(range(len(eyes)), [f"{eye} eye" for eye in eyes])
+        missed.set_ylim(-0.6, len(eyes) - 0.4)
+        missed.set_ylabel("not shown", fontsize=8)
+        time_axis(latency, session, bottom=False)
+        time_axis(missed, session, top=False)
+        figure.legend(fontsize=8, loc="outside right upper")
+        figure.suptitle("Added latency of each decoded frame, and the frames not shown")
+    dropped = sum(series.dropped_ns.size for series in eyes.values())
+    undecodable = sum(series.undecodable_ns.size for series in eyes.values())
+    return (f"Added latency of each decoded frame by its capture time, both eyes; below, the "
+            f"{counted(dropped, 'frame')} dropped (lost, or delivered late) and the "
+            f"{undecodable} undecodable (after a loss, until the next keyframe).")
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     name: str
@@ -547,6 +679,12 @@ FIGURES = (
                draw_operating_state),
     FigureSpec("command_age", "Command age", (("command_age", "/psm/servo_cp (patient site)"),),
                draw_command_age),
+)
+#: The endoscope video's section: drawn when the master site recorded the video.
+VIDEO_NEEDS = (("video", f"{topics.ENDOSCOPE_LEFT_COMPRESSED.name} (master site)"),)
+VIDEO_FIGURES = (
+    FigureSpec("video_strip", "Left eye over the session", VIDEO_NEEDS, draw_video_strip),
+    FigureSpec("video_latency", "Added latency", VIDEO_NEEDS, draw_video_latency),
 )
 
 
@@ -625,6 +763,39 @@ def _outage_section(session: Session) -> str:
     return title + shown + (f"<p class='note'>and {more} more.</p>" if more > 0 else "")
 
 
+def _figure(drawn: DrawnFigure) -> str:
+    e = html.escape
+    if drawn.caption is None:
+        return (f"<h3>{e(drawn.spec.title)}</h3><p class='skipped'>Not drawn: "
+                f"{e(drawn.reason)}.</p>")
+    return (f"<figure><h3>{e(drawn.spec.title)}</h3>"
+            f"<img src='{FIGURES_DIR}/{drawn.spec.name}.png' alt='{e(drawn.spec.title)}'>"
+            f"<figcaption>{e(drawn.caption)}</figcaption></figure>")
+
+
+def _video_section(recording: Recording, session: Session, summary: dict | None,
+                   figures: list[DrawnFigure]) -> str:
+    if not recording.has_video:
+        return ""
+    title = "<h2>Endoscope video</h2>"
+    if session.video is None:
+        return title + f"<p class='skipped'>Not drawn: {html.escape(session.video_problem)}.</p>"
+    note = ("<p class='note'>Added latency: from a frame's capture to its image decoded at the "
+            "master site (its arrival at the master site's recorder, plus its decode on this "
+            "machine). The recordings do not tell the links' profiles, so here it includes the "
+            f"link's one-way delay ({PROFILES['lan'].delay_ms:g} ms on the demo's default lan "
+            "links); summary.json's figures are less it. The figures cover the whole "
+            "recording, summary.json's the session up to the task's end.</p>")
+    lines = []
+    video = (summary or {}).get("video")
+    if isinstance(video, dict):
+        with contextlib.suppress(KeyError, TypeError, AttributeError):  # not as a demo writes it
+            print_video_summary(video, lines.append)
+    figures_html = "".join(_figure(drawn) for drawn in figures if drawn.spec in VIDEO_FIGURES)
+    return (title + "".join(f"<p>From {SUMMARY_FILE}, {html.escape(line.strip())}.</p>"
+                            for line in lines) + note + figures_html)
+
+
 PAGE_STYLE = """
 body { font-family: sans-serif; max-width: 1150px; margin: 1em auto; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0; }
@@ -654,16 +825,7 @@ def render_html(source: Path, recording: Recording, session: Session, summary: d
                     "stopped abruptly): read up to its last checkpoint.</p>"
                     for path in recording.unclosed) + "".join(
         f"<p class='skipped'>{e(note)}.</p>" for note in recording.damage)
-    sections = []
-    for drawn in figures:
-        if drawn.caption is None:
-            sections.append(f"<h3>{e(drawn.spec.title)}</h3><p class='skipped'>Not drawn: "
-                            f"{e(drawn.reason)}.</p>")
-        else:
-            sections.append(
-                f"<figure><h3>{e(drawn.spec.title)}</h3>"
-                f"<img src='{FIGURES_DIR}/{drawn.spec.name}.png' alt='{e(drawn.spec.title)}'>"
-                f"<figcaption>{e(drawn.caption)}</figcaption></figure>")
+    sections = "".join(_figure(drawn) for drawn in figures if drawn.spec in FIGURES)
     task = ("<p class='note'>Dotted lines mark the task's start and end (from summary.json); "
             "before and after it the nodes start and stop.</p>" if session.task else "")
     return f"""<!DOCTYPE html>
@@ -680,7 +842,8 @@ def render_html(source: Path, recording: Recording, session: Session, summary: d
 {_outage_section(session)}
 <h2>Figures</h2>
 {task}
-{''.join(sections)}
+{sections}
+{_video_section(recording, session, summary, figures)}
 </body></html>
 """
 
@@ -743,7 +906,7 @@ def build_report(source: Path, out_dir: Path | None,
     figures_dir = out_dir / FIGURES_DIR
     figures_dir.mkdir(parents=True, exist_ok=True)
     drawn = []
-    for spec in FIGURES:
+    for spec in FIGURES + VIDEO_FIGURES:
         png = figures_dir / f"{spec.name}.png"
         missing = spec.missing(session)
         if missing:
