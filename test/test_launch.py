@@ -22,7 +22,13 @@ from telesurg.arm.kinematics import JOINT_NAMES
 from telesurg.bridge.config import LINK_OVERRIDES, parse_link_overrides
 from telesurg.bringup import plan as support
 from telesurg.contract import topics
-from telesurg.contract.graph import BRIDGE, SESSION_NODES, nodes_of_site
+from telesurg.contract.graph import (
+    BRIDGE,
+    ENDOSCOPE,
+    ENDOSCOPE_DECODER,
+    SESSION_NODES,
+    nodes_of_site,
+)
 from telesurg.contract.params import NODE_PARAMETERS, ROS_BUILTIN_PARAMETERS
 from telesurg.contract.topics import SITE_TOPICS, SITES
 
@@ -49,7 +55,7 @@ FOREIGN_EXECUTABLES = {
 }
 #: Launch arguments of each launch file.
 LINK_ARGUMENTS = {f"link_{link}_{part}" for link in ("a", "b") for part in LINK_OVERRIDES.values()}
-BRIDGE_ARGUMENTS = {"bridge_config", "key_file", *LINK_ARGUMENTS}
+BRIDGE_ARGUMENTS = {"bridge_config", "key_file", "video", *LINK_ARGUMENTS}
 EXPECTED_ARGUMENTS = {
     "master_site.launch.py": {"config", "record", "record_dir", *BRIDGE_ARGUMENTS},
     "patient_site.launch.py": {"config", "sim", "rviz", "record", "record_dir",
@@ -254,7 +260,7 @@ def test_launch_arguments_are_declared_with_descriptions_and_used_as_declared():
     (passed,) = [node.value for node in tree_of(SITE_LAUNCH).body if isinstance(node, ast.Assign)
                  and ast.unparse(node.targets[0]) == "BRIDGE_ARGUMENTS"]
     assert {constant(element) for element in passed.elts if constant(element)} == {
-        "bridge_config", "key_file"}
+        "bridge_config", "key_file", "video"}
     assert ast.unparse(passed.elts[-1]).startswith("*(f'link_{link}_{part}'")
 
 
@@ -542,6 +548,15 @@ def test_launch_file_builds_over_stand_ins(stand_in_launch, name):
         default = argument.kwargs["default_value"]
         if default.startswith(str(stand_in_launch)):
             assert Path(default).is_file(), default  # an installed file
+    # With video:=true, the master site's decoder; every bridge carries video as video says.
+    nodes = [entity for entity in _flattened(entities) if _kind(entity) == "Node"]
+    decoders = [node for node in nodes
+                if node.kwargs["executable"] == ENDOSCOPE_DECODER.executable]
+    assert len(decoders) == (1 if "master" in (site or ()) else 0)
+    for decoder in decoders:
+        assert decoder.kwargs["condition"].args[0].args == ("video",)
+    for bridge in (node for node in nodes if node.kwargs["executable"] == BRIDGE.executable):
+        assert bridge.kwargs["parameters"][0]["video"].args[0].args == ("video",)
 
 
 def _hardware(node) -> str | None:
@@ -572,8 +587,10 @@ def test_patient_site_over_stand_ins_starts_the_arm_for_each_sim(stand_in_launch
     (group,) = [entity for entity in entities if _kind(entity) == "GroupAction"]
     assert sim_condition(group) == ("NotEqualsSubstitution", "gazebo")
     _, others = support.split_arm_controller(nodes_of_site("patient"))
-    grouped = [node.kwargs["executable"] for node in group.args[0]]
-    assert grouped == [spec.executable for spec in others] + [BRIDGE.executable]
+    grouped = [(node.kwargs["executable"], sim_condition(node)) for node in group.args[0]]
+    # The endoscope renders the MuJoCo arm, with video:=true; with Gazebo, its cameras.
+    assert grouped == [(spec.executable, None) for spec in others] + [
+        (BRIDGE.executable, None), (ENDOSCOPE.executable, ("flag", "video"))]
     (include,) = [entity for entity in entities if _kind(entity) == "IncludeLaunchDescription"]
     assert sim_condition(include) == ("EqualsSubstitution", "gazebo")
     (source,) = include.args

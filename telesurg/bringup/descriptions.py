@@ -47,7 +47,13 @@ from launch import LaunchDescription
 from telesurg.bridge.config import LINK_OVERRIDES
 from telesurg.bridge.wire import write_key
 from telesurg.bringup import plan as support
-from telesurg.contract.graph import BRIDGE, DEFAULT_LINKS, nodes_of_site
+from telesurg.contract.graph import (
+    BRIDGE,
+    DEFAULT_LINKS,
+    ENDOSCOPE,
+    ENDOSCOPE_DECODER,
+    nodes_of_site,
+)
 from telesurg.contract.resources import FASTDDS_PROFILE_VARIABLE
 from telesurg.contract.topics import SITES
 
@@ -56,7 +62,7 @@ HELP = {"bind": "this site's HOST:PORT on link {link}",
         "peer": "the other site's HOST:PORT on link {link}",
         "interface": "network interface link {link} leaves by (e.g. enp3s0 or wwan0)"}
 #: The bridge's launch arguments, passed on to gazebo.launch.py.
-BRIDGE_ARGUMENTS = ("bridge_config", "key_file",
+BRIDGE_ARGUMENTS = ("bridge_config", "key_file", "video",
                     *(f"link_{link}_{part}" for link in DEFAULT_LINKS
                       for part in LINK_OVERRIDES.values()))
 
@@ -105,6 +111,11 @@ def bridge_arguments() -> list[DeclareLaunchArgument]:
             description="Pre-shared key file (telesurg keygen), the same at both sites; empty "
                         "keeps bridge_config's key_file"),
         *links,
+        # The bridges carry the video topics only with it: the same at both sites.
+        _flag("video", "false",
+              "true: the stereo endoscope at the patient site (MuJoCo render, H.264 per eye; "
+              "about half a core), carried by the bridges, decoded at the master site by "
+              "endoscope_decoder on /endoscope/<eye>/image_raw"),
     ]
 
 
@@ -157,12 +168,20 @@ def bridge_node(site: str, *, use_sim_time: bool = False) -> Node:
             LaunchConfiguration(f"link_{link}_{field}"))], value_type=str)
         for parameter, field in LINK_OVERRIDES.items()}
     parameters = {"role": site,
+                  "video": ParameterValue(LaunchConfiguration("video"), value_type=bool),
                   "config_file": LaunchConfiguration("bridge_config"),
                   "key_file": ParameterValue(LaunchConfiguration("key_file"), value_type=str),
                   **overrides}
     extra = [{"use_sim_time": True}] if use_sim_time else []
     return Node(package="telesurg", executable=BRIDGE.executable, name=BRIDGE.name,
                 parameters=[parameters, *extra], output="screen")
+
+
+def video_decoder() -> Node:
+    """The master site's endoscope_decoder, with video:=true."""
+    (node,) = session_nodes([ENDOSCOPE_DECODER],
+                            condition=IfCondition(LaunchConfiguration("video")))
+    return node
 
 
 def robot_state_publisher(*, use_sim_time: bool, condition=None,
@@ -215,7 +234,9 @@ def patient_actions() -> list:
     controllers are active) or neither (none: the arm controller on ros2_control's topics);
     with or without its bridge."""
     controller, others = support.split_arm_controller(nodes_of_site("patient"))
-    at_once = [*session_nodes(others), bridge_node("patient")]
+    # The endoscope renders the MuJoCo arm; with Gazebo, the world's cameras stand in for it.
+    at_once = [*session_nodes(others), bridge_node("patient"),
+               *session_nodes([ENDOSCOPE], condition=IfCondition(LaunchConfiguration("video")))]
     gazebo = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(share_file(support.GAZEBO_LAUNCH)),
         launch_arguments=[(name, LaunchConfiguration(name))
@@ -257,7 +278,7 @@ def site_launch_description(site: str) -> LaunchDescription:
         actions = patient_actions()
     else:
         arguments = []
-        actions = [*session_nodes(nodes_of_site(site)), bridge_node(site)]
+        actions = [*session_nodes(nodes_of_site(site)), bridge_node(site), video_decoder()]
     return LaunchDescription([
         *config_arguments(),
         *bridge_arguments(),
@@ -302,6 +323,7 @@ def session_launch_description() -> LaunchDescription:
         OpaqueFunction(function=_session_domains_and_key),
         *session_nodes(nodes_of_site("master")),
         bridge_node("master"),
+        video_decoder(),
         recorder(["master"], "master"),
         GroupAction([
             SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("patient_domain")),
