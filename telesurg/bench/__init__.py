@@ -31,8 +31,9 @@ BENCHMARKS = {
             "and 1000 Hz"),
     "zenoh": ("telesurg.bench.zenoh_link", "Eclipse Zenoh on the same emulated links and outage"),
     "video": ("telesurg.bench.video",
-              "the endoscope video pipeline: render, encode, FEC, paced links, reassemble, "
-              "decode"),
+              "the endoscope video pipeline (render, encode, FEC, paced links, reassemble, "
+              "decode), commands through two bridges with video on and off, and "
+              "motion-to-photon"),
 }
 RESULTS_PATH = Path("bench/results.json")
 
