@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "as processes on "
                     "two DDS domains, joined only by the bridges over two emulated links a and "
                     "b; run a task, stop cleanly, and write OUT/summary.json with tracking "
-                    "error, tip jumps, limit violations, command delivery and link figures.")
+                    "error, tip jumps, limit violations, command delivery and link figures. "
+                    "With --video, also the stereo endoscope and its video figures.")
     demo.add_argument("--task", choices=("suturing", "figure8"), default="suturing",
                       help="what the virtual surgeon does (default: suturing)")
     demo.add_argument("--duration", type=_positive_seconds, default=None,

@@ -20,6 +20,7 @@ from crtk_client import CrtkClient
 
 from telesurg.bridge.wire import write_key
 from telesurg.bringup import plan as support
+from telesurg.contract.graph import BRIDGE, SESSION_NODES
 from telesurg.session.processes import die_with_parent
 
 pytestmark = pytest.mark.multiprocess
@@ -61,6 +62,16 @@ class Launch:
 
     def node_pids(self) -> list[int]:
         return [int(pid) for pid in STARTED.findall(self.output())]
+
+    def wait_nodes_started(self, names, timeout_s: float = UP_TIMEOUT_S) -> None:
+        """Until every named node has logged, a name named twice by two nodes (it is past its
+        imports: a signal before that interrupts the import, which launch reports as a
+        process that died)."""
+        deadline = time.monotonic() + timeout_s
+        while missing := [name for name in set(names)
+                          if self.output().count(f"[{name}]: ") < names.count(name)]:
+            assert time.monotonic() < deadline, f"{missing} never logged: {self.output()}"
+            time.sleep(0.1)
 
     def stop(self, signum: int) -> int:
         """Stop the launch as a user would and return its exit status: SIGINT to its whole
@@ -166,6 +177,7 @@ def test_the_default_launch_comes_up_and_stops_with_its_nodes(
     state = echo_once("/psm/operating_state", launch_env, "DISABLED")
     for field in ("header:", "stamp:", "state: DISABLED", "is_homed: true", "is_busy: false"):
         assert field in state, state
+    launch.wait_nodes_started([spec.name for spec in SESSION_NODES] + [BRIDGE.name] * 2)
     pids = launch.node_pids()
     assert len(pids) == 6, launch.output()[-2000:]  # two nodes and a bridge at each site
     assert all(alive(pid) for pid in pids)

@@ -5,6 +5,7 @@ Skipped where no offscreen OpenGL (EGL) is available. Here mujoco is imported (b
 simulation) before the camera module sets MUJOCO_GL: the endoscope renders regardless.
 """
 
+import ctypes
 import math
 
 import mujoco
@@ -135,3 +136,19 @@ def test_bad_geometry_is_refused(arm):
         StereoEndoscope(arm.model, arm.data, baseline_m=0.0)
     with pytest.raises(ValueError):
         StereoEndoscope(arm.model, arm.data, target=(0, 0, -0.1), position=(0, 0, 0))
+
+
+def test_a_ctrl_c_inside_the_egl_call_is_an_interrupt(endoscope, monkeypatch):
+    """ctypes reports a KeyboardInterrupt raised while it converts a call's arguments as an
+    ArgumentError: the node must see the Ctrl-C (a clean stop), not an error (exit 1)."""
+    def interrupted():
+        raise ctypes.ArgumentError("argument 2: KeyboardInterrupt: ")
+    monkeypatch.setattr(endoscope._gl, "make_current", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        endoscope.render()
+
+    def broken():
+        raise ctypes.ArgumentError("argument 1: TypeError: wrong type")
+    monkeypatch.setattr(endoscope._gl, "make_current", broken)
+    with pytest.raises(ctypes.ArgumentError):
+        endoscope.render()

@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import copy  # noqa: E402
+import ctypes  # noqa: E402
 import math  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
@@ -166,7 +167,14 @@ class StereoEndoscope:
         """The left and right images: height x width x 3 uint8 RGB, row 0 at the top."""
         if self._context is None:
             raise RuntimeError("the endoscope is closed")
-        self._gl.make_current()
+        try:
+            self._gl.make_current()
+        except ctypes.ArgumentError as error:
+            # A Ctrl-C landing while ctypes converts the EGL call's arguments comes out as
+            # this error ("argument 2: KeyboardInterrupt"): let it be the interrupt it is.
+            if "KeyboardInterrupt" in str(error):
+                raise KeyboardInterrupt from error
+            raise
         scene = self._scene
         mujoco.mjv_updateScene(self._visual, self._data, self._option, None, self._camera,
                                mujoco.mjtCatBit.mjCAT_ALL, scene)
