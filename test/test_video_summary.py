@@ -79,6 +79,23 @@ def test_frames_counted_late_and_lost_latency_and_bitrate():
     assert "160x120 per eye" in lines[0] and "1 late" in lines[0]
 
 
+def test_frames_before_the_task_started_do_not_count():
+    left, right = frames(30), frames(30)
+    # Before the task, the master site heard nothing (its bridge did not trust the patient's
+    # yet); from frame 12 on, everything.
+    messages = {
+        "patient": {ENDOSCOPE_LEFT_COMPRESSED.name: left, ENDOSCOPE_RIGHT_COMPRESSED.name: right},
+        "master": {topic: [(t + 1_000_000, d) for t, d in stream[12:]] for topic, stream in (
+            (ENDOSCOPE_LEFT_COMPRESSED.name, left), (ENDOSCOPE_RIGHT_COMPRESSED.name, right))}}
+    whole = video_summary(messages, [], ONE_WAY_MS)
+    assert whole["frames_dropped"] == 2 * 12
+    from_task = video_summary(messages, [], ONE_WAY_MS, since_ns=left[12][0])
+    in_flight = sum(1 for t, _ in left if t > left[-1][0] - IN_FLIGHT_NS)
+    assert from_task["frames_sent"] == from_task["frames_delivered"] == 2 * (18 - in_flight)
+    # Frame 12 is no keyframe: the viewer waits for frame 20, as a decoder joining late does.
+    assert from_task["frames_undecodable"] == 2 * 8
+
+
 def test_no_bitrate_without_two_reports_and_no_video_is_an_error():
     assert video_bitrate_mbps([(T0, link_report(5))]) == dict.fromkeys(DEFAULT_LINKS, None)
     with pytest.raises(VideoSummaryError, match="no endoscope frame"):

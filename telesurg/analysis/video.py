@@ -5,6 +5,8 @@ A frame is one eye's image. Sent: recorded at the patient site as the endoscope 
 (its header stamp is the capture time). Delivered: recorded at the master site as its bridge
 published it, with the same eye and stamp. Late: delivered after a newer frame of its eye (shown,
 it would step back in time; the bridges deliver in order, so this counts what they let through).
+Only frames captured from since_ns (the task's start) count: before it, the bridges may not yet
+trust each other and the recorders may not yet hear every publisher.
 Added latency: from capture to the frame decoded at the master site, less the link's one-way
 delay: the arrival at the master site's recorder, plus the time this machine takes to decode it
 (each delivered frame is decoded here, in order, as a viewer would: after a lost frame, nothing
@@ -62,6 +64,7 @@ class VideoFrames:
 
     messages: dict
     one_way_delay_ms: float
+    since_ns: int = 0
     sent: dict[str, list[int]] = field(init=False)  # capture stamps per eye, in order
     counted: dict[str, set[int]] = field(init=False)
     late: int = field(init=False, default=0)
@@ -73,7 +76,8 @@ class VideoFrames:
             raise VideoSummaryError("the patient site's recording holds no endoscope frame (is "
                                     "the endoscope running? see logs/patient/endoscope.log)")
         last_capture = max(stamps[-1] for stamps in self.sent.values() if stamps)
-        self.counted = {eye: {s for s in stamps if s <= last_capture - IN_FLIGHT_NS}
+        self.counted = {eye: {s for s in stamps
+                              if self.since_ns <= s <= last_capture - IN_FLIGHT_NS}
                         for eye, stamps in self.sent.items()}
 
     def shown(self) -> Iterator[ShownFrame]:
@@ -106,11 +110,12 @@ class VideoFrames:
                 yield ShownFrame(eye, stamp, arrival, latency_ms, image)
 
 
-def video_summary(messages: dict, patient_states: list, one_way_delay_ms: float) -> dict:
-    """The video figures of a session: frames sent, delivered, dropped and late (both eyes),
-    undecodable (a frame after a loss, until the next keyframe), added latency, bitrate per
-    link, the image size and the capture rate."""
-    frames = VideoFrames(messages, one_way_delay_ms)
+def video_summary(messages: dict, patient_states: list, one_way_delay_ms: float,
+                  since_ns: int = 0) -> dict:
+    """The video figures of a session from since_ns (its task's start): frames sent,
+    delivered, dropped and late (both eyes), undecodable (a frame after a loss, until the next
+    keyframe), added latency, bitrate per link, the image size and the capture rate."""
+    frames = VideoFrames(messages, one_way_delay_ms, since_ns)
     delivered = undecodable = 0
     latencies_ms = []
     size = None

@@ -514,8 +514,9 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     if options.video:
         try:
             summary["video"] = video_summary(
-                messages, [r for r in sites[1].link_states if r[0] <= counted_until_ns],
-                min(PROFILES[profile].delay_ms for profile in options.link_profiles))
+                messages, [r for r in sites[1].link_states
+                           if started_ns <= r[0] <= counted_until_ns],
+                min(PROFILES[profile].delay_ms for profile in options.link_profiles), started_ns)
         except VideoSummaryError as error:
             raise DemoError(str(error)) from None
     summary["cpu_percent"] = cpu_percent
