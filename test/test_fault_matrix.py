@@ -573,6 +573,14 @@ def test_patient_site_container_killed(tmp_path):
         silent_ns, _ = session.wait_arm("holding: safety supervisor silent", killed)
         session.wait_until(hold_ns + OBSERVE_NS)
         held = session.measured_tips(hold_ns + SETTLE_NS, hold_ns + OBSERVE_NS)
+        if not held:
+            # Known defect (README): a SIGKILLed process's shared-memory port can block the
+            # others' publish for about 1 s; the arm's loop waits with it, and the pose it
+            # then reports is the pose it held.
+            print("\n  no /psm/measured_cp in the first second after the hold: "
+                  "the shared-memory stall; observing the next two")
+            session.wait_until(hold_ns + 3 * OBSERVE_NS)
+            held = session.measured_tips(hold_ns + SETTLE_NS, hold_ns + 3 * OBSERVE_NS)
         print(f"\n  patient site container killed: the arm controller held "
               f"{ms(hold_ns - killed):.0f} ms after the kill ({reason!r}; design: "
               f"command_timeout_ms {COMMAND_TIMEOUT_MS:.0f} ms), named the silent supervisor "

@@ -41,7 +41,8 @@ LOST_LEFT = 40  # of the left eye, lost on the way: the next ones until the keyf
 BACKGROUND, SQUARE = (20, 20, 20), (220, 30, 30)
 VIDEO = {"frames_sent": 2 * FRAMES, "frames_delivered": 2 * FRAMES - 1, "frames_dropped": 1,
          "frames_late": 0, "frames_undecodable": 4,
-         "added_latency_ms": {"p50": 12.3, "p99": 14.5}, "bitrate_mbps": {"a": 0.2, "b": 0.2},
+         "added_latency_ms": {"p50": 12.3, "p99": 14.5},
+         "motion_to_photon_ms": {"p50": 30.1, "p99": 40.2}, "bitrate_mbps": {"a": 0.2, "b": 0.2},
          "width": WIDTH, "height": HEIGHT, "fps": 30.0}
 
 
@@ -109,7 +110,8 @@ def test_the_video_section_and_its_figures_when_the_video_was_recorded(video_rep
         assert f"src='figures/{spec.name}.png'" in page
     section = page[page.index("<h2>Endoscope video</h2>"):]
     assert "From summary.json, video: 160x120 per eye at 30.0 fps; 200 frames sent" in section
-    assert "added latency p50 12.3 ms, p99 14.5 ms; per link a 0.2 Mbit/s" in section
+    assert ("added latency p50 12.3 ms, p99 14.5 ms; motion to photon p50 30.1 ms, p99 40.2 ms; "
+            "per link a 0.2 Mbit/s") in section
     assert "includes the link's one-way delay (0.1 ms on the demo's default lan links)" in section
     assert "1 frame dropped" in section and "4 undecodable" in section
     assert "Not drawn" not in page

@@ -4,6 +4,7 @@ H.264 frames, some lost, one delivered late, and the patient bridge's byte count
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage
 
@@ -17,7 +18,11 @@ from telesurg.analysis.video import (
 )
 from telesurg.contract.fields import set_stamp_ns
 from telesurg.contract.graph import DEFAULT_LINKS
-from telesurg.contract.topics import ENDOSCOPE_LEFT_COMPRESSED, ENDOSCOPE_RIGHT_COMPRESSED
+from telesurg.contract.topics import (
+    ENDOSCOPE_LEFT_COMPRESSED,
+    ENDOSCOPE_RIGHT_COMPRESSED,
+    PSM_SERVO_CP,
+)
 from telesurg.video.codec import H264Encoder
 
 WIDTH, HEIGHT, FPS = 160, 120, 30
@@ -39,6 +44,17 @@ def frames(count: int, gop: int = 10) -> list[tuple[int, bytes]]:
     return recorded
 
 
+def commands(until_ns: int, period_ns: int, path_ns: int) -> list[tuple[int, bytes]]:
+    """(arrival ns at the patient site, PoseStamped CDR) of servo commands every period_ns,
+    each stamped by the console path_ns before it arrived."""
+    recorded = []
+    for arrival in range(T0 - 10 * period_ns, until_ns, period_ns):
+        message = PoseStamped()
+        set_stamp_ns(message, arrival - path_ns)
+        recorded.append((arrival, serialize_message(message)))
+    return recorded
+
+
 def link_report(video_bytes: int) -> DiagnosticArray:
     return DiagnosticArray(status=[DiagnosticStatus(hardware_id="overall", values=[
         KeyValue(key=VIDEO_BYTES_KEY, value=str(video_bytes))])])
@@ -55,8 +71,11 @@ def test_frames_counted_late_and_lost_latency_and_bitrate():
     order = [0, 1, 2, 4, 5, 7, 6, *range(8, count)]
     master_right = [(right[i][0] + transit_ns, right[i][1]) for i in order]
     master_right[6] = (master_right[5][0] + 1_000_000, right[6][1])
+    command_period_ns, command_path_ns = 4_000_000, 3_000_000
     messages = {
-        "patient": {ENDOSCOPE_LEFT_COMPRESSED.name: left, ENDOSCOPE_RIGHT_COMPRESSED.name: right},
+        "patient": {ENDOSCOPE_LEFT_COMPRESSED.name: left, ENDOSCOPE_RIGHT_COMPRESSED.name: right,
+                    PSM_SERVO_CP.name: commands(left[-1][0], command_period_ns,
+                                                command_path_ns)},
         "master": {ENDOSCOPE_LEFT_COMPRESSED.name: [(t + transit_ns, d) for t, d in left],
                    ENDOSCOPE_RIGHT_COMPRESSED.name: master_right}}
     # 1,000,000 bytes over 2 s on each link: 4 Mbit/s.
@@ -73,6 +92,9 @@ def test_frames_counted_late_and_lost_latency_and_bitrate():
     latency = video["added_latency_ms"]
     # Transit less the one-way delay, plus a decode of well under a few ms.
     assert 12.0 - ONE_WAY_MS <= latency["p50"] <= latency["p99"] < 12.0 - ONE_WAY_MS + 20.0
+    # The command's path, the wait for the capture after it, the frame's transit and decode.
+    motion = video["motion_to_photon_ms"]
+    assert 15.0 <= motion["p50"] <= motion["p99"] < 15.0 + 4.0 + 20.0
     assert video["bitrate_mbps"] == dict.fromkeys(DEFAULT_LINKS, 4.0)
     lines = []
     print_video_summary(video, lines.append)

@@ -37,6 +37,9 @@ from telesurg.contract.topics import MASTER, PATIENT
 EYES = {"left": topics.ENDOSCOPE_LEFT_COMPRESSED, "right": topics.ENDOSCOPE_RIGHT_COMPRESSED}
 #: Frames captured this close to the last capture are not counted: still on their way.
 IN_FLIGHT_NS = 300_000_000
+#: A frame shows the console's commands if one reached the patient site this shortly before its
+#: capture (the arm controller holds after 50 ms without one).
+FOLLOWING_NS = 50_000_000
 #: The patient bridge's counter of video bytes it sent, on every link (each carries all).
 VIDEO_BYTES_KEY = "video_bytes_sent"
 
@@ -53,6 +56,7 @@ class ShownFrame:
     capture_ns: int
     arrival_ns: int  # at the master site's recorder
     latency_ms: float | None  # added latency; None when it could not be decoded
+    shown_ns: int | None  # when its picture was ready at the master site (arrival + decode)
     image: np.ndarray | None  # height x width x 3 RGB; None when it could not be decoded
 
 
@@ -105,9 +109,10 @@ class VideoFrames:
                 decode_ns = time.perf_counter_ns() - started
                 if stamp not in self.counted[eye]:
                     continue
-                latency_ms = (None if image is None else
-                              (arrival - stamp + decode_ns) * 1e-6 - self.one_way_delay_ms)
-                yield ShownFrame(eye, stamp, arrival, latency_ms, image)
+                shown_ns = None if image is None else arrival + decode_ns
+                latency_ms = (None if shown_ns is None else
+                              (shown_ns - stamp) * 1e-6 - self.one_way_delay_ms)
+                yield ShownFrame(eye, stamp, arrival, latency_ms, shown_ns, image)
 
 
 def video_summary(messages: dict, patient_states: list, one_way_delay_ms: float,
@@ -116,8 +121,14 @@ def video_summary(messages: dict, patient_states: list, one_way_delay_ms: float,
     delivered, dropped and late (both eyes), undecodable (a frame after a loss, until the next
     keyframe), added latency, bitrate per link, the image size and the capture rate."""
     frames = VideoFrames(messages, one_way_delay_ms, since_ns)
+    # Motion to photon: from the console's command (its stamp) that the arm had last received
+    # when a frame was captured, to that frame's picture at the master site: the command path,
+    # the wait for the next capture, render, encode, the video path and the decode.
+    commands = decoded(messages, PATIENT, topics.PSM_SERVO_CP)
+    command_arrivals = np.array([t for t, _ in commands], dtype=np.int64)
+    command_stamps = np.array([stamp_ns(m) for _, m in commands], dtype=np.int64)
     delivered = undecodable = 0
-    latencies_ms = []
+    latencies_ms, motion_to_photon_ms = [], []
     size = None
     for frame in frames.shown():
         delivered += 1
@@ -126,10 +137,13 @@ def video_summary(messages: dict, patient_states: list, one_way_delay_ms: float,
             continue
         size = frame.image.shape[1], frame.image.shape[0]
         latencies_ms.append(frame.latency_ms)
+        last = int(np.searchsorted(command_arrivals, frame.capture_ns, side="right")) - 1
+        if last >= 0 and frame.capture_ns - command_arrivals[last] <= FOLLOWING_NS:
+            motion_to_photon_ms.append((frame.shown_ns - command_stamps[last]) * 1e-6)
     frames_sent = sum(len(stamps) for stamps in frames.counted.values())
     left = sorted(frames.counted["left"])
     span_s = (left[-1] - left[0]) * 1e-9 if len(left) > 1 else 0.0
-    latency = percentiles(latencies_ms)
+    latency, motion = percentiles(latencies_ms), percentiles(motion_to_photon_ms)
     return {
         "frames_sent": frames_sent,
         "frames_delivered": delivered,
@@ -137,6 +151,7 @@ def video_summary(messages: dict, patient_states: list, one_way_delay_ms: float,
         "frames_late": frames.late,
         "frames_undecodable": undecodable,
         "added_latency_ms": {"p50": latency["p50"], "p99": latency["p99"]},
+        "motion_to_photon_ms": {"p50": motion["p50"], "p99": motion["p99"]},
         "bitrate_mbps": video_bitrate_mbps(patient_states),
         "width": size[0] if size else None,
         "height": size[1] if size else None,
@@ -158,10 +173,11 @@ def video_bitrate_mbps(patient_states: list) -> dict[str, float | None]:
 
 
 def print_video_summary(video: dict, say=print) -> None:
-    latency = video["added_latency_ms"]
+    latency, motion = video["added_latency_ms"], video["motion_to_photon_ms"]
     rates = ", ".join(f"{link} {rate} Mbit/s" for link, rate in video["bitrate_mbps"].items())
     say(f"  video: {video['width']}x{video['height']} per eye at {video['fps']} fps; "
         f"{video['frames_sent']} frames sent (both eyes), {video['frames_delivered']} delivered, "
         f"{video['frames_dropped']} dropped, {video['frames_late']} late, "
         f"{video['frames_undecodable']} undecodable; added latency p50 {latency['p50']} ms, "
-        f"p99 {latency['p99']} ms; per link {rates}")
+        f"p99 {latency['p99']} ms; motion to photon p50 {motion['p50']} ms, p99 "
+        f"{motion['p99']} ms; per link {rates}")
