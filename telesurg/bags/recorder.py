@@ -131,8 +131,14 @@ def run_record(site: str, out: Path, storage: str, domain: int | None,
     # Ctrl-C and SIGTERM ask the loop to stop between messages: an exception raised in the middle
     # of writing one (Python's default) left a chunk whose messages disagreed with its index.
     stop = threading.Event()
+
+    def ask_to_stop(*_) -> None:
+        if stop.is_set():  # asked before and still running: say where it is stuck
+            faulthandler.dump_traceback(all_threads=True)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, ask_to_stop)
     recorded = site_topics(site, video)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
