@@ -51,16 +51,21 @@ def running(master: BridgeCore, patient: BridgeCore):
         patient.close()
 
 
+def core_pair(folder, path, receiving: str):
+    """(master core, patient core, what the receiving site's core delivered, the key)."""
+    key = write_key(folder / "bridge.key")
+    delivered = []
+    cores = {role: BridgeCore(load_bridge_config(path, role), key,
+                              (lambda index, payload: delivered.append((index, payload)))
+                              if role == receiving else (lambda *_: None), lambda _: None)
+             for role in ("master", "patient")}
+    return cores["master"], cores["patient"], delivered, key
+
+
 @pytest.fixture
 def cores(tmp_path, direct_bridge_config):
-    key = write_key(tmp_path / "bridge.key")
     path, ports = direct_bridge_config
-    delivered = []
-    master = BridgeCore(load_bridge_config(path, "master"), key, lambda *_: None,
-                        lambda _: None)
-    patient = BridgeCore(load_bridge_config(path, "patient"), key,
-                         lambda index, payload: delivered.append((index, payload)),
-                         lambda _: None)
+    master, patient, delivered, key = core_pair(tmp_path, path, "patient")
     with running(master, patient):
         yield master, patient, delivered, key, ports
 
@@ -432,14 +437,8 @@ VIDEO_TOPIC = topics.ENDOSCOPE_LEFT_COMPRESSED.name
 def video_cores(tmp_path, direct_bridge_config):
     """(patient, master, received at the master site, the index of the left endoscope's video
     topic), with the default configuration."""
-    key = write_key(tmp_path / "bridge.key")
     path, _ = direct_bridge_config
-    received = []
-    patient = BridgeCore(load_bridge_config(path, "patient"), key, lambda *_: None,
-                         lambda _: None)
-    master = BridgeCore(load_bridge_config(path, "master"), key,
-                        lambda index, payload: received.append((index, payload)),
-                        lambda _: None)
+    master, patient, received, _ = core_pair(tmp_path, path, "master")
     (index,) = [topic.index for topic in master.config.incoming if topic.name == VIDEO_TOPIC]
     with running(master, patient):
         yield patient, master, received, index
