@@ -225,6 +225,10 @@ def test_record_command_records_exactly_each_sites_contract_topics():
         assert sorted(topics) == sorted(SITE_TOPICS[site]) and len(topics) == len(set(topics))
     both = support.contract_topics(SITES)
     assert set(both) == set(SITE_TOPICS["master"]) | set(SITE_TOPICS["patient"])
+    # With video, the endoscope's compressed frames at both sites, not the raw images.
+    video = set(support.contract_topics(SITES, video=True)) - set(both)
+    assert {"/endoscope/left/image_raw/compressed", "/endoscope/keyframe_request"} <= video
+    assert not any(topic.endswith("/image_raw") for topic in video)
     with pytest.raises(ValueError):
         support.contract_topics(["operating_room"])
     with pytest.raises(ValueError):
@@ -542,7 +546,7 @@ def test_launch_file_builds_over_stand_ins(stand_in_launch, name):
             assert command[:7] == ["ros2", "bag", "record", "-s", "mcap", "-o", command[6]]
             assert command[6][0].args == ("record_dir",)
             assert command[6][1:] == ([f"/{recorded}"] if len(site) > 1 else [])
-            assert command[8:] == support.contract_topics([recorded])
+            assert command[8:] == support.contract_topics([recorded], video=True)
             assert recorder.kwargs["condition"].args[0].args == ("record",)
     for argument in arguments:
         default = argument.kwargs["default_value"]
@@ -736,7 +740,7 @@ def test_launch_description_builds_and_visits_where_launch_imports(name):
         if site is not None and has_ros2_bag:
             record_dir = context.launch_configurations["record_dir"]
             assert found["processes"] == [support.record_command(
-                support.contract_topics([recorded]),
+                support.contract_topics([recorded], video=True),
                 record_dir + (f"/{recorded}" if len(site) > 1 else "")) for recorded in site]
         else:  # without rosbag2, record:=true is a log line naming telesurg's recorder
             assert not found["processes"]

@@ -224,7 +224,9 @@ def recorder(sites, subdirectory: str = "") -> ExecuteProcess | LogInfo:
                            f"({', '.join(sites)})",
                        condition=condition)
     output = [LaunchConfiguration("record_dir"), *([f"/{subdirectory}"] if subdirectory else [])]
-    command = support.record_command(support.contract_topics(sites), output)
+    # The video topics too: `ros2 bag record` subscribes to a listed topic only once it has a
+    # publisher, so without video:=true they cost nothing.
+    command = support.record_command(support.contract_topics(sites, video=True), output)
     return ExecuteProcess(cmd=command, condition=condition, output="screen")
 
 

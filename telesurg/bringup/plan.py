@@ -23,6 +23,7 @@ from telesurg.contract.topics import (
     ENDOSCOPE_RIGHT_IMAGE,
     SITE_TOPICS,
     Topic,
+    site_topics,
 )
 
 
@@ -156,13 +157,14 @@ def spawner_arguments(controller: str) -> list[str]:
 
 # Recording ----------------------------------------------------------------------------------
 
-def contract_topics(sites: Iterable[str]) -> list[str]:
-    """The contract topics that the sites record (telesurg.contract.topics.SITE_TOPICS), sorted."""
+def contract_topics(sites: Iterable[str], video: bool = False) -> list[str]:
+    """The contract topics that the sites record (telesurg.contract.topics.site_topics), with
+    the video topics or without, sorted."""
     topics: set[str] = set()
     for site in sites:
         if site not in SITE_TOPICS:
             raise ValueError(f"unknown site {site!r}: one of {', '.join(SITE_TOPICS)}")
-        topics |= set(SITE_TOPICS[site])
+        topics |= set(site_topics(site, video))
     return sorted(topics)
 
 
