@@ -35,13 +35,12 @@ SESSION_NODES: tuple[NodeSpec, ...] = (
              "Cartesian servo commands to joint commands, limits, hold when stale; runs the "
              "MuJoCo arm itself unless its hardware is ros2_control.", "ArmControllerNode",
              niceness=-5),
-    # The command path starts here: at the priority the master site container gives them.
     NodeSpec("master_console", "master_console", "telesurg.nodes.master_console", "master",
              "Teleoperation mapping: clutch, scale, tremor filter, step limit.",
-             "MasterConsoleNode", niceness=-10),
+             "MasterConsoleNode"),
     NodeSpec("virtual_surgeon", "virtual_surgeon", "telesurg.nodes.virtual_surgeon", "master",
              "Stands in for a haptic master device and pedals, performing a task.",
-             "VirtualSurgeonNode", niceness=-10),
+             "VirtualSurgeonNode"),
 )
 
 
