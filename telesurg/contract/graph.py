@@ -55,9 +55,8 @@ SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "pati
                      "SimulatorNode", niceness=-5)
 
 #: The patient site's stereo endoscope: renders the arm from /joint_states, publishes H.264.
-#: Not in SESSION_NODES: it costs about half a core at 640x480 and 30 fps. The lowest
-#: priority: on two cores the command path must not wait for a render, so video gets what the
-#: session leaves (measured: 7.5 fps; at nice 5, 8.6 fps and command age p99 14 ms, not 10).
+#: Not in SESSION_NODES: it costs about 0.6 of a core at 640x480 and 30 fps. Below the
+#: session's priority: on two cores the command path must not wait for a render.
 ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
                      "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
                      "EndoscopeNode", niceness=19)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 
@@ -40,7 +41,6 @@ def _link(text: str) -> tuple[str, str, int, int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     from telesurg.linkem.relay import LinkRelay, serve_together
-    from telesurg.session.processes import set_niceness
 
     parser = argparse.ArgumentParser(prog="python -m telesurg.linkem.emulator",
                                      description=__doc__.split("\n\n")[0])
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The network is not one of the processes competing for the machine's cores: a relay
         # that waits for a core would hold datagrams back like a congested link.
-        set_niceness(RELAY_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, 0, RELAY_NICENESS)
     except PermissionError:
         print("emulated links: not allowed to raise priority; on a busy machine the links may "
               "show delays that a real network would not", file=sys.stderr)
@@ -87,7 +87,7 @@ class LinkEmulator:
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self._log, text=True, bufsize=1,
-                                        start_new_session=True, preexec_fn=die_with_parent)
+                                        preexec_fn=die_with_parent)
         line = self.process.stdout.readline()
         if not line:
             self.close()

@@ -35,31 +35,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-#: Where Linux schedules a session's processes as one group (sched_autogroup_enabled), and
-#: the nice value of that group.
-AUTOGROUP = Path("/proc/self/autogroup")
-
-
-def set_niceness(niceness: int) -> None:
-    """This process at niceness, and its session's scheduling group too: with autogroups,
-    each session is a group of its own and a process's nice value counts only within it; the
-    groups share the CPU by the group's nice (measured: a nice 19 endoscope in a session of
-    its own took its full share from the command path; two nice 19 busy loops paused a
-    session for link lost). Call it in a session of its own. PermissionError where the user
-    may not raise priority (not root)."""
-    os.setpriority(os.PRIO_PROCESS, 0, niceness)
-    if AUTOGROUP.exists():
-        AUTOGROUP.write_text(f"{niceness}\n")
-
-
 def _prepare_child(niceness: int) -> None:
-    """Runs in the child before exec (in a session of its own): dies with the session, at the
-    node's priority where the user may raise it (root); elsewhere it keeps the default, as a
-    plain user's nodes do."""
+    """Runs in the child before exec: dies with the session, at the node's priority where the
+    user may raise it (root); elsewhere it keeps the default, as a plain user's nodes do."""
     die_with_parent()
     if niceness:
         try:
-            set_niceness(niceness)
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
         except PermissionError:
             pass
 
