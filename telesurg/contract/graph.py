@@ -55,8 +55,9 @@ SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "pati
                      "SimulatorNode", niceness=-5)
 
 #: The patient site's stereo endoscope: renders the arm from /joint_states, publishes H.264.
-#: Not in SESSION_NODES: it costs about 0.6 of a core at 640x480 and 30 fps. Below the
-#: session's priority: on two cores the command path must not wait for a render.
+#: Not in SESSION_NODES: it costs about half a core at 640x480 and 30 fps. The lowest
+#: niceness, which does not yet take effect against the other node processes (README, Known
+#: defects: each runs in a session, an autogroup, of its own).
 ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
                      "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
                      "EndoscopeNode", niceness=19)
