@@ -76,8 +76,6 @@ VIDEO_CAP_MBPS = 20.0
 VIDEO_BURST_BYTES = 64_000
 #: A video frame not complete this long after its first fragment arrived is dropped.
 VIDEO_DEADLINE_NS = 100_000_000
-#: Loss assumed when sizing a frame's parity: every link must lose a fragment for it to be lost.
-VIDEO_LOSS_RATE = 0.01
 _ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
 RECEIVE_BUFFER_BYTES = 4 << 20
 #: Longest the receive thread sleeps when no link deadline is due.
@@ -115,7 +113,6 @@ class VideoCounters:
     frames_superseded: int = 0  # a newer frame of the topic came before all was sent
     fragments_sent: int = 0  # on every link
     bytes_sent: int = 0  # of those fragments, on each link
-    frames_delivered: int = 0  # reassembled and handed over
     fragments_unexpected: int = 0  # for a topic this site does not receive as video
 
 
@@ -307,8 +304,9 @@ class BridgeCore:
         """The chance that a fragment is lost on every link, from the links' loss as measured
         on what the peer sends (a link DOWN loses everything)."""
         rate = 1.0
-        for figures in self.snapshot().links.values():
-            rate *= 1.0 if figures.state == LinkState.DOWN else figures.loss_percent / 100.0
+        with self._lock:  # the two figures alone: a whole snapshot sorts every link's samples
+            for monitor in self.health.links.values():
+                rate *= 1.0 if monitor.state == LinkState.DOWN else monitor.loss_percent() / 100.0
         return min(rate, 1.0)
 
     def _video_loop(self) -> None:
@@ -486,7 +484,6 @@ class BridgeCore:
             self.video.fragments_unexpected += 1
             return
         for frame in assembler.add(fragment, arrival_ns):
-            self.video.frames_delivered += 1
             self._deliver(topic_index, frame.data)
 
     def video_assembly(self) -> dict[int, transport.AssemblyCounters]:

@@ -205,11 +205,12 @@ def link_state_message(name: str, snapshot: HealthSnapshot, core: BridgeCore,
                 "video_frames_sent": core.video.frames_sent,
                 "video_frames_superseded": core.video.frames_superseded,
                 "video_bytes_sent": core.video.bytes_sent,
-                "video_frames_delivered": core.video.frames_delivered}
-    # Why frames were not delivered, summed over the incoming video topics.
-    for reason in ("expired", "incomplete_dropped", "late_dropped", "frames_recovered"):
-        counters[f"video_{reason}"] = sum(getattr(assembly, reason)
-                                          for assembly in core.video_assembly().values())
+                "video_fragments_unexpected": core.video.fragments_unexpected}
+    # Frames delivered, and why others were not, summed over the incoming video topics.
+    assemblies = core.video_assembly().values()
+    for field in ("frames_delivered", "expired", "incomplete_dropped", "late_dropped",
+                  "frames_recovered"):
+        counters[f"video_{field}"] = sum(getattr(assembly, field) for assembly in assemblies)
     counters.update({f"rejected_{reason}": count
                      for reason, count in core.drops.snapshot().items()})
     # A flood of rejected datagrams is no change of state, but worth a warning.
