@@ -297,8 +297,10 @@ def _send_clip(core: BridgeCore, clip: list[tuple[bytes, bytes]], duration_s: fl
 
 
 def _video_counts(master: _Site, patient: _Site) -> dict[str, int]:
-    sent, received = patient.end.core.video, master.end.core.video
-    return {"frames_sent": sent.frames_sent, "frames_delivered": received.frames_delivered,
+    sent = patient.end.core.video
+    delivered = sum(counters.frames_delivered
+                    for counters in master.end.core.video_assembly().values())
+    return {"frames_sent": sent.frames_sent, "frames_delivered": delivered,
             "video_bytes_per_link": sent.bytes_sent}
 
 
