@@ -56,12 +56,9 @@ from telesurg.bridge.config import default_bridge_config_path
 pytestmark = pytest.mark.multiprocess
 
 PAUSE_WITHIN_MS = 1000.0  # generous: the design figures are printed
-# Open defect: a SIGKILLed process has now and then frozen the other node processes of its DDS
-# domain for about 1 s (the supervisor, PAUSED 1007 ms after the patient bridge's kill; the arm
-# controller, held 1007 ms after the site container's): Fast DDS's shared memory, a publish
-# waiting on a port mutex the killed process held; rmw_fastrtps keeps shared memory under the
-# LOCALHOST discovery range these sessions use. Until it is fixed, the cases that kill a
-# process allow it; the design figures are printed.
+# Generous too: a killed peer is noticed within the design's timeouts (at most 250 ms); with
+# Fast DDS's shared memory (no longer in use: config/fastdds_profile.xml) the other processes
+# of its domain stalled for 1-2 s after a SIGKILL now and then.
 KILLED_PEER_WITHIN_MS = 1500.0
 HELD_MOTION_MM = 0.1  # from 100 ms after the hold was commanded
 HELD_RAW_MOTION_MM = 0.25  # from the hold itself (0.05 mm at most seen so far)
@@ -131,9 +128,15 @@ class SharedSession:
             self.problems.append(f"{session.out}: nodes did not stop cleanly: "
                                  f"{session.unclean_exits()}")
 
-    def close(self) -> None:
+    def suspend(self) -> None:
+        """Stop the shared session, if one runs, for a case with a session of its own: two
+        sessions on 2 cores slowed each other's start past 50 s and their timing past the
+        design figures (the next get() starts a new one)."""
         if self.session is not None:
             self._close()
+
+    def close(self) -> None:
+        self.suspend()
         assert not self.problems, "; ".join(self.problems)
 
 
@@ -147,6 +150,14 @@ def shared_session(tmp_path_factory):
 @pytest.fixture
 def lan_session(shared_session) -> Session:
     return shared_session.get()
+
+
+@pytest.fixture
+def own_session_path(shared_session, tmp_path):
+    """tmp_path for a case that starts a session of its own, alone on the machine (the cases
+    that take it come first in this file, so that the shared session is not started twice)."""
+    shared_session.suspend()
+    return tmp_path
 
 
 # -- the steps every case shares ---------------------------------------------------------------
@@ -295,11 +306,11 @@ def pause_case(session: Session, label: str, inject, causes: tuple[str, ...], cl
 # -- the cases -----------------------------------------------------------------------------
 
 @pytest.mark.root
-def test_both_links_cut_in_network_namespaces(tmp_path):
+def test_both_links_cut_in_network_namespaces(own_session_path):
     """Both links cut for real: the master site's processes in one network namespace, the
     patient site's in another, joined only by two veth pairs (links a and b), taken down with
     `ip link set DEV down`."""
-    with session_or_skip(tmp_path, netns=True) as session:
+    with session_or_skip(own_session_path, netns=True) as session:
         def cut() -> int:
             return session.set_links_down(True)
 
@@ -328,13 +339,13 @@ def test_both_links_cut_in_network_namespaces(tmp_path):
         assert ms(paused_hold - figures["injected"]) < PAUSE_WITHIN_MS
 
 
-def test_command_age_over_the_limit_on_a_satellite_link(tmp_path):
+def test_command_age_over_the_limit_on_a_satellite_link(own_session_path):
     """Both links on the geostationary_satellite profile (280 ms one way): every command is
     older than max_command_age_ms (200 ms) when it arrives, so the supervisor pauses as soon as
     the console engages; a resume is refused, naming the cause, while commands still come in
     old; once they stop, a resume is accepted, the arm stays still until the console
     re-engages, and the re-engage pauses again for the same cause."""
-    with session_or_skip(tmp_path, profiles=("geostationary_satellite",) * 2) as session:
+    with session_or_skip(own_session_path, profiles=("geostationary_satellite",) * 2) as session:
         label = "command age"
         engaged_ns = session.wait_following(True, 0, timeout_s=30.0)
         paused_at, status = session.wait_state("PAUSED", 0, timeout_s=10.0)
@@ -397,6 +408,30 @@ def _wait_answer(session: Session, command: str, asked_ns: int, timeout_s: float
 
 FORGE_FOR_S = 0.5  # the forged command is repeated for at most this long ...
 FORGE_PERIOD_S = 0.002  # ... this often, until the supervisor pauses
+
+
+def test_patient_site_container_killed(own_session_path):
+    """The patient site as `telesurg demo` runs it: the bridge and the safety supervisor in one
+    site container, the arm controller in a process of its own. SIGKILL the container while
+    the console follows: the arm controller holds on its own, first because the commands stop
+    (command_timeout_ms), then because the supervisor is silent (supervisor_timeout_ms), and
+    the arm stays where it was."""
+    with session_or_skip(own_session_path, compose=True) as session:
+        session.engage()
+        killed = session.kill("patient", "site_container")
+        hold_ns, reason = session.wait_arm("holding", killed)
+        silent_ns, _ = session.wait_arm("holding: safety supervisor silent", killed)
+        session.wait_until(hold_ns + OBSERVE_NS)
+        held = session.measured_tips(hold_ns + SETTLE_NS, hold_ns + OBSERVE_NS)
+        print(f"\n  patient site container killed: the arm controller held "
+              f"{ms(hold_ns - killed):.0f} ms after the kill ({reason!r}; design: "
+              f"command_timeout_ms {COMMAND_TIMEOUT_MS:.0f} ms), named the silent supervisor "
+              f"{ms(silent_ns - killed):.0f} ms after it (design: supervisor_timeout_ms "
+              f"{SUPERVISOR_TIMEOUT_MS:.0f} ms); the arm moved {mm(displacement(held)):.4f} mm "
+              "while held")
+        assert ms(hold_ns - killed) < KILLED_PEER_WITHIN_MS
+        assert ms(silent_ns - killed) < SUPERVISOR_TIMEOUT_MS + KILLED_PEER_WITHIN_MS
+        assert held and mm(displacement(held)) < HELD_MOTION_MM
 
 
 def test_forged_jump_command_at_the_patient_site(lan_session):
@@ -558,38 +593,6 @@ def test_safety_supervisor_killed(lan_session):
     released_ns = session.enable(timeout_s=20.0)
     engage = wait_reengaged(session, released_ns)
     report_and_check_hold(label, hold_figures(session, hold_ns, released_ns, engage))
-
-
-def test_patient_site_container_killed(tmp_path):
-    """The patient site as `telesurg demo` runs it: the bridge and the safety supervisor in one
-    site container, the arm controller in a process of its own. SIGKILL the container while
-    the console follows: the arm controller holds on its own, first because the commands stop
-    (command_timeout_ms), then because the supervisor is silent (supervisor_timeout_ms), and
-    the arm stays where it was."""
-    with session_or_skip(tmp_path, compose=True) as session:
-        session.engage()
-        killed = session.kill("patient", "site_container")
-        hold_ns, reason = session.wait_arm("holding", killed)
-        silent_ns, _ = session.wait_arm("holding: safety supervisor silent", killed)
-        session.wait_until(hold_ns + OBSERVE_NS)
-        held = session.measured_tips(hold_ns + SETTLE_NS, hold_ns + OBSERVE_NS)
-        if not held:
-            # Known defect (README): a SIGKILLed process's shared-memory port can block the
-            # others' publish for about 1 s; the arm's loop waits with it, and the pose it
-            # then reports is the pose it held.
-            print("\n  no /psm/measured_cp in the first second after the hold: "
-                  "the shared-memory stall; observing the next two")
-            session.wait_until(hold_ns + 3 * OBSERVE_NS)
-            held = session.measured_tips(hold_ns + SETTLE_NS, hold_ns + 3 * OBSERVE_NS)
-        print(f"\n  patient site container killed: the arm controller held "
-              f"{ms(hold_ns - killed):.0f} ms after the kill ({reason!r}; design: "
-              f"command_timeout_ms {COMMAND_TIMEOUT_MS:.0f} ms), named the silent supervisor "
-              f"{ms(silent_ns - killed):.0f} ms after it (design: supervisor_timeout_ms "
-              f"{SUPERVISOR_TIMEOUT_MS:.0f} ms); the arm moved {mm(displacement(held)):.4f} mm "
-              "while held")
-        assert ms(hold_ns - killed) < KILLED_PEER_WITHIN_MS
-        assert ms(silent_ns - killed) < SUPERVISOR_TIMEOUT_MS + KILLED_PEER_WITHIN_MS
-        assert held and mm(displacement(held)) < HELD_MOTION_MM
 
 
 FLAPS = 100
