@@ -35,7 +35,12 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from std_msgs.msg import Bool, String
 
 from telesurg.analysis.metrics import command_gaps, following_stretches, path_deviation
-from telesurg.analysis.playback import ReplayReference, procedure_end
+from telesurg.analysis.playback import (
+    BEFORE_PRESS_NS,
+    ReplayReference,
+    procedure_end,
+    replay_start,
+)
 from telesurg.analysis.recording import Track
 from telesurg.bags.player import check_topics, latched_before, publisher_qos, schedule
 from telesurg.bags.storage import TYPESTORE, BagError, BagReader, BagTopic, BagWriter, make_qos
@@ -312,6 +317,23 @@ def test_replay_deviation_compares_where_both_followed_and_rebases_after_a_pause
     assert gap_mm > 10
 
 
+def test_a_replay_starts_at_the_recorded_enable_or_before_the_press_that_engaged_earlier():
+    enabled = START_NS + 2 * S
+    presses = [(START_NS + S, False), (START_NS + S + 300 * MS, True),
+               (START_NS + 5 * S, False), (START_NS + 6 * S, True)]
+    # The console first followed after ENABLED reached the recorder: start there.
+    assert replay_start(enabled, [(enabled + 100 * MS, True)], presses) == enabled
+    # It followed before (the recorder took the latched ENABLED late): just before the press
+    # that engaged it, the last one up to that engagement.
+    engaged = START_NS + S + 320 * MS
+    assert (replay_start(enabled, [(engaged, True), (START_NS + 5 * S, False)], presses)
+            == START_NS + S + 300 * MS - BEFORE_PRESS_NS)
+    # No press recorded before it (the recorder took the pedal late too): the engagement.
+    assert (replay_start(enabled, [(engaged, True)], presses[2:])
+            == engaged - BEFORE_PRESS_NS)
+    assert replay_start(enabled, [], presses) == enabled
+
+
 def test_procedure_end_is_the_final_disable_after_the_last_enable():
     assert procedure_end([(1, "DISABLED"), (2, "ENABLED"), (3, "ENABLED"), (4, "DISABLED"),
                           (5, "DISABLED")]) == 4
@@ -391,6 +413,18 @@ def test_the_replayed_surgeon_never_presses_a_pedal_held_at_the_start_and_presse
     # A recorded release goes out at once.
     surgeon.take(PRESENCE_TOPIC, False, int(6.6 * S))
     assert published[-1] == (PRESENCE_TOPIC, False)
+
+
+def test_a_replay_started_before_the_engaging_press_releases_the_pedal_until_it():
+    published = []
+    surgeon = ReplaySurgeon([(S, True)], lambda topic, down: published.append((topic, down)),
+                            clock=lambda: 0.0, released_at_start=True)
+    # Released from the start (the patient site hears the pedal), then the recorded press: a
+    # fresh press, which engages as the recording did.
+    surgeon.work_pedal(0)
+    assert published == [(PRESENCE_TOPIC, False)]
+    surgeon.take(PRESENCE_TOPIC, True, S - MS)
+    assert published == [(PRESENCE_TOPIC, False), (PRESENCE_TOPIC, True)]
 
 
 def test_following_at_reads_the_state_in_force():

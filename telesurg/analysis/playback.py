@@ -1,9 +1,9 @@
 """How far a replayed session's arm tip path lies from the recorded one (`telesurg demo
 --replay`, telesurg.session.playback).
 
-The replay starts where the recorded arm was first ENABLED. The two paths are aligned by the
-player's clock (or on the first engagement), then by the constant time offset that fits best,
-and compared over the stretches in which both consoles followed.
+The replay starts where the recorded arm was first ENABLED (replay_start). The two paths are
+aligned by the player's clock (or on the first engagement), then by the constant time offset
+that fits best, and compared over the stretches in which both consoles followed.
 
 Pure: recorded messages by site and topic, [(arrival ns, CDR bytes)], in.
 """
@@ -44,6 +44,27 @@ def receive_times(messages: list[tuple[int, bytes]]) -> np.ndarray:
 def first_engagement(changes: list[tuple[int, bool]], after_ns: int) -> int | None:
     """Time of the first (time, following) change to following at or after after_ns."""
     return next((t for t, following in changes if t >= after_ns and following), None)
+
+
+#: How long before the surgeon's engaging press a replay starts, when it cannot start at the
+#: recorded ENABLED (replay_start): the pedal is then played released first, then pressed.
+BEFORE_PRESS_NS = 1_000_000
+
+
+def replay_start(enabled_ns: int, following: list[tuple[int, bool]],
+                 presses: list[tuple[int, bool]]) -> int:
+    """Where a replay of a recording starts: at the first ENABLED its master recorder took,
+    unless the console followed before that (the recorder took the latched ENABLED late, at
+    discovery): then just before the operator-present press that engaged the console (the
+    last press at or before the first following, else that following itself), so that the
+    replay engages as the recording did rather than at a later re-press. following and
+    presses: (time, value) of /console/following and /console/operator_present in order."""
+    engaged = first_engagement(following, 0)
+    if engaged is None or engaged >= enabled_ns:
+        return enabled_ns
+    pressed = [t for (t, down), (_, before) in zip(presses, [(0, False), *presses], strict=False)
+               if down and not before and t <= engaged]
+    return (pressed[-1] if pressed else engaged) - BEFORE_PRESS_NS
 
 
 def procedure_end(states: list[tuple[int, str]]) -> int | None:

@@ -58,14 +58,18 @@ class ReplaySurgeon:
     PEDAL_PERIOD_S) for a re-press. Thread-safe."""
 
     def __init__(self, reference_following: list[tuple[int, bool]],
-                 publish: Callable[[str, bool], None], say=print, clock=time.monotonic) -> None:
+                 publish: Callable[[str, bool], None], say=print, clock=time.monotonic,
+                 released_at_start: bool = False) -> None:
         self._reference_following = reference_following
         self._publish = publish
         self._say = say
         self._clock = clock
         # Nothing is pressed until the recording says how the pedals stand: a pedal held at
-        # the start, published as released first, would be a fresh press and engage.
-        self._recorded: dict[str, bool | None] = dict.fromkeys(PEDAL_TOPICS)
+        # the start, published as released first, would be a fresh press and engage. Unless
+        # the replay starts just before the press that engaged the recorded console
+        # (released_at_start): then the pedals are released until it.
+        self._recorded: dict[str, bool | None] = dict.fromkeys(
+            PEDAL_TOPICS, False if released_at_start else None)
         self._presence = ReplayedPresence()
         self._pressed: bool | None = None
         self._following = False

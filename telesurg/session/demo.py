@@ -620,6 +620,8 @@ def _wait_until_ready(sites: list[Site]) -> None:
                 site.stop_watching_readiness()
             return
         time.sleep(0.05)
+    missing = [f"nothing on {site}'s {topic}" for site, topic in sorted(wanted - heard)]
+    missing += [f"the {site.name} recorder did not join" for site in sites
+                if not site.recording()]
     raise DemoError(f"the node graph did not come up within {STARTUP_TIMEOUT_S:.0f} s "
-                    "(no arm pose, the console never got master and arm poses, or a recorder "
-                    "never joined); see the logs")
+                    f"({'; '.join(missing)}); see the logs")

@@ -2,9 +2,10 @@
 
 The recorded master bag stands in for the virtual surgeon: its device and pedal topics are
 played from the moment the recorded arm was first ENABLED (the console ignores the pedals
-before that, so playing earlier presses would engage at another moment), the pedals as a
-ReplaySurgeon works them (telesurg.master.replayed_surgeon). How far the new arm tip path lies
-from the recorded one is telesurg.analysis.playback's.
+before that, so playing earlier presses would engage at another moment; or from just before the
+press that engaged the console, where the recorder took ENABLED late: replay_start), the
+pedals as a ReplaySurgeon works them (telesurg.master.replayed_surgeon). How far the new arm
+tip path lies from the recorded one is telesurg.analysis.playback's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from telesurg.analysis.playback import (
     first_engagement,
     procedure_end,
     receive_times,
+    replay_start,
 )
 from telesurg.analysis.recording import (
     BAG_DIRS,
@@ -52,11 +54,14 @@ PATIENT_BAG_TOPICS = _types(topics.PSM_MEASURED_CP)
 class ReplayPlan:
     run_dir: Path
     master_bag: Path
-    start_s: float        # into the master bag: when the recorded arm was first ENABLED
+    start_s: float        # into the master bag: where the replay starts (replay_start)
     span_s: float         # from there to the end of the recording
     reference: ReplayReference  # what the new session's tip path is compared with
     accept_damage: bool = False  # read damaged bags without their damaged chunks
     damage: tuple[str, ...] = ()  # what damaged bags lost, then
+    # The replay starts just before the press that engaged the recorded console (replay_start:
+    # the recorder took ENABLED late), with the pedals released until it.
+    released_at_start: bool = False
 
     @classmethod
     def of(cls, run_dir: Path, accept_damage: bool = False) -> ReplayPlan:
@@ -75,6 +80,7 @@ class ReplayPlan:
             master.require(MASTER_BAG_TOPICS)
             recorded = {MASTER: master.read_all([topics.PSM_OPERATING_STATE.name,
                                                  topics.CONSOLE_FOLLOWING.name,
+                                                 topics.CONSOLE_OPERATOR_PRESENT.name,
                                                  topics.PSM_SERVO_CP.name])}
             states = operating_states(decoded(recorded, MASTER, topics.PSM_OPERATING_STATE))
             enabled = next((t for t, state in states if state == OperatingState.ENABLED), None)
@@ -82,21 +88,23 @@ class ReplayPlan:
                 raise BagError(f"{bags['master']}: the arm was never ENABLED in this recording; "
                                "nothing to replay")
             following = following_changes(decoded(recorded, MASTER, topics.CONSOLE_FOLLOWING))
-            engaged = first_engagement(following, enabled)
+            start = replay_start(enabled, following, following_changes(
+                decoded(recorded, MASTER, topics.CONSOLE_OPERATOR_PRESENT)))
+            engaged = first_engagement(following, start)
             if engaged is None:
                 raise BagError(f"{bags['master']}: the console never followed in this "
                                "recording; nothing to replay")
-            start_s = (enabled - master.start_ns) * 1e-9
-            span_s = (master.end_ns - enabled) * 1e-9
+            start_s = (start - master.start_ns) * 1e-9
+            span_s = (master.end_ns - start) * 1e-9
         with BagReader(bags[PATIENT], accept_damage) as patient:
             damage += [patient.damage_note] if patient.damage_note else []
             patient.require(PATIENT_BAG_TOPICS)
             recorded[PATIENT] = patient.read_all([topics.PSM_MEASURED_CP.name])
         return cls(run_dir, bags[MASTER], start_s, span_s, ReplayReference(
-            enabled, engaged, following,
+            start, engaged, following,
             receive_times(recorded[MASTER][topics.PSM_SERVO_CP.name]),
             pose_track(decoded(recorded, PATIENT, topics.PSM_MEASURED_CP)),
-            procedure_end(states)), accept_damage, tuple(damage))
+            procedure_end(states)), accept_damage, tuple(damage), start < enabled)
 
     def start_player(self, node, go: threading.Event, stop: threading.Event,
                      say=print) -> tuple[threading.Thread, Player]:
@@ -111,7 +119,8 @@ class ReplayPlan:
         reader = BagReader(self.master_bag, self.accept_damage)
         surgeon = ReplaySurgeon(
             self.reference.following,
-            lambda topic, pressed: player.publishers[topic].publish(Bool(data=pressed)), say)
+            lambda topic, pressed: player.publishers[topic].publish(Bool(data=pressed)), say,
+            released_at_start=self.released_at_start)
 
         def taker(topic: str):
             return lambda data: surgeon.take(topic, decode(data, SURGEON_TOPICS[topic]).data,
