@@ -66,6 +66,11 @@ def parameter_files(args: list[str]) -> list[str]:
     return files
 
 
+#: How long a node process's teardown may take before it writes its threads' stacks to its
+#: log (telesurg demo and the tests send SIGTERM 5 s after SIGINT, then SIGKILL).
+TEARDOWN_STACKS_AFTER_S = 4.0
+
+
 def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None = None) -> None:
     """Check parameter files, create the node, serve it (its NodeLoop, node.loop) until
     Ctrl-C/SIGTERM, shut down cleanly.
@@ -122,9 +127,13 @@ def run_nodes(process_name: str, creators: list[Callable[[], Node]],
         # own SIGINT: the second must not cut the teardown short (exit by signal, logged by
         # launch as a node that died).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A teardown that hangs (once, a master console outlived SIGINT and SIGTERM in a
+        # test) leaves every thread's stack in the log before SIGKILL comes.
+        faulthandler.dump_traceback_later(TEARDOWN_STACKS_AFTER_S)
         for node in reversed(nodes):
             node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
 
 
 def freeze_start_up_objects() -> None:
