@@ -103,7 +103,7 @@ def test_the_endoscope_streams_both_eyes_and_shows_the_arm_move(tmp_path, ros_en
         assert stamps == sorted(stamps)
     finally:
         site.close()
-        assert set(group.stop().values()) <= {0}, (tmp_path / "logs").glob("*")
+        assert set(group.stop().values()) <= {0}, sorted((tmp_path / "logs").glob("*"))
 
 
 def stamp_of(message) -> int:
@@ -143,4 +143,4 @@ def test_the_decoder_shows_a_new_viewer_pictures_at_once_by_asking_for_a_keyfram
         assert np.frombuffer(bytes(images[0].data), np.uint8).std() > 10.0  # a scene
     finally:
         site.close()
-        assert set(group.stop().values()) <= {0}, (tmp_path / "logs").glob("*")
+        assert set(group.stop().values()) <= {0}, sorted((tmp_path / "logs").glob("*"))

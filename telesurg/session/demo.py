@@ -112,14 +112,12 @@ class DemoOptions:
 
 
 def session_environment(domain_id: int) -> dict[str, str]:
-    """Environment for every process of a local session: its own DDS domain and telesurg's
-    Fast DDS profile, applied whole (SYSTEM_DEFAULT: LOCALHOST would put rmw_fastrtps's own
-    transports, shared memory included, in place of the profile's), which keeps discovery
-    on this machine."""
+    """Environment for every process of a local session: its own DDS domain, discovery kept
+    on this machine, and the faster-discovery Fast DDS profile."""
     env = dict(os.environ)
     env.update({
         "ROS_DOMAIN_ID": str(domain_id),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT",
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
         FASTDDS_PROFILE_VARIABLE: str(fastdds_profile()),
         "PYTHONUNBUFFERED": "1",
