@@ -173,17 +173,30 @@ def test_h264_frames_cross_as_video_and_decode_at_the_master_site(tmp_path, ros_
                        config, video=True) as (master, patient, processes):
         camera = patient.node.create_publisher(CompressedImage, VIDEO_TOPIC,
                                                qos_profile(Qos.VIDEO))
-        frames = []
+        frames, warm_ups = [], []
         master.node.create_subscription(
-            CompressedImage, VIDEO_TOPIC, frames.append,
+            CompressedImage, VIDEO_TOPIC,
+            lambda frame: (frames if frame.header.frame_id.isdigit() else warm_ups).append(frame),
             QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
         patient.spin_until(lambda: camera.get_subscription_count() > 0
                            and patient.overall() == "REDUNDANT", DISCOVERY_TIMEOUT_S,
                            "the patient bridge to subscribe the video and both links up")
         master.spin_until(lambda: master.node.count_publishers(VIDEO_TOPIC) > 0,
                           DISCOVERY_TIMEOUT_S, "the master bridge to publish the video")
-        encoder = H264Encoder(320, 240, 30.0)
         rows, columns = np.mgrid[0:240, 0:320]
+        # The camera matching the bridge's reader does not mean the reader has matched the
+        # camera: a frame sent meanwhile is dropped (once, the one keyframe). Until a warm-up
+        # frame has crossed, then the measured sequence from its own keyframe.
+        warm_up = CompressedImage(format="h264", data=H264Encoder(320, 240, 30.0).encode(
+            np.zeros((240, 320, 3), np.uint8), 0).data)
+        warm_up.header.frame_id = "warm-up"
+        deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
+        while not warm_ups:
+            assert time.monotonic() < deadline, "no warm-up frame crossed the bridges"
+            camera.publish(warm_up)
+            patient.spin_for(0.05)
+            master.spin_for(0.05)
+        encoder = H264Encoder(320, 240, 30.0)
         for number in range(30):  # a gradient sliding across the image, at 30 fps
             image = np.stack([(columns + 4 * number) % 256, rows % 256,
                               np.full_like(rows, 128)], axis=-1).astype(np.uint8)
