@@ -263,3 +263,12 @@ def test_a_dead_node_is_named_with_its_site():
     with pytest.raises(DemoError, match=r"^node patient/bridge exited during the session "
                                         r"\(code 1\)"):
         demo._raise_if_dead([site], "during the session")
+
+
+def test_with_video_the_task_waits_for_both_eyes_at_the_master_site(tmp_path):
+    eyes = {topics.ENDOSCOPE_LEFT_COMPRESSED, topics.ENDOSCOPE_RIGHT_COMPRESSED}
+    (tmp_path / "plain").mkdir()
+    with_video, without = plan(tmp_path, video=True), plan(tmp_path / "plain", video=False)
+    assert eyes <= set(with_video["master"].ready_topics())
+    assert not eyes & set(with_video["patient"].ready_topics())
+    assert not eyes & set(without["master"].ready_topics())

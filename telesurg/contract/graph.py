@@ -21,20 +21,19 @@ class NodeSpec:
     # The rclpy Node subclass in module, which a site container creates ("" for a process that
     # is not one node).
     node_class: str = ""
-    # Scheduling niceness where the nodes share a busy machine (`telesurg demo`): the bridge,
-    # the safety supervisor and the arm's loop come first, as on a real-time system.
+    # Scheduling niceness where the nodes share a busy machine (`telesurg demo`). The command
+    # path crosses every session process (and a recorder that falls behind loses data), so they
+    # share alike at 0; only the video yields to them.
     niceness: int = 0
 
 
 SESSION_NODES: tuple[NodeSpec, ...] = (
     NodeSpec("safety_supervisor", "safety_supervisor", "telesurg.nodes.safety_supervisor",
              "patient", "CRTK operating state: pauses the arm on link loss, stale or old "
-             "commands, jumps, joint limits, presence lost.", "SafetySupervisorNode",
-             niceness=-10),
+             "commands, jumps, joint limits, presence lost.", "SafetySupervisorNode"),
     NodeSpec("arm_controller", "arm_controller", "telesurg.nodes.arm_controller", "patient",
              "Cartesian servo commands to joint commands, limits, hold when stale; runs the "
-             "MuJoCo arm itself unless its hardware is ros2_control.", "ArmControllerNode",
-             niceness=-5),
+             "MuJoCo arm itself unless its hardware is ros2_control.", "ArmControllerNode"),
     NodeSpec("master_console", "master_console", "telesurg.nodes.master_console", "master",
              "Teleoperation mapping: clutch, scale, tremor filter, step limit.",
              "MasterConsoleNode"),
@@ -52,12 +51,11 @@ DEFAULT_LINKS = ("a", "b")
 #: ros2_control (where Gazebo or a real arm would be).
 SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "patient",
                      "MuJoCo physics of the arm URDF, ros2_control-style interface.",
-                     "SimulatorNode", niceness=-5)
+                     "SimulatorNode")
 
 #: The patient site's stereo endoscope: renders the arm from /joint_states, publishes H.264.
 #: Not in SESSION_NODES: it costs about half a core at 640x480 and 30 fps. The lowest
-#: niceness, which does not yet take effect against the other node processes (README, Known
-#: defects: each runs in a session, an autogroup, of its own).
+#: niceness: on two cores it renders with what the command path leaves.
 ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
                      "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
                      "EndoscopeNode", niceness=19)
@@ -71,7 +69,7 @@ ENDOSCOPE_DECODER = NodeSpec("endoscope_decoder", "endoscope_decoder",
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
                   "Carries the configured topics to the other site over every link.",
-                  "BridgeNode", niceness=-10)
+                  "BridgeNode")
 
 #: The nodes that share one process at each site (the site container,
 #: telesurg.nodes.site_container), in creation order: a message between them never leaves the
@@ -82,10 +80,10 @@ SITE_CONTAINER_NODES = {"master": ("virtual_surgeon", "master_console", "bridge"
                         "patient": ("bridge", "safety_supervisor")}
 #: Every node a site container can hold, by name.
 COMPOSABLE_NODES = {spec.name: spec for spec in (*SESSION_NODES, SIMULATOR, BRIDGE)}
-#: The site container's process; at the priority of the most urgent node it may hold.
+#: The site container's process.
 SITE_CONTAINER = NodeSpec("site_container", "site_container", "telesurg.nodes.site_container",
                           "both", "Several telesurg nodes in one process, served from one "
-                          "thread.", niceness=min(s.niceness for s in COMPOSABLE_NODES.values()))
+                          "thread.")
 
 
 def nodes_of_site(site: str) -> tuple[NodeSpec, ...]:

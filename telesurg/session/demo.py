@@ -77,10 +77,15 @@ DEFAULT_DURATION_S = 20.0
 READY_TOPICS = {MASTER: (topics.CONSOLE_FOLLOWING,),
                 PATIENT: (topics.PSM_MEASURED_CP, topics.CONSOLE_FOLLOWING,
                           topics.CONSOLE_OPERATOR_PRESENT)}
-#: Records a site (`telesurg record`), below the session nodes' priority: its deep queues
-#: absorb a delay, the session's loops must not wait for it.
+#: With video, also both eyes' frames through the bridge at the master site: the video figures
+#: count from the task's start, and the frames before the video path was up (the bridges'
+#: handshake, the master bridge's publisher discovered by the recorder) are not a loss.
+VIDEO_READY_TOPICS = {MASTER: (topics.ENDOSCOPE_LEFT_COMPRESSED,
+                               topics.ENDOSCOPE_RIGHT_COMPRESSED),
+                      PATIENT: ()}
+#: Records a site (`telesurg record`).
 RECORDER = NodeSpec("recorder", "telesurg", "telesurg.cli", "both",
-                    "Records the site's contract topics into a rosbag2 bag.", niceness=5)
+                    "Records the site's contract topics into a rosbag2 bag.")
 
 
 class DemoError(RuntimeError):
@@ -164,7 +169,7 @@ class Site:
     #: The site bridge's reports as they arrive (the final counters come after the command
     #: stream has stopped and drained).
     link_states: list = field(default_factory=list)
-    heard: set[str] = field(default_factory=set)  # names of READY_TOPICS heard so far
+    heard: set[str] = field(default_factory=set)  # names of ready_topics() heard so far
     _readiness: list = field(default_factory=list)  # the subscriptions that hear them
 
     def watch(self, context) -> None:
@@ -181,7 +186,11 @@ class Site:
                      qos=Qos.EVENT, depth=100)
         self._readiness = [
             subscription(self.node, topic, lambda _, name=topic.name: self.heard.add(name),
-                         qos=topic.qos) for topic in READY_TOPICS[self.name]]
+                         qos=topic.qos) for topic in self.ready_topics()]
+
+    def ready_topics(self) -> tuple:
+        """What the demo must hear at this site before the task starts."""
+        return READY_TOPICS[self.name] + (VIDEO_READY_TOPICS[self.name] if self.video else ())
 
     def stop_watching_readiness(self) -> None:
         """Drop the subscriptions that told the site was up (the arm's pose streams at
@@ -608,7 +617,7 @@ def _raise_if_dead(sites: list[Site], when: str) -> None:
 def _wait_until_ready(sites: list[Site]) -> None:
     """Wait until the arm reports its pose, the console is ready to engage and both sites are
     being recorded."""
-    wanted = {(site.name, topic.name) for site in sites for topic in READY_TOPICS[site.name]}
+    wanted = {(site.name, topic.name) for site in sites for topic in site.ready_topics()}
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         _raise_if_dead(sites, "at start-up")

@@ -36,8 +36,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _prepare_child(niceness: int) -> None:
-    """Runs in the child before exec: dies with the session, at the node's priority where the
-    user may raise it (root); elsewhere it keeps the default, as a plain user's nodes do."""
+    """Runs in the child before exec: dies with the session, at the node's niceness (a lower
+    priority needs no privilege; a higher one is kept where the user may not raise it)."""
     die_with_parent()
     if niceness:
         try:
@@ -125,10 +125,14 @@ class NodeGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
         command = [*prefix, sys.executable, "-m", spec.module, *arguments]
+        # A process group of its own (a terminal's Ctrl-C reaches the demo, which stops the
+        # nodes in order), in the demo's session: Linux schedules each session as one group
+        # (autogroup), within which the nodes' niceness counts; in sessions of their own it
+        # would not count between them.
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 command, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                stderr=subprocess.STDOUT, process_group=0,
                 preexec_fn=lambda: _prepare_child(spec.niceness))
         node = NodeProcess(spec, process, log_path)
         self.nodes.append(node)

@@ -1,0 +1,47 @@
+"""Node processes as the demo starts them: each in a process group of its own (stopped as a
+whole, out of reach of a terminal's Ctrl-C) but in the demo's session, so that Linux schedules
+them in one group (autogroup) where their niceness counts: the video yields to the command path
+only if it does."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from telesurg.contract.graph import (
+    BRIDGE,
+    COMPOSABLE_NODES,
+    ENDOSCOPE,
+    ENDOSCOPE_DECODER,
+    SITE_CONTAINER,
+    NodeSpec,
+)
+from telesurg.session.demo import RECORDER
+from telesurg.session.processes import NodeGroup
+
+SLEEPER = "import time\ntime.sleep(60)\n"
+
+
+def test_a_node_process_shares_the_session_in_a_group_of_its_own_at_its_niceness(tmp_path):
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    group = NodeGroup({**os.environ, "PYTHONPATH": str(tmp_path)}, tmp_path / "logs")
+    spec = NodeSpec("sleeper", "sleeper", "sleeper", "patient", "Sleeps.", niceness=7)
+    node = group.start_program(spec, [])
+    try:
+        pid = node.process.pid
+        assert os.getsid(pid) == os.getsid(0)
+        assert os.getpgid(pid) == pid != os.getpgid(0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+        if os.path.exists(f"/proc/{pid}/autogroup"):  # kernels with CONFIG_SCHED_AUTOGROUP
+            with open(f"/proc/{pid}/autogroup") as theirs, open("/proc/self/autogroup") as ours:
+                assert theirs.read().split()[0] == ours.read().split()[0]
+    finally:
+        codes = group.stop(grace_s=5.0)
+    assert codes == {"sleeper": -signal.SIGINT}
+    assert not node.alive()
+
+
+def test_the_video_yields_to_every_other_process_of_a_session():
+    command_path = [*COMPOSABLE_NODES.values(), BRIDGE, SITE_CONTAINER, RECORDER]
+    highest_video = min(ENDOSCOPE.niceness, ENDOSCOPE_DECODER.niceness)
+    assert all(spec.niceness < highest_video for spec in command_path)
