@@ -80,6 +80,7 @@ setup(
             "safety_supervisor = telesurg.nodes.safety_supervisor:main",
             "endoscope = telesurg.nodes.endoscope:main",
             "endoscope_decoder = telesurg.nodes.endoscope_decoder:main",
+            "endoscope_encoder = telesurg.nodes.endoscope_encoder:main",
             "site_container = telesurg.nodes.site_container:main",
         ],
     },

@@ -1,6 +1,8 @@
 """The endoscope node as a process: it follows /joint_states, and its H.264 frames (both eyes,
-stamped at capture, with their camera_info) decode into images that show the arm move."""
+stamped at capture, with their camera_info) decode into images that show the arm move. The
+decoder asks for keyframes. The endoscope encoder makes video of a camera's pictures (Gazebo's)."""
 
+import re
 import time
 
 import numpy as np
@@ -9,11 +11,11 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 
 from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
 from telesurg.contract import topics
-from telesurg.contract.graph import ENDOSCOPE, ENDOSCOPE_DECODER
+from telesurg.contract.graph import ENDOSCOPE, ENDOSCOPE_DECODER, ENDOSCOPE_ENCODER
 from telesurg.ros.qos import qos_profile
 from telesurg.session.demo import session_environment
 from telesurg.session.processes import NodeGroup
@@ -144,3 +146,61 @@ def test_the_decoder_shows_a_new_viewer_pictures_at_once_by_asking_for_a_keyfram
     finally:
         site.close()
         assert set(group.stop().values()) <= {0}, sorted((tmp_path / "logs").glob("*"))
+
+
+def test_the_encoder_makes_video_of_a_cameras_pictures_and_drops_what_it_cannot_encode(
+        tmp_path, ros_env):
+    """Pictures as Gazebo's cameras publish them (left bgr8 with padded rows, right rgb8) come
+    out as H.264 with their stamps, showing the same picture in the right colours; a mono8
+    picture is dropped and said."""
+    domain = int(ros_env["ROS_DOMAIN_ID"])
+    group = NodeGroup(session_environment(domain), tmp_path / "logs")
+    encoder = group.start(ENDOSCOPE_ENCODER, ["-p", f"video_fps:={FPS}"])
+    site = Site(domain)
+    raw = [site.node.create_publisher(Image, topic.name, qos_profile(topic.qos))
+           for topic in (topics.ENDOSCOPE_LEFT_IMAGE, topics.ENDOSCOPE_RIGHT_IMAGE)]
+    height, width = 240, 320
+    picture = np.zeros((height, width, 3), np.uint8)
+    picture[:, :, 1] = np.linspace(0, 200, width, dtype=np.uint8)  # a green ramp
+    picture[60:180, 80:240, 0] = 230  # and a red block
+    padded_bgr = np.zeros((height, width * 3 + 8), np.uint8)
+    padded_bgr[:, :width * 3] = picture[:, :, ::-1].reshape(height, -1)
+    sent = []
+
+    def publish(eye: int, data: bytes, encoding: str, step: int) -> None:
+        header = site.node.get_clock().now().to_msg()
+        sent.append(header.sec * 10**9 + header.nanosec)
+        raw[eye].publish(Image(header=Header(stamp=header), height=height, width=width,
+                               encoding=encoding, step=step, data=data))
+    try:
+        site.spin_until(lambda: all(p.get_subscription_count() > 0 for p in raw)
+                        and site.node.count_publishers(topics.ENDOSCOPE_LEFT_COMPRESSED.name),
+                        "the encoder on the graph")
+        # Latest wins on the raw topics, as for any camera: picture pairs until ten are out.
+        deadline = time.monotonic() + TIMEOUT_S
+        while min(map(len, site.frames.values())) < 10:
+            assert time.monotonic() < deadline, "no ten stereo frames"
+            publish(0, padded_bgr.tobytes(), "bgr8", padded_bgr.shape[1])
+            publish(1, picture.tobytes(), "rgb8", width * 3)
+            site.executor.spin_once(timeout_sec=1 / FPS)
+        for eye in ("left", "right"):
+            shown = decoded_last(site.frames[eye]).astype(int)
+            assert np.abs(shown - picture).mean() < 4.0, eye
+            assert shown[120, 160, 0] > 200 and shown[120, 160, 2] < 30, eye  # red, not blue
+        assert {stamp_of(frame) for eye in ("left", "right")
+                for frame in site.frames[eye]} <= set(sent)
+
+        mono = np.zeros((height, width), np.uint8)
+        publish(0, mono.tobytes(), "mono8", width)
+        site.spin_until(lambda: "picture dropped" in encoder.log_path.read_text(),
+                        "the mono8 picture refused")
+        publish(0, padded_bgr.tobytes(), "bgr8", padded_bgr.shape[1])  # and a good one after
+        site.spin_until(lambda: stamp_of(site.frames["left"][-1]) == sent[-1],
+                        "the good picture after the mono8 one")
+        assert sent[-2] not in {stamp_of(frame) for frame in site.frames["left"]}
+    finally:
+        site.close()
+        assert set(group.stop().values()) <= {0}, sorted((tmp_path / "logs").glob("*"))
+    log = encoder.log_path.read_text()
+    assert "left eye: picture dropped: image encoding 'mono8' is not one of" in log
+    assert re.search(r"left: \d+ encoded, 1 dropped; right: \d+ encoded, 0 dropped", log), log

@@ -26,6 +26,7 @@ from telesurg.contract.graph import (
     BRIDGE,
     ENDOSCOPE,
     ENDOSCOPE_DECODER,
+    ENDOSCOPE_ENCODER,
     SESSION_NODES,
     nodes_of_site,
 )
@@ -634,11 +635,15 @@ def test_gazebo_over_stand_ins_chains_spawners_then_the_site_on_sim_time(stand_i
     assert started == list(support.CONTROLLERS)
     controller, others = support.split_arm_controller(nodes_of_site("patient"))
     assert [node.kwargs["executable"] for node in then] == [
-        *(spec.executable for spec in others), controller.executable, BRIDGE.executable]
-    assert _hardware(then[-2]) == "ros2_control"  # Gazebo's arm, over ros2_control's topics
+        *(spec.executable for spec in others), controller.executable, BRIDGE.executable,
+        ENDOSCOPE_ENCODER.executable]
+    assert _hardware(then[-3]) == "ros2_control"  # Gazebo's arm, over ros2_control's topics
     for node in then:
         assert {"use_sim_time": True} in node.kwargs["parameters"], node.kwargs["executable"]
-    assert "condition" not in then[-1].kwargs  # the patient site's bridge, always
+    assert "condition" not in then[-2].kwargs  # the patient site's bridge, always
+    # The cameras' pictures become video with video:=true only.
+    (flag,) = then[-1].kwargs["condition"].args
+    assert _kind(flag) == "LaunchConfiguration" and flag.args == ("video",)
     assert entities.index(spawn) > max(entities.index(entity) for entity in entities
                                        if _kind(entity) == "RegisterEventHandler")
 

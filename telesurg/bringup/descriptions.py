@@ -52,6 +52,7 @@ from telesurg.contract.graph import (
     DEFAULT_LINKS,
     ENDOSCOPE,
     ENDOSCOPE_DECODER,
+    ENDOSCOPE_ENCODER,
     nodes_of_site,
 )
 from telesurg.contract.resources import FASTDDS_PROFILE_VARIABLE
@@ -337,12 +338,15 @@ def gazebo_launch_description() -> LaunchDescription:
     """Gazebo Sim with the world, robot_state_publisher, the arm spawned from
     robot_description, the bridge of /clock and of the endoscope's cameras, and the controller
     spawners one after the other; once the last controller is active, the patient site's nodes
-    on sim time."""
+    on sim time (with video:=true, the endoscope_encoder of the cameras' pictures too)."""
     controller, others = support.split_arm_controller(nodes_of_site("patient"))
     site = [*session_nodes(others, use_sim_time=True),
             *session_nodes([controller], use_sim_time=True,
                            parameters={"hardware": support.ARM_HARDWARE_OF_SIM["gazebo"]}),
-            bridge_node("patient", use_sim_time=True)]
+            bridge_node("patient", use_sim_time=True),
+            # The world's stereo camera makes the pictures; the encoder makes them video.
+            *session_nodes([ENDOSCOPE_ENCODER], use_sim_time=True,
+                           condition=IfCondition(LaunchConfiguration("video")))]
     spawn = Node(package="ros_gz_sim", executable="create",
                  arguments=support.spawn_arguments(), output="screen")
     spawners = [Node(package="controller_manager", executable="spawner",

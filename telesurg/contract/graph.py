@@ -59,6 +59,12 @@ SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "pati
 ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
                      "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
                      "EndoscopeNode", niceness=19)
+#: The endoscope's encoding alone, for cameras that publish raw pictures (Gazebo's): at the
+#: video's niceness.
+ENDOSCOPE_ENCODER = NodeSpec("endoscope_encoder", "endoscope_encoder",
+                             "telesurg.nodes.endoscope_encoder", "patient",
+                             "H.264 per eye of the pictures on /endoscope/<eye>/image_raw.",
+                             "EndoscopeEncoderNode", niceness=ENDOSCOPE.niceness)
 #: The master site's half of the video: decodes the endoscope's frames for whoever watches
 #: /endoscope/*/image_raw and asks for a keyframe after a loss. With the endoscope only.
 ENDOSCOPE_DECODER = NodeSpec("endoscope_decoder", "endoscope_decoder",

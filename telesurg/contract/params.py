@@ -86,6 +86,9 @@ MAX_CLOCK_SKEW = Param(
 PHYSICS_RATE = Param("physics_rate_hz", 1000.0,
                      "MuJoCo physics steps per second (timestep 1/rate).", 200.0, 5000.0)
 URDF_PATH = Param("urdf_path", "", "Arm URDF; empty means the installed description/psm.urdf.")
+KEYFRAME_INTERVAL = Param("keyframe_interval_s", 1.0,
+                          "Time between H.264 keyframes: the longest a receiver that lost a "
+                          "frame waits to show video again.", 0.1, 10.0)
 VIDEO_FPS = Param("video_fps", 30.0, "Stereo frames captured (rendered and encoded) per second.",
                   1.0, 60.0)
 #: What the arm controller drives: the MuJoCo arm in its own process, or ros2_control's topics.
@@ -222,13 +225,15 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         Param("height", 480, "Image height per eye, pixels (even).", 48, 1080),
         Param("baseline_m", 0.005, "Distance between the two eyes, like a 3D laparoscope's.",
               0.001, 0.02),
-        Param("keyframe_interval_s", 1.0,
-              "Time between H.264 keyframes: the longest a receiver that lost a frame waits "
-              "to show video again.", 0.1, 10.0),
+        KEYFRAME_INTERVAL,
         Param("publish_raw", False,
               "Also publish /endoscope/*/image_raw at the patient site (about 0.9 MB per "
               "image at 640x480: costs CPU even with nobody listening to the copies)."),
         URDF_PATH,
+    ),
+    "endoscope_encoder": (
+        VIDEO_FPS,
+        KEYFRAME_INTERVAL,
     ),
     "endoscope_decoder": (
         VIDEO_FPS,
@@ -392,8 +397,9 @@ def default_parameter_file() -> str:
              "# Used by `telesurg demo` and by launch/telesurg.launch.py."]
     sections = {"/**": [(param, f" Used by {' and '.join(nodes)}.")
                         for param, nodes in SHARED_PARAMETERS.items()]}
-    sections.update({node: [(param, "") for param in params if param not in SHARED_PARAMETERS]
-                     for node, params in NODE_PARAMETERS.items()})
+    own = {node: [(param, "") for param in params if param not in SHARED_PARAMETERS]
+           for node, params in NODE_PARAMETERS.items()}
+    sections.update({node: params for node, params in own.items() if params})
     for section, params in sections.items():
         lines += ["", f"{section}:", "  ros__parameters:"]
         for param, users in params:

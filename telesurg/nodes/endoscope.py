@@ -14,8 +14,8 @@ from __future__ import annotations
 from telesurg.video.camera import StereoEndoscope  # isort: skip
 
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
-from std_msgs.msg import Header, String
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Header
 
 from telesurg.arm.kinematics import HOME_POSITIONS, JOINT_NAMES
 from telesurg.arm.simulation import ArmSimulation
@@ -24,11 +24,9 @@ from telesurg.contract.resources import arm_urdf
 from telesurg.ros.loop import NodeLoop
 from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
-from telesurg.video.codec import H264Encoder
+from telesurg.ros.stereo_video import StereoH264Publisher
 
-#: The eyes, as keyframe requests name them, and the optical frame of each (x right, y down,
-#: z forward, as ROS cameras are).
-EYE_NAMES = ("left", "right")
+#: The optical frame of each eye (x right, y down, z forward, as ROS cameras are).
 OPTICAL_FRAMES = ("endoscope_left_optical", "endoscope_right_optical")
 #: Only the scene is needed from the model: its physics never steps.
 RENDER_TIMESTEP_S = 0.002
@@ -42,13 +40,9 @@ class EndoscopeNode(Node):
         self.arm = ArmSimulation(urdf, RENDER_TIMESTEP_S, HOME_POSITIONS)
         self.camera = StereoEndoscope(self.arm.model, self.arm.data, p.width, p.height,
                                       p.baseline_m)
-        keyframe_every = max(1, round(p.video_fps * p.keyframe_interval_s))
-        self.encoders = [H264Encoder(p.width, p.height, p.video_fps, gop_frames=keyframe_every)
-                         for _ in OPTICAL_FRAMES]
+        self.video = StereoH264Publisher(self, p.video_fps, p.keyframe_interval_s)
         self.infos = [_camera_info(info, frame) for info, frame
                       in zip(self.camera.camera_info(), OPTICAL_FRAMES, strict=True)]
-        self._compressed = [publisher(self, topic) for topic in (
-            topics.ENDOSCOPE_LEFT_COMPRESSED, topics.ENDOSCOPE_RIGHT_COMPRESSED)]
         self._info = [publisher(self, topic) for topic in (
             topics.ENDOSCOPE_LEFT_CAMERA_INFO, topics.ENDOSCOPE_RIGHT_CAMERA_INFO)]
         self._raw = [publisher(self, topic) for topic in (
@@ -57,13 +51,11 @@ class EndoscopeNode(Node):
         self._positions = HOME_POSITIONS.copy()
         self._frames = 0
         subscription(self, topics.JOINT_STATES, self._on_joint_states)
-        subscription(self, topics.ENDOSCOPE_KEYFRAME_REQUEST, self._on_keyframe_request)
-        self.keyframes_requested = 0
         self.loop = NodeLoop(self)
         self.loop.every(1.0 / p.video_fps, self._capture)
         self.get_logger().info(
             f"endoscope: {p.width}x{p.height} per eye at {p.video_fps:g} fps, baseline "
-            f"{p.baseline_m * 1e3:g} mm, a keyframe every {keyframe_every} frames"
+            f"{p.baseline_m * 1e3:g} mm, a keyframe every {self.video.keyframe_every} frames"
             f"{', raw images too' if p.publish_raw else ''}")
 
     def _on_joint_states(self, msg: JointState) -> None:
@@ -78,24 +70,13 @@ class EndoscopeNode(Node):
                 return
         self._positions = [msg.position[i] for i in self._joint_index[1]]
 
-    def _on_keyframe_request(self, msg: String) -> None:
-        """The master site lost a frame of this eye: its next frame is a keyframe."""
-        if msg.data not in EYE_NAMES:
-            self.get_logger().warning(f"keyframe request for an unknown eye {msg.data!r}: "
-                                      f"one of {', '.join(EYE_NAMES)}", throttle_duration_sec=5.0)
-            return
-        self.encoders[EYE_NAMES.index(msg.data)].request_keyframe()
-        self.keyframes_requested += 1
-
     def _capture(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg())
         self.arm.place(self._positions)
         images = self.camera.render()
         for eye, image in enumerate(images):
             header.frame_id = OPTICAL_FRAMES[eye]
-            encoded = self.encoders[eye].encode(image, self._frames)
-            self._compressed[eye].publish(
-                CompressedImage(header=header, format="h264", data=encoded.data))
+            self.video.publish(eye, image, header)
             self.infos[eye].header = header
             self._info[eye].publish(self.infos[eye])
             if self._raw:
@@ -107,7 +88,8 @@ class EndoscopeNode(Node):
 
     def destroy_node(self):
         self.get_logger().info(f"endoscope: {self._frames} stereo frames captured, "
-                               f"{self.keyframes_requested} keyframes asked for by the master")
+                               f"{self.video.keyframes_requested} keyframes asked for by the "
+                               "master")
         self.camera.close()
         super().destroy_node()
 

@@ -58,6 +58,8 @@ from telesurg.linkem.model import PROFILES, Outage, outage_timeline
 from telesurg.session.operator_cli import MAX_DOMAIN_ID, parse_domain, parse_status
 from telesurg.session.playback import ReplayPlan
 from telesurg.session.processes import (
+    TEARDOWN_ALARM,
+    TEARDOWN_LIMIT_S,
     NodeGroup,
     PlannedProcess,
     container_arguments,
@@ -503,9 +505,16 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             codes = {_node_label(site, n): code for site in sites
                      for n, code in zip(site.group.nodes, site.group.stop().values(),
                                         strict=True)}
-        failed = {name: code for name, code in codes.items() if code not in (0, -signal.SIGINT)}
+        failed = {name: code for name, code in codes.items()
+                  if code not in (0, -signal.SIGINT, -TEARDOWN_ALARM)}
         if failed:
             raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
+        # Stopped, their work done and said, but the middleware's node destroy did not return.
+        overran = sorted(name for name, code in codes.items() if code == -TEARDOWN_ALARM)
+        if overran:
+            say(f"note: {', '.join(overran)} stopped, but the teardown (rcl's node destroy) "
+                f"hung and ended itself after {TEARDOWN_LIMIT_S:g} s; stacks in the logs under "
+                f"{out / 'logs'} (README, Known defects)")
         messages = {site.name: _read_bag(bag_root / BAG_DIRS[site.name], task_ended_ns)
                     for site in sites}
     summary = summarize(messages, "replay" if options.replay else options.task, options.seed,
@@ -529,6 +538,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
         except VideoSummaryError as error:
             raise DemoError(str(error)) from None
     summary["cpu_percent"] = cpu_percent
+    summary["teardown_overruns"] = overran
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not summary["engagements"]:
         raise DemoError(f"the arm never followed the surgeon (see "

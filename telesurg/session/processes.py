@@ -14,6 +14,12 @@ from pathlib import Path
 from telesurg.contract.graph import NodeSpec
 
 _PR_SET_PDEATHSIG = 1
+#: A node process whose teardown (its nodes' destroy in the middleware, once their work is done
+#: and said) has not returned within TEARDOWN_LIMIT_S ends itself by this signal's default
+#: action, which the kernel carries out even while a native call holds the interpreter (a
+#: SIGTERM handler written in Python never runs then). Its exit status says so: -TEARDOWN_ALARM.
+TEARDOWN_ALARM = signal.SIGALRM
+TEARDOWN_LIMIT_S = 4.5
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:

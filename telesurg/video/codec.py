@@ -57,7 +57,7 @@ class H264Encoder:
         then x264's VBV holds the rate to bitrate_bps over any vbv_buffer_s window, which also
         bounds a keyframe's burst. threads: x264's sliced threads (0: its choice), which add no
         delay."""
-        _require_codec(ENCODER, "encoder")
+        require_encoder()
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"frame size must be positive and even (4:2:0), got {width}x{height}")
         if not fps > 0:
@@ -203,6 +203,11 @@ def is_keyframe(data: bytes) -> bool:
             return nal_type == _NAL_IDR_SLICE
         start = data.find(_START_CODE, start + len(_START_CODE))
     return False
+
+
+def require_encoder() -> None:
+    """RuntimeError saying what to install if PyAV's FFmpeg cannot encode H.264."""
+    _require_codec(ENCODER, "encoder")
 
 
 def _require_codec(name: str, role: str) -> None:
