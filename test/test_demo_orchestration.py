@@ -11,6 +11,7 @@ import importlib
 import json
 import threading
 
+import numpy as np
 import pytest
 import yaml
 from crtk_msgs.msg import OperatingState
@@ -272,3 +273,22 @@ def test_with_video_the_task_waits_for_both_eyes_at_the_master_site(tmp_path):
     assert eyes <= set(with_video["master"].ready_topics())
     assert not eyes & set(with_video["patient"].ready_topics())
     assert not eyes & set(without["master"].ready_topics())
+
+
+def test_an_eye_is_heard_at_its_first_keyframe_other_topics_at_any_message():
+    from sensor_msgs.msg import CompressedImage
+
+    from telesurg.video.codec import H264Encoder
+
+    encoder = H264Encoder(64, 48, 30.0)
+    picture = np.zeros((48, 64, 3), np.uint8)
+    keyframe, delta = (encoder.encode(picture + i, i) for i in range(2))
+    assert keyframe.keyframe and not delta.keyframe
+    site = demo.Site("master", 12, [], video=True)
+    hear_left = site._hearing(topics.ENDOSCOPE_LEFT_COMPRESSED)
+    hear_left(CompressedImage(format="h264", data=delta.data))
+    assert site.heard == set()
+    hear_left(CompressedImage(format="h264", data=keyframe.data))
+    assert site.heard == {topics.ENDOSCOPE_LEFT_COMPRESSED.name}
+    site._hearing(topics.CONSOLE_FOLLOWING)(object())
+    assert topics.CONSOLE_FOLLOWING.name in site.heard

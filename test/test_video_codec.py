@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from telesurg.video import codec
-from telesurg.video.codec import H264Decoder, H264Encoder, is_keyframe
+from telesurg.video.codec import FrameContinuity, H264Decoder, H264Encoder, is_keyframe
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
 
@@ -146,3 +146,24 @@ def test_is_keyframe_reads_the_first_slice():
     assert is_keyframe(b"\x00\x00\x00\x01\x67\x42\x00\x00\x01\x68\x00\x00\x01\x65\x88")
     assert not is_keyframe(b"\x00\x00\x01\x41\x9a\x00\x00\x01\x65")
     assert codec.ENCODER == "libx264"
+
+
+def test_frame_num_tells_a_lost_frame_from_a_late_one():
+    frames = [frame.data for frame in encode_stream(60, gop_frames=20)]  # frame_num wraps at 16
+    continuity = FrameContinuity()
+    assert all(continuity.follows(data) for data in frames)
+    lost_predicted, lost_keyframe = 7, 40
+    continuity = FrameContinuity()
+    verdicts = {index: continuity.follows(data) for index, data in enumerate(frames)
+                if index not in (lost_predicted, lost_keyframe)}
+    assert [index for index, follows in verdicts.items() if not follows] == [
+        lost_predicted + 1, lost_keyframe + 1]
+
+
+def test_frame_num_is_unknown_before_a_keyframe_and_in_bad_bytes():
+    frames = [frame.data for frame in encode_stream(3)]
+    continuity = FrameContinuity()
+    assert not continuity.follows(frames[1])  # joined mid-stream: no SPS yet
+    assert not continuity.follows(b"\x00\x00\x01\x41")  # a slice header cut short
+    assert continuity.follows(frames[0]) and continuity.follows(frames[1])
+    assert not continuity.follows(b"garbage")

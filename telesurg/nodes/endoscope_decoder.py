@@ -3,8 +3,9 @@
 Takes /endoscope/{left,right}/image_raw/compressed as the bridge delivers them (whole frames,
 in order, or none) and, while someone subscribes to an eye's /endoscope/{eye}/image_raw,
 decodes that eye's frames and publishes them (rgb8, the capture stamp kept). A frame older than
-the last one shown is dropped. A gap in the capture stamps longer than 1.5 frame periods is a
-lost frame: the decoder then waits for a keyframe and asks the endoscope for one on
+the last one shown is dropped. A frame whose H.264 frame_num does not follow the last one's (or
+that comes over 8 frame periods after it, where frame_num may have wrapped) follows a lost frame:
+the decoder then waits for a keyframe and asks the endoscope for one on
 /endoscope/keyframe_request, at most every keyframe_request_interval_ms, so the picture is back
 within about a round trip and a frame rather than a whole keyframe interval. With nobody
 watching an eye, its frames are not decoded (a 640x480 frame costs about 1 ms of CPU) unless
@@ -22,12 +23,14 @@ from telesurg.contract.fields import stamp_ns
 from telesurg.ros.loop import NodeLoop
 from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
-from telesurg.video.codec import H264Decoder, is_keyframe
+from telesurg.video.codec import FrameContinuity, H264Decoder, is_keyframe
 
 EYES = {"left": (topics.ENDOSCOPE_LEFT_COMPRESSED, topics.ENDOSCOPE_LEFT_IMAGE),
         "right": (topics.ENDOSCOPE_RIGHT_COMPRESSED, topics.ENDOSCOPE_RIGHT_IMAGE)}
-#: A gap between capture stamps longer than this many frame periods means a frame was lost.
-GAP_PERIODS = 1.5
+#: Over this many frame periods between two frames, frame_num may have wrapped (H.264's
+#: MaxFrameNum is at least 16) and a loss cannot be ruled out. A late capture is no loss: a
+#: gap in the capture stamps alone made a loaded machine ask for 16 keyframes in 15 s.
+WRAP_GUARD_PERIODS = 8
 
 
 class EyeDecoder:
@@ -36,6 +39,7 @@ class EyeDecoder:
     def __init__(self, node: Node, eye: str, compressed: topics.Topic, image: topics.Topic):
         self.eye = eye
         self.decoder = H264Decoder()
+        self.continuity = FrameContinuity()
         self.image_pub = publisher(node, image)
         self.watched = False
         self.last_stamp_ns: int | None = None
@@ -56,11 +60,12 @@ class EyeDecoder:
             self.dropped_late += 1
             self.last_stamp_ns = previous
             return
+        data = bytes(message.data)
+        follows = self.continuity.follows(data)
         if not watched:
             return
-        if previous is not None and stamp - previous > node.gap_ns:
+        if previous is not None and (not follows or stamp - previous > node.wrap_guard_ns):
             self.decoder.reset()
-        data = bytes(message.data)
         if self.decoder.waiting_for_keyframe and not is_keyframe(data):
             self._request_keyframe(node.get_clock().now().nanoseconds)
         image = self.decoder.decode(data)
@@ -87,7 +92,7 @@ class EndoscopeDecoderNode(Node):
     def __init__(self):
         super().__init__("endoscope_decoder")
         p = declare_parameters(self, "endoscope_decoder")
-        self.gap_ns = int(GAP_PERIODS * 1e9 / p.video_fps)
+        self.wrap_guard_ns = int(WRAP_GUARD_PERIODS * 1e9 / p.video_fps)
         self.request_interval_ns = int(p.keyframe_request_interval_ms * 1e6)
         self.decode_unwatched = p.decode_unwatched
         self.keyframe_pub = publisher(self, topics.ENDOSCOPE_KEYFRAME_REQUEST)
@@ -96,7 +101,8 @@ class EndoscopeDecoderNode(Node):
         self.loop = NodeLoop(self)
         self.get_logger().info(
             f"endoscope_decoder: decoding each eye while /endoscope/<eye>/image_raw has a "
-            f"subscriber; a gap over {self.gap_ns * 1e-6:.0f} ms asks for a keyframe")
+            f"subscriber; a frame lost (frame_num skips, or over "
+            f"{self.wrap_guard_ns * 1e-6:.0f} ms between frames) asks for a keyframe")
 
     def destroy_node(self):
         counts = "; ".join(f"{eye.eye}: {eye.shown} shown, {eye.dropped_late} late dropped, "

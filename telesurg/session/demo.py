@@ -79,9 +79,10 @@ DEFAULT_DURATION_S = 20.0
 READY_TOPICS = {MASTER: (topics.CONSOLE_FOLLOWING,),
                 PATIENT: (topics.PSM_MEASURED_CP, topics.CONSOLE_FOLLOWING,
                           topics.CONSOLE_OPERATOR_PRESENT)}
-#: With video, also both eyes' frames through the bridge at the master site: the video figures
-#: count from the task's start, and the frames before the video path was up (the bridges'
-#: handshake, the master bridge's publisher discovered by the recorder) are not a loss.
+#: With video, also a keyframe of each eye through the bridge at the master site: the video
+#: figures count from the task's start, and the frames before the video path was up (the
+#: bridges' handshake, the master bridge's publisher discovered by the recorder) or before a
+#: picture could be decoded there are not a loss.
 VIDEO_READY_TOPICS = {MASTER: (topics.ENDOSCOPE_LEFT_COMPRESSED,
                                topics.ENDOSCOPE_RIGHT_COMPRESSED),
                       PATIENT: ()}
@@ -186,9 +187,20 @@ class Site:
         subscription(self.node, topics.BRIDGE_LINK_STATE,
                      lambda message: self.link_states.append((time.time_ns(), message)),
                      qos=Qos.EVENT, depth=100)
-        self._readiness = [
-            subscription(self.node, topic, lambda _, name=topic.name: self.heard.add(name),
-                         qos=topic.qos) for topic in self.ready_topics()]
+        self._readiness = [subscription(self.node, topic, self._hearing(topic), qos=topic.qos)
+                           for topic in self.ready_topics()]
+
+    def _hearing(self, topic: topics.Topic):
+        """The callback that marks topic heard: any message, or for video a keyframe (the
+        video's figures start at a picture the master site can decode)."""
+        if not topic.video:
+            return lambda _: self.heard.add(topic.name)
+        from telesurg.video.codec import is_keyframe
+
+        def on_frame(message) -> None:
+            if is_keyframe(bytes(message.data)):
+                self.heard.add(topic.name)
+        return on_frame
 
     def ready_topics(self) -> tuple:
         """What the demo must hear at this site before the task starts."""

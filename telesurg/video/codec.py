@@ -194,6 +194,107 @@ class H264Decoder:
         return None
 
 
+_NAL_SPS = 7
+#: Profiles whose SPS carries chroma format, bit depths and scaling matrices (H.264 7.3.2.1.1).
+_HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
+
+
+class FrameContinuity:
+    """Tells whether an H.264 stream lost a frame before this one, from the stream itself.
+
+    Every frame of the endoscope's streams is a reference frame (no B-frames), so each one's
+    frame_num (slice header) is the one before's plus 1, modulo MaxFrameNum (from the SPS that
+    precedes every keyframe), and 0 at a keyframe. A capture that comes late is no loss; a
+    frame_num that skips is, whatever the time between the frames."""
+
+    def __init__(self):
+        self._log2_max_frame_num: int | None = None
+        self._separate_colour_plane = False
+        self._last: int | None = None
+
+    def follows(self, data: bytes) -> bool:
+        """Whether access unit data follows the one given before with none lost between (a
+        keyframe always does; a frame before any SPS, or that does not parse, does not)."""
+        frame_num = None
+        for nal_type, payload in _nal_units(data):
+            try:
+                if nal_type == _NAL_SPS:
+                    self._read_sps(_BitReader(payload))
+                elif nal_type in _NAL_SLICE_TYPES:
+                    if nal_type == _NAL_IDR_SLICE:
+                        frame_num = 0
+                        self._last = 0
+                        return True
+                    frame_num = self._read_frame_num(_BitReader(payload))
+                    break
+            except (IndexError, ValueError):
+                break
+        last, self._last = self._last, frame_num
+        if frame_num is None or last is None:
+            return False
+        return frame_num == (last + 1) % (1 << self._log2_max_frame_num)
+
+    def _read_sps(self, bits: _BitReader) -> None:
+        profile_idc = bits.read(8)
+        bits.read(16)  # constraint flags and level
+        bits.read_ue()  # seq_parameter_set_id
+        self._separate_colour_plane = False
+        if profile_idc in _HIGH_PROFILES:
+            if bits.read_ue() == 3:  # chroma_format_idc 4:4:4
+                self._separate_colour_plane = bool(bits.read(1))
+            bits.read_ue()  # bit_depth_luma_minus8
+            bits.read_ue()  # bit_depth_chroma_minus8
+            bits.read(1)  # qpprime_y_zero_transform_bypass_flag
+            if bits.read(1):
+                raise ValueError("scaling matrices in the SPS: not read here")
+        self._log2_max_frame_num = bits.read_ue() + 4
+
+    def _read_frame_num(self, bits: _BitReader) -> int | None:
+        if self._log2_max_frame_num is None:
+            return None
+        bits.read_ue()  # first_mb_in_slice
+        bits.read_ue()  # slice_type
+        bits.read_ue()  # pic_parameter_set_id
+        if self._separate_colour_plane:
+            bits.read(2)  # colour_plane_id
+        return bits.read(self._log2_max_frame_num)
+
+
+class _BitReader:
+    """Reads a NAL unit's header fields: fixed-width and Exp-Golomb (ue(v)) numbers."""
+
+    def __init__(self, payload: bytes):
+        # Emulation prevention bytes (00 00 03) are not part of the fields.
+        self._bits = "".join(f"{byte:08b}" for byte in payload[:64].replace(b"\0\0\3", b"\0\0"))
+        self._at = 0
+
+    def read(self, width: int) -> int:
+        if self._at + width > len(self._bits):
+            raise IndexError("NAL unit ends inside a field")
+        value = int(self._bits[self._at:self._at + width] or "0", 2)
+        self._at += width
+        return value
+
+    def read_ue(self) -> int:
+        zeros = 0
+        while self.read(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("Exp-Golomb number over 32 bits")
+        return (1 << zeros) - 1 + self.read(zeros)
+
+
+def _nal_units(data: bytes):
+    """(nal_unit_type, the bytes after the NAL header) of each NAL unit of an Annex B access
+    unit, in order."""
+    start = data.find(_START_CODE)
+    while 0 <= start < len(data) - len(_START_CODE):
+        begin = start + len(_START_CODE)
+        end = data.find(_START_CODE, begin)
+        yield data[begin] & _NAL_TYPE_MASK, data[begin + 1:end if end >= 0 else len(data)]
+        start = end
+
+
 def is_keyframe(data: bytes) -> bool:
     """Whether an Annex B access unit is a keyframe: its first coded slice is an IDR slice."""
     start = data.find(_START_CODE)
