@@ -641,10 +641,17 @@ def _wait_until_ready(sites: list[Site]) -> None:
     being recorded."""
     wanted = {(site.name, topic.name) for site in sites for topic in site.ready_topics()}
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    recording = False
     while time.monotonic() < deadline:
         _raise_if_dead(sites, "at start-up")
+        if not recording and all(site.recording() for site in sites):
+            recording = True
+            # Keyframes count from here on: one before, the master's recorder may have missed,
+            # and its recording would not decode until the next.
+            for site in sites:
+                site.heard.difference_update(t.name for t in VIDEO_READY_TOPICS[site.name])
         heard = {(site.name, topic) for site in sites for topic in site.heard}
-        if wanted <= heard and all(site.recording() for site in sites):
+        if wanted <= heard and recording:
             for site in sites:
                 site.stop_watching_readiness()
             return
