@@ -62,7 +62,7 @@ from telesurg.session.demo import (
     plan_sites,
     session_environment,
 )
-from telesurg.session.processes import NodeGroup, NodeProcess, die_with_parent
+from telesurg.session.processes import CLEAN_STOP_CODES, NodeGroup, NodeProcess, die_with_parent
 
 MS = 1_000_000  # ns
 STARTUP_TIMEOUT_S = 60.0
@@ -404,7 +404,7 @@ class Session:
     def unclean_exits(self) -> dict[str, int]:
         """Nodes that did not stop cleanly at close (Ctrl-C), as run_demo judges them."""
         return {name: code for name, code in self.exit_codes.items()
-                if code not in (0, -signal.SIGINT)}
+                if code not in CLEAN_STOP_CODES}
 
     # Processes --------------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ and never published, and a bridge without a key refuses to start."""
 import contextlib
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from telesurg.linkem.model import PROFILES
 from telesurg.linkem.relay import LinkRelay
 from telesurg.ros.qos import qos_profile
 from telesurg.session.demo import session_environment
-from telesurg.session.processes import NodeGroup
+from telesurg.session.processes import CLEAN_STOP_CODES, NodeGroup
 from telesurg.video.codec import H264Decoder, H264Encoder
 
 # Tier (setup.cfg markers): bridge node processes and ROS contexts on two DDS domains.
@@ -98,7 +97,7 @@ def bridged_sites(folder, master_domain, patient_domain, config, video=False):
         yield master, patient, [group.nodes[0].process for group in groups]
     finally:
         for group in groups:
-            assert set(group.stop().values()) <= {0, -signal.SIGINT}  # clean shutdown
+            assert set(group.stop().values()) <= CLEAN_STOP_CODES  # clean shutdown
         master.close()
         patient.close()
 

@@ -109,13 +109,27 @@ def test_frames_before_the_task_started_do_not_count():
         "patient": {ENDOSCOPE_LEFT_COMPRESSED.name: left, ENDOSCOPE_RIGHT_COMPRESSED.name: right},
         "master": {topic: [(t + 1_000_000, d) for t, d in stream[12:]] for topic, stream in (
             (ENDOSCOPE_LEFT_COMPRESSED.name, left), (ENDOSCOPE_RIGHT_COMPRESSED.name, right))}}
+    in_flight = sum(1 for t, _ in left if t > left[-1][0] - IN_FLIGHT_NS)
+    # Frames 12-19, recorded before the recording's first keyframe (20), cannot be judged from
+    # it and do not count; frames 0-11, never recorded there, are dropped.
     whole = video_summary(messages, [], ONE_WAY_MS)
     assert whole["frames_dropped"] == 2 * 12
+    assert whole["frames_sent"] == 2 * (30 - 8 - in_flight)
     from_task = video_summary(messages, [], ONE_WAY_MS, since_ns=left[12][0])
-    in_flight = sum(1 for t, _ in left if t > left[-1][0] - IN_FLIGHT_NS)
-    assert from_task["frames_sent"] == from_task["frames_delivered"] == 2 * (18 - in_flight)
-    # Frame 12 is no keyframe: the viewer waits for frame 20, as a decoder joining late does.
-    assert from_task["frames_undecodable"] == 2 * 8
+    assert from_task["frames_sent"] == from_task["frames_delivered"] == 2 * (10 - in_flight)
+    assert from_task["frames_undecodable"] == 0
+
+
+def test_a_recording_without_keyframes_counts_its_frames_undecodable():
+    # One keyframe each, frame 0, which the master site never recorded.
+    left, right = frames(30, gop=100), frames(30, gop=100)
+    messages = {
+        "patient": {ENDOSCOPE_LEFT_COMPRESSED.name: left, ENDOSCOPE_RIGHT_COMPRESSED.name: right},
+        "master": {topic: [(t + 1_000_000, d) for t, d in stream[1:]] for topic, stream in (
+            (ENDOSCOPE_LEFT_COMPRESSED.name, left), (ENDOSCOPE_RIGHT_COMPRESSED.name, right))}}
+    video = video_summary(messages, [], ONE_WAY_MS)
+    assert video["frames_dropped"] == 2
+    assert video["frames_undecodable"] == video["frames_delivered"] == video["frames_sent"] - 2
 
 
 def test_no_bitrate_without_two_reports_and_no_video_is_an_error():

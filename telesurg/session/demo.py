@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -58,6 +57,7 @@ from telesurg.linkem.model import PROFILES, Outage, outage_timeline
 from telesurg.session.operator_cli import MAX_DOMAIN_ID, parse_domain, parse_status
 from telesurg.session.playback import ReplayPlan
 from telesurg.session.processes import (
+    CLEAN_STOP_CODES,
     TEARDOWN_ALARM,
     TEARDOWN_LIMIT_S,
     NodeGroup,
@@ -120,12 +120,14 @@ class DemoOptions:
 
 
 def session_environment(domain_id: int) -> dict[str, str]:
-    """Environment for every process of a local session: its own DDS domain, discovery kept
-    on this machine, and the faster-discovery Fast DDS profile."""
+    """Environment for every process of a local session: its own DDS domain and telesurg's
+    Fast DDS profile, applied whole (SYSTEM_DEFAULT: LOCALHOST would put rmw_fastrtps's own
+    transports, shared memory included, in place of the profile's), which keeps discovery
+    on this machine."""
     env = dict(os.environ)
     env.update({
         "ROS_DOMAIN_ID": str(domain_id),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT",
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
         FASTDDS_PROFILE_VARIABLE: str(fastdds_profile()),
         "PYTHONUNBUFFERED": "1",
@@ -517,8 +519,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             codes = {_node_label(site, n): code for site in sites
                      for n, code in zip(site.group.nodes, site.group.stop().values(),
                                         strict=True)}
-        failed = {name: code for name, code in codes.items()
-                  if code not in (0, -signal.SIGINT, -TEARDOWN_ALARM)}
+        failed = {name: code for name, code in codes.items() if code not in CLEAN_STOP_CODES}
         if failed:
             raise DemoError(f"nodes did not shut down cleanly: {failed} (see {out / 'logs'})")
         # Stopped, their work done and said, but the middleware's node destroy did not return.

@@ -20,6 +20,9 @@ _PR_SET_PDEATHSIG = 1
 #: SIGTERM handler written in Python never runs then). Its exit status says so: -TEARDOWN_ALARM.
 TEARDOWN_ALARM = signal.SIGALRM
 TEARDOWN_LIMIT_S = 4.5
+#: The exit statuses of a node process stopped by Ctrl-C that did its work: its own clean exit,
+#: the signal's, or its teardown alarm's.
+CLEAN_STOP_CODES = frozenset({0, -signal.SIGINT, -TEARDOWN_ALARM})
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:
