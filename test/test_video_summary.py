@@ -101,23 +101,19 @@ def test_frames_counted_late_and_lost_latency_and_bitrate():
     assert "160x120 per eye" in lines[0] and "1 late" in lines[0]
 
 
-def test_frames_before_the_task_started_do_not_count():
-    left, right = frames(30), frames(30)
+def test_frames_before_the_task_or_the_first_keyframe_recorded_do_not_count():
+    left, right = frames(40), frames(40)
     # Before the task, the master site heard nothing (its bridge did not trust the patient's
-    # yet); from frame 12 on, everything.
+    # yet); from frame 12 on, everything: its first keyframe is frame 20.
     messages = {
         "patient": {ENDOSCOPE_LEFT_COMPRESSED.name: left, ENDOSCOPE_RIGHT_COMPRESSED.name: right},
         "master": {topic: [(t + 1_000_000, d) for t, d in stream[12:]] for topic, stream in (
             (ENDOSCOPE_LEFT_COMPRESSED.name, left), (ENDOSCOPE_RIGHT_COMPRESSED.name, right))}}
     in_flight = sum(1 for t, _ in left if t > left[-1][0] - IN_FLIGHT_NS)
-    # Frames 12-19, recorded before the recording's first keyframe (20), cannot be judged from
-    # it and do not count; frames 0-11, never recorded there, are dropped.
-    whole = video_summary(messages, [], ONE_WAY_MS)
-    assert whole["frames_dropped"] == 2 * 12
-    assert whole["frames_sent"] == 2 * (30 - 8 - in_flight)
-    from_task = video_summary(messages, [], ONE_WAY_MS, since_ns=left[12][0])
-    assert from_task["frames_sent"] == from_task["frames_delivered"] == 2 * (10 - in_flight)
-    assert from_task["frames_undecodable"] == 0
+    for since_ns, first in ((0, 20), (left[12][0], 20), (left[22][0], 22)):
+        video = video_summary(messages, [], ONE_WAY_MS, since_ns=since_ns)
+        assert video["frames_sent"] == video["frames_delivered"] == 2 * (40 - first - in_flight)
+        assert video["frames_undecodable"] == video["frames_dropped"] == 0
 
 
 def test_a_recording_without_keyframes_counts_its_frames_undecodable():

@@ -6,10 +6,11 @@ A frame is one eye's image. Sent: recorded at the patient site as the endoscope 
 published it, with the same eye and stamp. Late: delivered after a newer frame of its eye (shown,
 it would step back in time; the bridges deliver in order, so this counts what they let through).
 Only frames captured from since_ns (the task's start) count: before it, the bridges may not yet
-trust each other and the recorders may not yet hear every publisher. Nor do the frames of an
-eye the master site recorded before the first keyframe it recorded of that eye: a recorder that
-joined between keyframes cannot decode them from its recording (the live viewer asked for a
-keyframe at once). Frames it never recorded still count, as dropped.
+trust each other and the recorders may not yet hear every publisher. Nor, for each eye, those
+before the first keyframe the master site's recording holds: its recorder may have joined the
+master bridge's publisher after the task started, or between keyframes (`telesurg demo` starts
+the task only once the master site has heard a keyframe of each eye, so the video path was up).
+With no keyframe recorded there, every frame from since_ns counts.
 Added latency: from capture to the frame decoded at the master site, less the link's one-way
 delay: the arrival at the master site's recorder, plus the time this machine takes to decode it
 (each delivered frame is decoded here, in order, as a viewer would: after a lost frame, nothing
@@ -84,22 +85,19 @@ class VideoFrames:
                                     "the endoscope running? see logs/patient/endoscope.log)")
         last_capture = max(stamps[-1] for stamps in self.sent.values() if stamps)
         self.counted = {eye: {s for s in stamps
-                              if self.since_ns <= s <= last_capture - IN_FLIGHT_NS}
-                              - self._recorded_before_first_keyframe(eye)
+                              if self._counted_from(eye) <= s <= last_capture - IN_FLIGHT_NS}
                         for eye, stamps in self.sent.items()}
 
-    def _recorded_before_first_keyframe(self, eye: str) -> set[int]:
-        """The capture stamps of the frames of an eye the master site recorded before the
-        first keyframe it recorded (none if it recorded no keyframe: then none can be decoded,
-        and they count as undecodable)."""
+    def _counted_from(self, eye: str) -> int:
+        """since_ns, or the capture of the first keyframe of this session's eye the master
+        site recorded, if later."""
         from telesurg.video.codec import is_keyframe
 
-        before = set()
-        for _, message in decoded(self.messages, MASTER, EYES[eye]):
-            if is_keyframe(bytes(message.data)):
-                return before
-            before.add(stamp_ns(message))
-        return set()
+        sent = set(self.sent[eye])
+        first_keyframe = next((stamp for _, message in decoded(self.messages, MASTER, EYES[eye])
+                               if (stamp := stamp_ns(message)) in sent
+                               and is_keyframe(bytes(message.data))), self.since_ns)
+        return max(self.since_ns, first_keyframe)
 
     def shown(self) -> Iterator[ShownFrame]:
         """Every counted frame delivered in order, eye after eye; late ones are counted in

@@ -81,8 +81,7 @@ READY_TOPICS = {MASTER: (topics.CONSOLE_FOLLOWING,),
                           topics.CONSOLE_OPERATOR_PRESENT)}
 #: With video, also a keyframe of each eye through the bridge at the master site: the video
 #: figures count from the task's start, and the frames before the video path was up (the
-#: bridges' handshake, the master bridge's publisher discovered by the recorder) or before a
-#: picture could be decoded there are not a loss.
+#: bridges' handshake) or before a picture could be decoded there are not a loss.
 VIDEO_READY_TOPICS = {MASTER: (topics.ENDOSCOPE_LEFT_COMPRESSED,
                                topics.ENDOSCOPE_RIGHT_COMPRESSED),
                       PATIENT: ()}
@@ -642,17 +641,10 @@ def _wait_until_ready(sites: list[Site]) -> None:
     being recorded."""
     wanted = {(site.name, topic.name) for site in sites for topic in site.ready_topics()}
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    recording = False
     while time.monotonic() < deadline:
         _raise_if_dead(sites, "at start-up")
-        if not recording and all(site.recording() for site in sites):
-            recording = True
-            # Keyframes count from here on: one before, the master's recorder may have missed,
-            # and its recording would not decode until the next.
-            for site in sites:
-                site.heard.difference_update(t.name for t in VIDEO_READY_TOPICS[site.name])
         heard = {(site.name, topic) for site in sites for topic in site.heard}
-        if wanted <= heard and recording:
+        if wanted <= heard and all(site.recording() for site in sites):
             for site in sites:
                 site.stop_watching_readiness()
             return
