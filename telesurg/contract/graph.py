@@ -54,11 +54,12 @@ SIMULATOR = NodeSpec("simulator", "simulator", "telesurg.nodes.simulator", "pati
                      "SimulatorNode")
 
 #: The patient site's stereo endoscope: renders the arm from /joint_states, publishes H.264.
-#: Not in SESSION_NODES: it costs about half a core at 640x480 and 30 fps. The lowest
-#: niceness: on two cores it renders with what the command path leaves.
+#: Not in SESSION_NODES: it costs about half a core at 640x480 and 30 fps. Below the command
+#: path's priority: on two cores it yields to it (at 19 instead, its latency's tail grew by
+#: about 5 ms, and the command path's did not shrink).
 ENDOSCOPE = NodeSpec("endoscope", "endoscope", "telesurg.nodes.endoscope", "patient",
                      "Stereo endoscope: renders the arm (MuJoCo), encodes H.264 per eye.",
-                     "EndoscopeNode", niceness=19)
+                     "EndoscopeNode", niceness=10)
 #: The endoscope's encoding alone, for cameras that publish raw pictures (Gazebo's): at the
 #: video's niceness.
 ENDOSCOPE_ENCODER = NodeSpec("endoscope_encoder", "endoscope_encoder",
@@ -70,7 +71,7 @@ ENDOSCOPE_ENCODER = NodeSpec("endoscope_encoder", "endoscope_encoder",
 ENDOSCOPE_DECODER = NodeSpec("endoscope_decoder", "endoscope_decoder",
                              "telesurg.nodes.endoscope_decoder", "master",
                              "Decodes the endoscope's H.264 for viewers; asks for keyframes.",
-                             "EndoscopeDecoderNode", niceness=10)
+                             "EndoscopeDecoderNode", niceness=ENDOSCOPE.niceness)
 
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
