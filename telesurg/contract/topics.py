@@ -140,8 +140,8 @@ DIAGNOSTICS = Topic("/diagnostics", _DIAGNOSTICS, Qos.EVENT, BOTH,
 # at capture. The compressed frames cross as video; the raw images stay at the patient site.
 ENDOSCOPE_LEFT_COMPRESSED, ENDOSCOPE_RIGHT_COMPRESSED = (
     Topic(f"/endoscope/{eye}/image_raw/compressed", "sensor_msgs/msg/CompressedImage",
-          Qos.VIDEO, BOTH, "endoscope (patient site), bridge (master site)", PATIENT_TO_MASTER,
-          video=True)
+          Qos.VIDEO, BOTH, "endoscope or endoscope_encoder (patient site), bridge (master site)",
+          PATIENT_TO_MASTER, video=True)
     for eye in ("left", "right"))
 ENDOSCOPE_LEFT_CAMERA_INFO, ENDOSCOPE_RIGHT_CAMERA_INFO = (
     Topic(f"/endoscope/{eye}/camera_info", "sensor_msgs/msg/CameraInfo", Qos.COMMAND, BOTH,
