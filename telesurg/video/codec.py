@@ -265,7 +265,8 @@ class _BitReader:
 
     def __init__(self, payload: bytes):
         # Emulation prevention bytes (00 00 03) are not part of the fields.
-        self._bits = "".join(f"{byte:08b}" for byte in payload[:64].replace(b"\0\0\3", b"\0\0"))
+        header = payload[:64].replace(b"\x00\x00\x03", b"\x00\x00")
+        self._bits = "".join(f"{byte:08b}" for byte in header)
         self._at = 0
 
     def read(self, width: int) -> int:
