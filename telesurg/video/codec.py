@@ -221,8 +221,7 @@ class FrameContinuity:
                 if nal_type == _NAL_SPS:
                     self._read_sps(_BitReader(payload))
                 elif nal_type in _NAL_SLICE_TYPES:
-                    if nal_type == _NAL_IDR_SLICE:
-                        frame_num = 0
+                    if nal_type == _NAL_IDR_SLICE:  # frame_num 0
                         self._last = 0
                         return True
                     frame_num = self._read_frame_num(_BitReader(payload))
@@ -298,13 +297,8 @@ def _nal_units(data: bytes):
 
 def is_keyframe(data: bytes) -> bool:
     """Whether an Annex B access unit is a keyframe: its first coded slice is an IDR slice."""
-    start = data.find(_START_CODE)
-    while 0 <= start < len(data) - len(_START_CODE):
-        nal_type = data[start + len(_START_CODE)] & _NAL_TYPE_MASK
-        if nal_type in _NAL_SLICE_TYPES:
-            return nal_type == _NAL_IDR_SLICE
-        start = data.find(_START_CODE, start + len(_START_CODE))
-    return False
+    return next((nal_type == _NAL_IDR_SLICE for nal_type, _ in _nal_units(data)
+                 if nal_type in _NAL_SLICE_TYPES), False)
 
 
 def require_encoder() -> None:
