@@ -39,6 +39,7 @@ from telesurg.analysis.playback import (
     BEFORE_PRESS_NS,
     ReplayReference,
     procedure_end,
+    released_at_start,
     replay_start,
 )
 from telesurg.analysis.recording import Track
@@ -332,6 +333,21 @@ def test_a_replay_starts_at_the_recorded_enable_or_before_the_press_that_engaged
     assert (replay_start(enabled, [(engaged, True)], presses[2:])
             == engaged - BEFORE_PRESS_NS)
     assert replay_start(enabled, [], presses) == enabled
+
+
+def test_the_pedal_is_released_at_the_start_before_the_engaging_press_or_a_first_press():
+    enabled = START_NS + 2 * S
+    press, release = (START_NS + 3 * S, True), (START_NS + 4 * S, False)
+    # Started before ENABLED, just before the press that engaged the console.
+    assert released_at_start(enabled - S, enabled, [press])
+    # Started at ENABLED with no pedal state recorded before it (the recorder joined the
+    # surgeon's pedal after its first state): released until the first press.
+    assert released_at_start(enabled, enabled, [press, release])
+    # A state recorded before the start is the one in force (the player hands it over).
+    assert not released_at_start(enabled, enabled, [(START_NS + S, False), press])
+    # The first recorded after the start is a release: the pedal was held; nothing known.
+    assert not released_at_start(enabled, enabled, [release])
+    assert not released_at_start(enabled, enabled, [])
 
 
 def test_procedure_end_is_the_final_disable_after_the_last_enable():

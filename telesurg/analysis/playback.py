@@ -67,6 +67,19 @@ def replay_start(enabled_ns: int, following: list[tuple[int, bool]],
     return (pressed[-1] if pressed else engaged) - BEFORE_PRESS_NS
 
 
+def released_at_start(start_ns: int, enabled_ns: int, presses: list[tuple[int, bool]]) -> bool:
+    """Whether a replay starting at start_ns holds the operator-present pedal released until
+    the recording presses it: when it starts just before the press that engaged the console
+    (replay_start), and when the recording holds no pedal state before start_ns but a press
+    after it (its recorder joined the surgeon's pedal after the first state: released until
+    that press). Else the replay takes the state recorded before the start, if any."""
+    if start_ns < enabled_ns:
+        return True
+    if any(t < start_ns for t, _ in presses):
+        return False
+    return next((down for t, down in presses if t >= start_ns), False)
+
+
 def procedure_end(states: list[tuple[int, str]]) -> int | None:
     """When a recorded procedure ended, from its operating states (time, state) in order: the
     first DISABLED after the last ENABLED, if the arm stayed DISABLED to the end; else None."""

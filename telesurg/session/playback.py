@@ -19,6 +19,7 @@ from telesurg.analysis.playback import (
     first_engagement,
     procedure_end,
     receive_times,
+    released_at_start,
     replay_start,
 )
 from telesurg.analysis.recording import (
@@ -59,8 +60,9 @@ class ReplayPlan:
     reference: ReplayReference  # what the new session's tip path is compared with
     accept_damage: bool = False  # read damaged bags without their damaged chunks
     damage: tuple[str, ...] = ()  # what damaged bags lost, then
-    # The replay starts just before the press that engaged the recorded console (replay_start:
-    # the recorder took ENABLED late), with the pedals released until it.
+    # The pedals are released until the recording presses them (released_at_start): the
+    # replay starts just before the press that engaged the recorded console (replay_start: the
+    # recorder took ENABLED late), or the recording holds no pedal state before its start.
     released_at_start: bool = False
 
     @classmethod
@@ -88,8 +90,9 @@ class ReplayPlan:
                 raise BagError(f"{bags['master']}: the arm was never ENABLED in this recording; "
                                "nothing to replay")
             following = following_changes(decoded(recorded, MASTER, topics.CONSOLE_FOLLOWING))
-            start = replay_start(enabled, following, following_changes(
-                decoded(recorded, MASTER, topics.CONSOLE_OPERATOR_PRESENT)))
+            presses = following_changes(
+                decoded(recorded, MASTER, topics.CONSOLE_OPERATOR_PRESENT))
+            start = replay_start(enabled, following, presses)
             engaged = first_engagement(following, start)
             if engaged is None:
                 raise BagError(f"{bags['master']}: the console never followed in this "
@@ -104,7 +107,8 @@ class ReplayPlan:
             start, engaged, following,
             receive_times(recorded[MASTER][topics.PSM_SERVO_CP.name]),
             pose_track(decoded(recorded, PATIENT, topics.PSM_MEASURED_CP)),
-            procedure_end(states)), accept_damage, tuple(damage), start < enabled)
+            procedure_end(states)), accept_damage, tuple(damage),
+            released_at_start(start, enabled, presses))
 
     def start_player(self, node, go: threading.Event, stop: threading.Event,
                      say=print) -> tuple[threading.Thread, Player]:
