@@ -24,6 +24,7 @@ from telesurg.contract.topics import Qos, site_topics, topic_named
 from telesurg.ros.messages import message_class
 from telesurg.ros.node import freeze_start_up_objects
 from telesurg.ros.qos import qos_profile
+from telesurg.session.processes import teardown_limit
 
 #: Deep queues, so that a busy moment loses nothing.
 _DEPTH = 1000
@@ -153,10 +154,12 @@ def run_record(site: str, out: Path, storage: str, domain: int | None,
     freeze_start_up_objects()
     try:
         recorder.run(stop)
+        counts = recorder.bag.counts
+        heard = ", ".join(f"{topic} {n}" for topic, n in sorted(counts.items())) or "nothing"
+        print(f"closed {out}: {sum(counts.values())} messages ({heard})", flush=True)
     finally:
-        recorder.node.destroy_node()
-        rclpy.try_shutdown(context=context)
-    counts = recorder.bag.counts
-    heard = ", ".join(f"{topic} {n}" for topic, n in sorted(counts.items())) or "nothing"
-    print(f"closed {out}: {sum(counts.values())} messages ({heard})")
+        # The bag is closed: a node destroy that hangs (README, Known defects) loses nothing.
+        with teardown_limit():
+            recorder.node.destroy_node()
+            rclpy.try_shutdown(context=context)
     return 0

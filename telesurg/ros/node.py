@@ -24,7 +24,7 @@ from telesurg.contract.params import (
     load_parameter_file,
 )
 from telesurg.ros.loop import serve
-from telesurg.session.processes import TEARDOWN_ALARM, TEARDOWN_LIMIT_S, die_with_parent
+from telesurg.session.processes import die_with_parent, teardown_limit
 
 #: How long a thread holding the interpreter lock keeps a waiting one waiting (Python's default
 #: is 5 ms): a bridge's receive thread, woken by a datagram or a link deadline, must not wait
@@ -64,12 +64,6 @@ def parameter_files(args: list[str]) -> list[str]:
         elif in_ros_args and arg == "--params-file" and index + 1 < len(args):
             files.append(args[index + 1])
     return files
-
-
-#: How long a node process's teardown may take before it writes its threads' stacks to its
-#: log, before it ends itself at TEARDOWN_LIMIT_S (telesurg demo and the tests send SIGTERM
-#: 5 s after SIGINT, then SIGKILL).
-TEARDOWN_STACKS_AFTER_S = 4.0
 
 
 def run_node(node_name: str, create: Callable[[], Node], args: list[str] | None = None) -> None:
@@ -130,14 +124,10 @@ def run_nodes(process_name: str, creators: list[Callable[[], Node]],
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # A teardown that hangs (now and then rcl's node destroy does not return, past SIGINT
         # and SIGTERM) leaves every thread's stack in the log, then ends the process.
-        faulthandler.dump_traceback_later(TEARDOWN_STACKS_AFTER_S)
-        signal.signal(TEARDOWN_ALARM, signal.SIG_DFL)
-        signal.setitimer(signal.ITIMER_REAL, TEARDOWN_LIMIT_S)
-        for node in reversed(nodes):
-            node.destroy_node()
-        rclpy.try_shutdown()
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        faulthandler.cancel_dump_traceback_later()
+        with teardown_limit():
+            for node in reversed(nodes):
+                node.destroy_node()
+            rclpy.try_shutdown()
 
 
 def freeze_start_up_objects() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import faulthandler
 import os
 import signal
 import subprocess
@@ -18,7 +20,10 @@ _PR_SET_PDEATHSIG = 1
 #: and said) has not returned within TEARDOWN_LIMIT_S ends itself by this signal's default
 #: action, which the kernel carries out even while a native call holds the interpreter (a
 #: SIGTERM handler written in Python never runs then). Its exit status says so: -TEARDOWN_ALARM.
+#: Its threads' stacks go to its log first, at TEARDOWN_STACKS_AFTER_S (telesurg demo and the
+#: tests send SIGTERM 5 s after SIGINT, then SIGKILL).
 TEARDOWN_ALARM = signal.SIGALRM
+TEARDOWN_STACKS_AFTER_S = 4.0
 TEARDOWN_LIMIT_S = 4.5
 #: The exit statuses of a node process stopped by Ctrl-C that did its work: its own clean exit,
 #: the signal's, or its teardown alarm's.
@@ -33,6 +38,20 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if parent_pid is not None and os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def teardown_limit():
+    """Around a process's teardown, after its work is done: its stacks in its log at
+    TEARDOWN_STACKS_AFTER_S, its end by TEARDOWN_ALARM at TEARDOWN_LIMIT_S."""
+    faulthandler.dump_traceback_later(TEARDOWN_STACKS_AFTER_S)
+    signal.signal(TEARDOWN_ALARM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, TEARDOWN_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
 
 
 def cpu_seconds(pid: int) -> float:
