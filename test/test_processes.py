@@ -35,9 +35,11 @@ def test_a_node_process_shares_the_session_in_a_group_of_its_own_at_its_niceness
         assert os.getsid(pid) == os.getsid(0)
         assert os.getpgid(pid) == pid != os.getpgid(0)
         assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
-        if os.path.exists(f"/proc/{pid}/autogroup"):  # kernels with CONFIG_SCHED_AUTOGROUP
+        # Kernels with CONFIG_SCHED_AUTOGROUP name a task's autogroup; a task in a cpu cgroup of
+        # its own (some CI runners) is in none and the file reads empty for it and its children.
+        if os.path.exists(f"/proc/{pid}/autogroup"):
             with open(f"/proc/{pid}/autogroup") as theirs, open("/proc/self/autogroup") as ours:
-                assert theirs.read().split()[0] == ours.read().split()[0]
+                assert theirs.read().split()[:1] == ours.read().split()[:1]
     finally:
         codes = group.stop(grace_s=5.0)
     assert codes == {"sleeper": -signal.SIGINT}
