@@ -14,9 +14,10 @@ setup: $(STAMP)
 # As root, the Debian packages that build the CRTK messages telesurg carries (cmake, a compiler,
 # Python's headers) and those of the Gazebo file checks: SDFormat 12 (the parser Gazebo uses),
 # whose small checker the tests build (without it those tests skip, naming the packages), and
-# Mesa's EGL, with which MuJoCo renders the endoscope offscreen.
+# Mesa's EGL, with which MuJoCo renders the endoscope offscreen; Chromium and its WebDriver,
+# in which the console page's tests run (without them those tests skip, naming the packages).
 DEBIAN_PACKAGES := g++ cmake ninja-build python3-dev pkg-config libsdformat-dev \
-	libegl1 libegl-mesa0 libgl1-mesa-dri
+	libegl1 libegl-mesa0 libgl1-mesa-dri chromium chromium-driver
 
 # ROS 2's launch system and command line (launch, launch_ros, ros2cli...), which PyPI lacks:
 # installed into .venv from this folder when it is there (its install-into builds their

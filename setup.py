@@ -57,6 +57,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test"]),
+    package_data={"telesurg.console": ["static/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -78,6 +79,7 @@ setup(
             "simulator = telesurg.nodes.simulator:main",
             "bridge = telesurg.nodes.bridge:main",
             "safety_supervisor = telesurg.nodes.safety_supervisor:main",
+            "web_console = telesurg.nodes.web_console:main",
             "endoscope = telesurg.nodes.endoscope:main",
             "endoscope_decoder = telesurg.nodes.endoscope_decoder:main",
             "endoscope_encoder = telesurg.nodes.endoscope_encoder:main",

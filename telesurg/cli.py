@@ -59,6 +59,16 @@ def _outage(text: str):
     return link, outage
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 65535]")
+    return value
+
+
 def _benchmark(text: str) -> str:
     if text != "all" and text not in BENCHMARKS:
         raise argparse.ArgumentTypeError(f"no benchmark {text!r}: one of all, "
@@ -156,6 +166,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run every node in a process of its own, instead of each site's "
                            "site container (master: virtual_surgeon, master_console, bridge; "
                            "patient: bridge, safety_supervisor) beside the arm controller")
+    demo.add_argument("--console", action="store_true",
+                      help="a person drives instead of the virtual surgeon: start the console "
+                           "page (see `telesurg console`) at the master site, print its URL, "
+                           "leave enabling the arm to its buttons, and run until Ctrl-C (or "
+                           "--duration); figures as usual")
+    demo.add_argument("--console-port", type=_port, default=8080, metavar="PORT",
+                      help="with --console: the page's TCP port on 127.0.0.1 (default: 8080)")
+    console = commands.add_parser(
+        "console", help="serve the surgeon's console page for a running master site",
+        description="Serve a web page (on 127.0.0.1 unless --bind says otherwise; always behind "
+                    "a token, printed in its URL) that shows the endoscope video, the arm's "
+                    "state and its cause, the console's pedals and following, and each link's "
+                    "state, RTT and loss with the last 30 s plotted; its buttons send enable, "
+                    "pause, resume and disable. The page's keyboard, mouse and gamepad are the "
+                    "master device (/mtm/measured_cp, /mtm/gripper/measured_js, /console/clutch, "
+                    "/console/operator_present), mapped by the master console as a real "
+                    "master's; it watches only while another master device (a virtual surgeon) "
+                    "publishes. Runs until Ctrl-C.")
+    _add_domain_option(console)
+    console.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                         help="address to serve on (default 127.0.0.1, this machine only; the "
+                              "browser decodes the video only on localhost or over HTTPS: from "
+                              "elsewhere use an SSH tunnel)")
+    console.add_argument("--port", type=_port, default=8080,
+                         help="TCP port (default 8080; 0 picks a free one)")
+    console.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                         help="file holding the page's token, at least 16 characters "
+                              "(default: a new random token)")
+    console.add_argument("--config", type=Path, default=None,
+                         help="ROS 2 parameter file with a web_console section (default: the "
+                              "installed config/telesurg.yaml)")
     record = commands.add_parser(
         "record", help="record a site's contract topics into a rosbag2 bag until Ctrl-C",
         description="Subscribe to every contract topic of the site (the README's topic table) "
@@ -281,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         from telesurg.session.operator_cli import run_status
 
         return run_status(args.domain, args.once, args.timeout)
+    if args.command == "console":
+        return _console(args)
     if args.command == "record":
         from telesurg.bags.recorder import run_record
 
@@ -319,6 +362,24 @@ def _keygen(args) -> int:
     return 0
 
 
+def _console(args) -> int:
+    import os
+
+    from telesurg.contract.graph import WEB_CONSOLE
+    from telesurg.contract.resources import default_config
+    from telesurg.nodes.web_console import main as web_console_main
+    from telesurg.session.processes import node_arguments
+
+    if args.domain is not None:
+        os.environ["ROS_DOMAIN_ID"] = str(args.domain)
+    options = ["--bind", args.bind, "--port", str(args.port)]
+    if args.token_file is not None:
+        options += ["--token-file", str(args.token_file)]
+    config = args.config or default_config()
+    web_console_main([*options, *node_arguments(WEB_CONSOLE, ["--params-file", str(config)])])
+    return 0
+
+
 def _demo(args) -> int:
     from telesurg.analysis.summary import print_summary
     from telesurg.analysis.video import print_video_summary
@@ -330,7 +391,8 @@ def _demo(args) -> int:
                           outages=tuple(args.outage), record=args.record, storage=args.storage,
                           replay=args.replay, report=args.report,
                           accept_damage=args.accept_damage, arm_hardware=args.arm_hardware,
-                          compose=args.compose, video=args.video)
+                          compose=args.compose, video=args.video, console=args.console,
+                          console_port=args.console_port)
     try:
         summary = run_demo(options)
     except BagError as error:

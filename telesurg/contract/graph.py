@@ -73,6 +73,12 @@ ENDOSCOPE_DECODER = NodeSpec("endoscope_decoder", "endoscope_decoder",
                              "Decodes the endoscope's H.264 for viewers; asks for keyframes.",
                              "EndoscopeDecoderNode", niceness=ENDOSCOPE.niceness)
 
+#: The surgeon's console page (`telesurg console`): shows the session, and a person's keyboard,
+#: mouse or gamepad there drive the master topics in place of the virtual surgeon.
+WEB_CONSOLE = NodeSpec("web_console", "web_console", "telesurg.nodes.web_console", "master",
+                       "The surgeon's console page: endoscope view, arm and link state, state "
+                       "commands; the page's controls as the master device.", "WebConsoleNode")
+
 #: The only path between the sites: one per site, with parameter role set to the site.
 BRIDGE = NodeSpec("bridge", "bridge", "telesurg.nodes.bridge", "both",
                   "Carries the configured topics to the other site over every link.",

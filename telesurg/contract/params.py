@@ -235,6 +235,20 @@ NODE_PARAMETERS: dict[str, tuple[Param, ...]] = {
         VIDEO_FPS,
         KEYFRAME_INTERVAL,
     ),
+    "web_console": (
+        Param("rate_hz", 250.0,
+              "Rate of master samples from the page's controls, as the master device would "
+              "stream (the master console's tremor filter is designed for 250 Hz).",
+              50.0, 2000.0),
+        Param("hand_speed_m_s", 0.05,
+              "Master hand speed at a full key press or stick (the arm moves this times the "
+              "master console's scale).", 0.005, 0.2),
+        Param("workspace_half_m", 0.1,
+              "The master hand stays within this distance of its start along each axis.",
+              0.01, 0.3),
+        Param("grip_speed_rad_s", 1.0, "Master gripper opening or closing speed.", 0.1, 10.0),
+        Param("state_rate_hz", 10.0, "Rate of the page's state updates.", 1.0, 50.0),
+    ),
     "endoscope_decoder": (
         VIDEO_FPS,
         Param("keyframe_request_interval_ms", 200.0,

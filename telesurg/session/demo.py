@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
+import secrets
 import shutil
 import tempfile
 import threading
@@ -42,6 +44,7 @@ from telesurg.contract.graph import (
     SIMULATOR,
     SITE_CONTAINER,
     SITE_CONTAINER_NODES,
+    WEB_CONSOLE,
     NodeSpec,
     nodes_of_site,
 )
@@ -64,6 +67,7 @@ from telesurg.session.processes import (
     PlannedProcess,
     container_arguments,
     cpu_seconds,
+    node_arguments,
 )
 
 #: Longest wait, at the end of the task, for the arm to confirm DISABLED at the master site.
@@ -116,6 +120,8 @@ class DemoOptions:
     compose: bool = True         # SITE_CONTAINER_NODES in one process, or a process per node
     report: bool = True          # write out/report.html
     video: bool = False          # the patient site's stereo endoscope, carried to the master site
+    console: bool = False        # a person drives from the console page: no virtual surgeon
+    console_port: int = 8080     # the console page's port on 127.0.0.1
 
 
 def session_environment(domain_id: int) -> dict[str, str]:
@@ -227,7 +233,9 @@ class Site:
 def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config: Path,
                replay: bool = False) -> list[Site]:
     """The master and the patient site, on two DDS domains joined only by their bridges; in a
-    replay without the virtual surgeon (a bag player stands in for it). With options.compose,
+    replay without the virtual surgeon (a bag player stands in for it), with options.console
+    the console page in its place (its token in options.out/console.token). With
+    options.compose,
     each site's SITE_CONTAINER_NODES share a site container process. Every process reads the
     configuration, then the session's own parameters (options.out/SITE_params.yaml, written
     here), which a node's section in the configuration cannot override."""
@@ -236,7 +244,7 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config
     sites = []
     for name, domain in zip(SITES, (domain_id, patient_domain), strict=True):
         specs = [spec for spec in nodes_of_site(name)
-                 if not (replay and spec.name == "virtual_surgeon")]
+                 if not ((replay or options.console) and spec.name == "virtual_surgeon")]
         if name == PATIENT and options.arm_hardware == "ros2_control":
             specs.append(SIMULATOR)
         if options.video:
@@ -263,8 +271,27 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config
                                                                                 params), names))
         processes += [PlannedProcess.node(spec, params) for spec in specs
                       if spec not in contained]
+        if options.console and name == MASTER:
+            processes.append(PlannedProcess(WEB_CONSOLE, [
+                "--port", str(options.console_port), "--token-file",
+                str(write_console_token(Path(options.out))),
+                *node_arguments(WEB_CONSOLE, params)], (WEB_CONSOLE.name,)))
         sites.append(Site(name, domain, processes, options.video))
     return sites
+
+
+def write_console_token(out: Path) -> Path:
+    """A new token for the console page, in out/console.token (mode 0600)."""
+    path = out / "console.token"
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(24) + "\n")
+    return path
+
+
+def console_url(out: Path, port: int) -> str:
+    return f"http://127.0.0.1:{port}/?token={(out / 'console.token').read_text().strip()}"
 
 
 def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
@@ -418,12 +445,17 @@ def run_demo(options: DemoOptions, say=print) -> dict:
         outage_timeline(options.outages, DEFAULT_LINKS)
     except ValueError as error:
         raise DemoOptionError(str(error)) from None
+    if options.console and options.replay:
+        raise DemoOptionError("--console and --replay: one driver at a time (a person or the "
+                              "recording)")
     replay = ReplayPlan.of(options.replay, options.accept_damage) if options.replay else None
     for note in replay.damage if replay else ():
         say(f"telesurg demo: {note}")
     duration_s = options.duration_s or (replay.span_s if replay else DEFAULT_DURATION_S)
     if replay:
         duration_s = min(duration_s, replay.span_s)
+    if options.console and not options.duration_s:
+        duration_s = math.inf  # until Ctrl-C
     late = [(link, outage) for link, outage in options.outages if outage.start_s >= duration_s]
     if late:
         link, outage = late[0]
@@ -457,9 +489,10 @@ def run_demo(options: DemoOptions, say=print) -> dict:
         domains = ", ".join(f"{site.name} {site.domain_id}" for site in sites)
         networks = ", ".join(f"{name} {profile}" for name, profile in
                              zip(DEFAULT_LINKS, options.link_profiles, strict=True))
-        driver = (f"replay of {replay.master_bag}" if replay else
-                  f"task {options.task}, seed {options.seed}")
-        say(f"telesurg demo: {driver}, {duration_s:g} s, DDS domains {domains}, links "
+        driver = (f"replay of {replay.master_bag}" if replay else "a person at the console page"
+                  if options.console else f"task {options.task}, seed {options.seed}")
+        length = "until Ctrl-C" if math.isinf(duration_s) else f"{duration_s:g} s"
+        say(f"telesurg demo: {driver}, {length}, DDS domains {domains}, links "
             f"{networks}, logs in {out / 'logs'}")
         outages = OutageSchedule(links, options.outages, say)
         groups = [site.group for site in sites]
@@ -478,21 +511,33 @@ def run_demo(options: DemoOptions, say=print) -> dict:
             operator = ScriptedOperator(sites[0].node, say,
                                         sites[1].group.log_of("safety_supervisor"))
             sites[0].loop.refresh()
-            operator.enable(STARTUP_TIMEOUT_S)
+            if options.console:  # the person enables the arm, with the page's buttons
+                say(f"graph up: {'; '.join(_processes_of(site) for site in sites)}\n"
+                    f"console page: {console_url(out, options.console_port)}\n"
+                    "  there: Enable, then P (operator present) and the keys to move; "
+                    f"Ctrl-C here ends the session ({length})")
+            else:
+                operator.enable(STARTUP_TIMEOUT_S)
+                say(f"graph up: {'; '.join(_processes_of(site) for site in sites)}; "
+                    "arm ENABLED; running the task")
             replay_go.set()
-            say(f"graph up: {'; '.join(_processes_of(site) for site in sites)}; "
-                "arm ENABLED; running the task")
             started = time.monotonic()
             started_ns = time.time_ns()
             outages.start()
             cpu_at_start = {id(n): n.cpu_seconds() for g in groups for n in g.nodes}
             helpers_at_start = _helper_cpu_seconds(links)
-            while time.monotonic() - started < duration_s:
-                if replay and not player.is_alive():
-                    break  # the recording has been played to its end
-                _raise_if_dead(sites, "during the session")
-                operator.resume_if_paused(outages.down == set(DEFAULT_LINKS))
-                time.sleep(0.1)
+            try:
+                while time.monotonic() - started < duration_s:
+                    if replay and not player.is_alive():
+                        break  # the recording has been played to its end
+                    _raise_if_dead(sites, "during the session")
+                    if not options.console:  # a person resumes, or not, as they judge
+                        operator.resume_if_paused(outages.down == set(DEFAULT_LINKS))
+                    time.sleep(0.1)
+            except KeyboardInterrupt:
+                if not options.console:
+                    raise
+                say("Ctrl-C: ending the session")
             recorded_s = time.monotonic() - started
             task_ended_ns = time.time_ns()
             cpu_percent = {
@@ -529,8 +574,8 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 f"{out / 'logs'} (README, Known defects)")
         messages = {site.name: _read_bag(bag_root / BAG_DIRS[site.name], task_ended_ns)
                     for site in sites}
-    summary = summarize(messages, "replay" if options.replay else options.task, options.seed,
-                        recorded_s)
+    driver = "replay" if options.replay else "console" if options.console else options.task
+    summary = summarize(messages, driver, options.seed, recorded_s)
     try:
         summary.update(network_summary(
             *([report for report in site.link_states if report[0] <= counted_until_ns]
@@ -552,7 +597,7 @@ def run_demo(options: DemoOptions, say=print) -> dict:
     summary["cpu_percent"] = cpu_percent
     summary["teardown_overruns"] = overran
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if not summary["engagements"]:
+    if not summary["engagements"] and not options.console:
         raise DemoError(f"the arm never followed the surgeon (see "
                         f"{sites[0].group.log_of('master_console')})")
     if options.report and options.record:
