@@ -51,6 +51,8 @@ let captureToDisplay = [];   // since the last report
 const recentVideo = [];      // for the figure on the page
 let framesShown = 0;
 let drawPending = false;
+let lastFrameAt = 0;  // page time of the last picture drawn
+const STALE_VIDEO_MS = 500;
 
 function openDecoder(index) {
   const eye = eyes[index];
@@ -118,6 +120,7 @@ function draw() {
   }
   if (recentVideo.length > 300) recentVideo.splice(0, recentVideo.length - 300);
   framesShown += 1;
+  lastFrameAt = shownAt;
   videoCanvas.dataset.frames = String(framesShown);
 }
 
@@ -192,6 +195,9 @@ function onState(message) {
   history = history.filter((point) => t - point[0] <= HISTORY_MS);
   plotLinks(t);
   $("latency-video").textContent = figures(recentVideo);
+  // A picture that stopped changing must not pass for the live view.
+  $("video-stale").textContent = lastFrameAt && t - lastFrameAt > STALE_VIDEO_MS ?
+    `NO NEW PICTURE FOR ${((t - lastFrameAt) / 1000).toFixed(1)} s` : "";
   $("latency-key").textContent = figures(recentKey);
 }
 
