@@ -10,9 +10,7 @@ links shows LOST and PAUSED within a second. Screenshots are saved in the run's 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -20,24 +18,15 @@ import numpy as np
 import pytest
 from session_harness import SiteProbe, Topic
 
-from telesurg.bench.sessions import pick_domain_pair
+from telesurg.bench.console import CHROMEDRIVER, STARTUP_TIMEOUT_S, ConsoleSession
 from telesurg.contract.fields import tip_position
 from telesurg.contract.graph import DEFAULT_LINKS
-from telesurg.contract.resources import default_config
 from telesurg.contract.topics import PATIENT, PSM_MEASURED_CP
-from telesurg.session.demo import (
-    DemoOptions,
-    console_url,
-    open_links,
-    plan_sites,
-    session_environment,
-)
-from telesurg.session.processes import CLEAN_STOP_CODES, NodeGroup
+from telesurg.session.demo import session_environment
+from telesurg.session.processes import CLEAN_STOP_CODES
 
 pytestmark = pytest.mark.multiprocess
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
-STARTUP_TIMEOUT_S = 60.0
 HOLD_S = 1.0  # a key held this long moves the master hand_speed_m_s * HOLD_S
 ARM_PER_KEY_M = 0.05 * 0.2 * HOLD_S  # web_console hand_speed_m_s x master_console scale
 
@@ -47,130 +36,18 @@ if not (shutil.which("chromium") and Path(CHROMEDRIVER).exists()):
                 "them as root)", allow_module_level=True)
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class ConsoleSession:
-    """Both sites with video and the console page in place of the virtual surgeon, a browser on
-    the page, and a probe on the patient site's /psm/measured_cp."""
+class ProbedConsoleSession(ConsoleSession):
+    """The console session, with a probe on the patient site's /psm/measured_cp."""
 
     def __init__(self, out: Path):
-        self.out = out
-        self.screenshots = out / "screenshots"
-        self.screenshots.mkdir(parents=True, exist_ok=True)
-        self.stack = contextlib.ExitStack()
-        self.groups: list[NodeGroup] = []
-        self.exit_codes: dict[str, int] = {}
-        options = DemoOptions(out=out, video=True, console=True, console_port=free_tcp_port())
-        bridge_config, self.links = open_links(options, out, self.stack)
-        for site in plan_sites(options, default_config(), pick_domain_pair(), bridge_config):
-            group = NodeGroup(session_environment(site.domain_id), out / "logs" / site.name)
-            self.groups.append(group)
-            for planned in site.processes:
-                group.start_planned(planned)
-            if site.name == PATIENT:
-                self.patient = SiteProbe(PATIENT, session_environment(site.domain_id), {
-                    PSM_MEASURED_CP.name: Topic(PSM_MEASURED_CP.type_name, "record_reliable")},
-                    out / "logs")
-        self.url = console_url(out, options.console_port)
-        self._wait_for_server(options.console_port)
-        self.browser = self._open_browser()
-
-    def _wait_for_server(self, port: int) -> None:
-        """Until the web console accepts connections (its process is still starting)."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            self.raise_if_dead()
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1.0):
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"the console page was not served within {STARTUP_TIMEOUT_S:g} s")
-
-    def _open_browser(self):
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        options = webdriver.ChromeOptions()
-        # As root Chromium runs only without its sandbox; /dev/shm may be small in containers.
-        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                         "--window-size=1300,1000"):
-            options.add_argument(argument)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        browser.get(self.url)
-        return browser
+        super().__init__(out)
+        self.patient = SiteProbe(PATIENT, session_environment(self.domains[PATIENT]), {
+            PSM_MEASURED_CP.name: Topic(PSM_MEASURED_CP.type_name, "record_reliable")},
+            out / "logs")
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.browser.quit()
-        for group in self.groups:
-            self.exit_codes.update(group.stop())
+        super().close()
         self.patient.close()
-        self.stack.close()
-
-    # -- the page ------------------------------------------------------------------------------
-
-    def text(self, element_id: str) -> str:
-        return self.browser.find_element("id", element_id).text
-
-    def wait_for(self, condition, timeout_s: float, what: str):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.raise_if_dead()
-            value = condition()
-            if value:
-                return value
-            time.sleep(0.05)
-        self.screenshot(f"timeout-{what.replace(' ', '_')[:40]}")
-        raise AssertionError(f"the page did not show {what} within {timeout_s:g} s (arm "
-                             f"{self.text('arm-state')!r}, cause {self.text('arm-cause')!r}, "
-                             f"links {self.text('links-overall')!r}, answer "
-                             f"{self.text('answer')!r}; logs in {self.out / 'logs'})")
-
-    def raise_if_dead(self) -> None:
-        for group in self.groups:
-            dead = group.first_dead()
-            if dead:
-                raise AssertionError(f"{dead.spec.name} exited ({dead.process.poll()}):\n"
-                                     f"{dead.log_tail()}")
-
-    def click(self, element_id: str) -> None:
-        self.browser.find_element("id", element_id).click()
-
-    def hold_key(self, key: str, seconds: float) -> None:
-        from selenium.webdriver.common.action_chains import ActionChains
-
-        ActionChains(self.browser).key_down(key).pause(seconds).key_up(key).perform()
-
-    def press_key(self, key: str) -> None:
-        from selenium.webdriver.common.action_chains import ActionChains
-
-        ActionChains(self.browser).send_keys(key).perform()
-
-    def frames_shown(self) -> int:
-        return int(self.browser.find_element("id", "video").get_attribute("data-frames"))
-
-    def thumbnail(self) -> np.ndarray:
-        """The video as the page shows it, 64x48 grey levels."""
-        values = self.browser.execute_script("""
-            const small = document.createElement('canvas');
-            small.width = 64; small.height = 48;
-            const context = small.getContext('2d');
-            context.drawImage(document.getElementById('video'), 0, 0, 64, 48);
-            const rgba = context.getImageData(0, 0, 64, 48).data;
-            const grey = [];
-            for (let i = 0; i < rgba.length; i += 4) grey.push(rgba[i] + rgba[i + 1] + rgba[i + 2]);
-            return grey;""")
-        return np.asarray(values, dtype=float) / 3.0
-
-    def screenshot(self, name: str) -> Path:
-        path = self.screenshots / f"{name}.png"
-        self.browser.save_screenshot(str(path))
-        print(f"screenshot: {path}")
-        return path
 
     # -- the patient site ----------------------------------------------------------------------
 
@@ -190,9 +67,11 @@ class ConsoleSession:
         raise AssertionError(f"the patient arm did not settle within {timeout_s:g} s")
 
 
+
+
 @pytest.fixture(scope="module")
 def console(tmp_path_factory, ros_env_module):
-    session = ConsoleSession(tmp_path_factory.mktemp("console"))
+    session = ProbedConsoleSession(tmp_path_factory.mktemp("console"))
     try:
         session.wait_for(lambda: session.frames_shown() > 3 and session.text("arm-state") not in
                          ("", "?") and session.text("links-overall") == "REDUNDANT",

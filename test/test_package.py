@@ -37,14 +37,15 @@ ROSDEP_KEYS = {
     "cryptography": "python3-cryptography",
     "matplotlib": "python3-matplotlib",
     "aiohttp": "python3-aiohttp",
+    "selenium": "python3-selenium",
+    "psutil": "python3-psutil",
 }
 #: Top-level module -> the pip package that provides it where rosdep has no key: package.xml
 #: must say so in a comment (`pip install NAME`) and requirements.txt must pin it.
 PIP_ONLY = {"mujoco": "mujoco", "rosbags": "rosbags", "zenoh": "eclipse-zenoh", "av": "av",
             "zfec": "zfec"}
 #: Test-only imports -> their rosdep keys (test_depend).
-TEST_KEYS = {"pytest": "python3-pytest", "hypothesis": "python3-hypothesis",
-             "selenium": "python3-selenium"}
+TEST_KEYS = {"pytest": "python3-pytest", "hypothesis": "python3-hypothesis"}
 
 
 def imported_modules(paths) -> dict[str, set[str]]:

@@ -34,6 +34,9 @@ BENCHMARKS = {
               "the endoscope video pipeline (render, encode, FEC, paced links, reassemble, "
               "decode), commands through two bridges with video on and off, and "
               "motion-to-photon"),
+    "console": ("telesurg.bench.console",
+                "the console page in headless Chromium: capture to display, key press to the "
+                "arm's motion on the page"),
 }
 RESULTS_PATH = Path("bench/results.json")
 

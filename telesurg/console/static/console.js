@@ -14,6 +14,10 @@ const MOVE_KEYS = {
 const GRIP_KEYS = { KeyX: 1, KeyZ: -1 };
 
 const $ = (id) => document.getElementById(id);
+// Every measurement since the page loaded (up to MAX_FIGURES each), for benchmarks and tests.
+const MAX_FIGURES = 100000;
+window.telesurgFigures = { captureToDisplay: [], keyToMotion: [] };
+function keep(list, value) { if (list.length < MAX_FIGURES) list.push(value); }
 const token = new URLSearchParams(location.search).get("token") || "";
 const now = () => performance.timeOrigin + performance.now();  // ms since the epoch
 
@@ -117,6 +121,7 @@ function draw() {
     const latency = shownAt - frame.timestamp / 1000;
     captureToDisplay.push(latency);
     recentVideo.push(latency);
+    keep(window.telesurgFigures.captureToDisplay, latency);
   }
   if (recentVideo.length > 300) recentVideo.splice(0, recentVideo.length - 300);
   framesShown += 1;
@@ -256,6 +261,7 @@ function onMotion(message) {
   const latency = performance.now() - pressed;
   keyToMotion.push(latency);
   recentKey.push(latency);
+  keep(window.telesurgFigures.keyToMotion, latency);
   $("latency-key").textContent = figures(recentKey);
 }
 
