@@ -189,12 +189,14 @@ def test_a_silent_page_releases_the_pedal_and_stops_the_hand():
 
 
 def test_direction_of_a_move_is_its_unit_vector():
-    """direction_of gives the unit vector along the move, None for no move."""
+    """direction_of gives the unit vector along the move, None for no move (or a non-finite
+    one)."""
     direction = direction_of((3.0, 0.0, -4.0))
     assert direction == pytest.approx([0.6, 0.0, -0.8])
     assert np.linalg.norm(direction) == pytest.approx(1.0)
     assert direction_of((0.0, 0.0, 0.0)) is None
     assert direction_of((NAN, 0.0, 0.0)) is None
+    assert direction_of((float("inf"), 0.0, 0.0)) is None
 
 
 # -- view: motion for a key press ----------------------------------------------------------
@@ -658,5 +660,21 @@ def test_server_websocket_carries_json_both_ways_and_frames(served):
 
             await ws.close()
             await until(lambda: served.disconnected)
+            assert served.disconnected == [number]
+    asyncio.run(scenario())
+
+
+def test_server_stop_closes_a_connected_page(served):
+    """stop() with a page connected closes its websocket and reports it disconnected."""
+    origin = f"http://127.0.0.1:{served.port}"
+
+    async def scenario():
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(served.url(f"/ws?token={TOKEN}"), origin=origin)
+            number = (await ws.receive_json(timeout=WAIT_S))["page"]
+            await asyncio.get_running_loop().run_in_executor(None, served.server.stop)
+            message = await ws.receive(timeout=WAIT_S)
+            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.CLOSING)
             assert served.disconnected == [number]
     asyncio.run(scenario())

@@ -108,10 +108,14 @@ class ConsoleServer:
 
     def send(self, message: dict, page: int | None = None) -> None:
         """Send a JSON message to one page, or to all."""
+        if self._loop.is_closed():  # stopped: there are no pages
+            return
         text = json.dumps(message)
         self._loop.call_soon_threadsafe(self._queue_text, text, page)
 
     def send_frame(self, eye: int, keyframe: bool, capture_ms: float, data: bytes) -> None:
+        if self._loop.is_closed():
+            return
         payload = FRAME_HEADER.pack(eye, int(keyframe), capture_ms) + data
         self._loop.call_soon_threadsafe(self._queue_frame, eye, keyframe, payload)
 

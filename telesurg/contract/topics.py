@@ -89,13 +89,13 @@ class Topic:
 
 # The master device (a dVRK MTM's CRTK driver, or the virtual surgeon) and its pedals.
 MTM_MEASURED_CP = Topic("/mtm/measured_cp", _POSE, Qos.COMMAND, (MASTER,),
-                        "master device driver or virtual_surgeon")
+                        "master device driver, virtual_surgeon or web_console")
 MTM_GRIPPER_MEASURED_JS = Topic("/mtm/gripper/measured_js", _JOINTS, Qos.COMMAND, (MASTER,),
-                                "master device driver or virtual_surgeon")
+                                "master device driver, virtual_surgeon or web_console")
 CONSOLE_CLUTCH = Topic("/console/clutch", _BOOL, Qos.STATE, (MASTER,),
-                       "pedals (or virtual_surgeon)")
+                       "pedals (or virtual_surgeon, web_console)")
 CONSOLE_OPERATOR_PRESENT = Topic("/console/operator_present", _BOOL, Qos.STATE, BOTH,
-                                 "pedals (or virtual_surgeon)", MASTER_TO_PATIENT)
+                                 "pedals (or virtual_surgeon, web_console)", MASTER_TO_PATIENT)
 # The console and the arm commands it streams.
 CONSOLE_FOLLOWING = Topic("/console/following", _BOOL, Qos.STATE, BOTH, "master_console",
                           MASTER_TO_PATIENT)
@@ -106,7 +106,7 @@ PSM_JAW_SERVO_JP = Topic("/psm/jaw/servo_jp", _JOINTS, Qos.COMMAND, BOTH,
                          MASTER_TO_PATIENT)
 # The arm's safety state, commanded by the operator, kept by the safety supervisor.
 PSM_STATE_COMMAND = Topic("/psm/state_command", _STRING_STAMPED, Qos.EVENT, BOTH,
-                          "operator tools (`telesurg state`, the demo's operator)",
+                          "operator tools (`telesurg state`, the demo's operator, web_console)",
                           MASTER_TO_PATIENT)
 PSM_OPERATING_STATE = Topic("/psm/operating_state", _OPERATING_STATE, Qos.STATE, BOTH,
                             "safety_supervisor; bridged to the master site", PATIENT_TO_MASTER)
@@ -156,7 +156,8 @@ ENDOSCOPE_LEFT_IMAGE, ENDOSCOPE_RIGHT_IMAGE = (
 #: keyframe: the endoscope encodes that eye's next frame as one.
 ENDOSCOPE_KEYFRAME_REQUEST = Topic(
     "/endoscope/keyframe_request", _STRING, Qos.EVENT, BOTH,
-    "endoscope_decoder (master site), bridge (patient site)", MASTER_TO_PATIENT, video=True)
+    "endoscope_decoder and web_console (master site), bridge (patient site)", MASTER_TO_PATIENT,
+    video=True)
 
 #: The crossing topics in the default bridge configuration's order, which gives each its index
 #: on the wire: master_to_patient first, then patient_to_master.
