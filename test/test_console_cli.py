@@ -1,9 +1,13 @@
 """`telesurg console` and `telesurg demo --console` refuse what they cannot use, saying what and
 where: a short or missing token file, a taken port, --console with --replay."""
 
+import json
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -11,7 +15,7 @@ from telesurg.cli import main
 from telesurg.contract.graph import WEB_CONSOLE
 from telesurg.contract.resources import default_config
 from telesurg.nodes.web_console import parse_options
-from telesurg.session.processes import node_arguments
+from telesurg.session.processes import CLEAN_STOP_CODES, node_arguments
 
 
 def test_a_token_file_must_exist_and_hold_a_long_enough_token(tmp_path, capsys):
@@ -59,3 +63,96 @@ def test_a_taken_port_is_refused_naming_the_address(ros_env):
             env=ros_env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
+
+
+def _page_states(url: str, wanted, timeout_s: float) -> dict:
+    """The first state message of the page's websocket at url for which wanted(message)."""
+    import asyncio
+
+    import aiohttp
+
+    async def read() -> dict:
+        base, _, query = url.partition("/?")
+        async with aiohttp.ClientSession() as client, client.ws_connect(
+                f"{base.replace('http', 'ws', 1)}/ws?{query}") as socket:
+            async for message in socket:
+                state = message.json()
+                if state.get("type") == "state" and wanted(state):
+                    return state
+        raise AssertionError("the page's websocket closed")
+
+    return asyncio.run(asyncio.wait_for(read(), timeout_s))
+
+
+def _url_in(path, process, timeout_s: float = 60.0) -> str:
+    """The console page's URL, once the log at path prints it (the server is then up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, path.read_text()
+        found = re.search(r"http://127\.0\.0\.1:\d+/\?token=\S+", path.read_text())
+        if found:
+            return found.group(0)
+        time.sleep(0.1)
+    raise AssertionError(f"no URL in {path} within {timeout_s:g} s:\n{path.read_text()}")
+
+
+@pytest.mark.multiprocess
+def test_console_only_watches_while_another_master_device_publishes(ros_env, tmp_path):
+    import rclpy
+    from rclpy.node import Node
+
+    from telesurg.contract.topics import MTM_MEASURED_CP
+    from telesurg.ros.qos import publisher
+
+    log = tmp_path / "console.log"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with open(log, "w") as output:
+        console = subprocess.Popen([sys.executable, "-m", "telesurg.cli", "console", "--port",
+                                    str(port)], env=ros_env, stdout=output, stderr=output)
+    try:
+        url = _url_in(log, console)
+        state = _page_states(url, lambda s: True, 30.0)
+        assert state["console"]["hands_blocked"] == ""
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        node = Node("another_master_device", context=context)
+        try:
+            publisher(node, MTM_MEASURED_CP)
+            state = _page_states(url, lambda s: s["console"]["hands_blocked"], 30.0)
+            assert "another master device" in state["console"]["hands_blocked"]
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown(context=context)
+        # Gone again: the page's controls drive once more.
+        _page_states(url, lambda s: not s["console"]["hands_blocked"], 30.0)
+    finally:
+        console.send_signal(signal.SIGINT)
+        code = console.wait(timeout=30)
+    assert code in CLEAN_STOP_CODES, log.read_text()
+    assert "another master device publishes /mtm/measured_cp" in log.read_text()
+
+
+@pytest.mark.multiprocess
+def test_demo_console_serves_the_page_and_moves_nothing_without_a_person(ros_env, tmp_path):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    log = tmp_path / "demo.log"
+    with open(log, "w") as output:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "telesurg.cli", "demo", "--console", "--console-port",
+             str(port), "--duration", "6", "--no-report", "--out", str(tmp_path / "run")],
+            env=ros_env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        url = _url_in(log, demo)
+        state = _page_states(url, lambda s: s["arm"]["state"] is not None, 30.0)
+        assert state["arm"]["state"] == "DISABLED"  # nobody pressed Enable
+        assert demo.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["task"] == "console"
+    assert summary["engagements"] == 0 and summary["following_s"] == 0

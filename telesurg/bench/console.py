@@ -6,7 +6,7 @@ Enable button, then PRESSES key presses alternating +x and -x, each held HOLD_S.
 page measures them: capture to display (the endoscope's capture stamp at the patient site to the
 picture drawn on the page: render, encode, both bridges over the emulated links, the web console,
 WebCodecs decode, the canvas) and key press to the arm's motion shown on the page (the arm tip,
-carried back from the patient site, moved 0.3 mm the way pressed); and the CPU of the web
+carried back from the patient site, moved 0.1 mm the way pressed); and the CPU of the web
 console's process and of the browser's.
 """
 

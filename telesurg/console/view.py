@@ -23,8 +23,9 @@ from telesurg.session.operator_cli import (
 )
 
 HISTORY_S = 30.0  # the links' plot spans this much
-#: The arm has moved for a key press once its tip went this far in the pressed direction.
-MOTION_THRESHOLD_M = 0.0003
+#: The arm has moved for a key press once its tip went this far in the pressed direction: well
+#: above a held arm's jitter (under 0.05 mm), and 10 ms of travel at full key speed (1 cm/s).
+MOTION_THRESHOLD_M = 0.0001
 #: A press that moved nothing in this long (not following, arm paused) is forgotten.
 MOTION_WAIT_S = 5.0
 ANSWER_TIMEOUT_S = 3.0  # a state command unanswered this long is reported so
