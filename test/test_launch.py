@@ -28,6 +28,8 @@ from telesurg.contract.graph import (
     ENDOSCOPE_DECODER,
     ENDOSCOPE_ENCODER,
     SESSION_NODES,
+    VIRTUAL_SURGEON,
+    WEB_CONSOLE,
     nodes_of_site,
 )
 from telesurg.contract.params import NODE_PARAMETERS, ROS_BUILTIN_PARAMETERS
@@ -58,11 +60,11 @@ FOREIGN_EXECUTABLES = {
 LINK_ARGUMENTS = {f"link_{link}_{part}" for link in ("a", "b") for part in LINK_OVERRIDES.values()}
 BRIDGE_ARGUMENTS = {"bridge_config", "key_file", "video", *LINK_ARGUMENTS}
 EXPECTED_ARGUMENTS = {
-    "master_site.launch.py": {"config", "record", "record_dir", *BRIDGE_ARGUMENTS},
+    "master_site.launch.py": {"config", "console", "record", "record_dir", *BRIDGE_ARGUMENTS},
     "patient_site.launch.py": {"config", "sim", "rviz", "record", "record_dir",
                                *BRIDGE_ARGUMENTS},
-    "telesurg.launch.py": {"config", "sim", "rviz", "record", "record_dir", "patient_domain",
-                           *BRIDGE_ARGUMENTS},
+    "telesurg.launch.py": {"config", "sim", "rviz", "console", "record", "record_dir",
+                           "patient_domain", *BRIDGE_ARGUMENTS},
     "gazebo.launch.py": {"config", "world", *BRIDGE_ARGUMENTS},
 }
 FILE_SUFFIXES = (".yaml", ".yml", ".xml", ".sdf", ".urdf", ".xacro", ".rviz", ".launch.py")
@@ -470,7 +472,7 @@ STAND_INS = {
                        "IncludeLaunchDescription", "LogInfo", "OpaqueFunction",
                        "RegisterEventHandler", "SetEnvironmentVariable",
                        "SetLaunchConfiguration"],
-    "launch.conditions": ["IfCondition"],
+    "launch.conditions": ["IfCondition", "UnlessCondition"],
     "launch.event_handlers": ["OnProcessExit"],
     "launch.events": ["Shutdown"],
     "launch.launch_description_sources": ["PythonLaunchDescriptionSource"],
@@ -562,6 +564,16 @@ def test_launch_file_builds_over_stand_ins(stand_in_launch, name):
         assert decoder.kwargs["condition"].args[0].args == ("video",)
     for bridge in (node for node in nodes if node.kwargs["executable"] == BRIDGE.executable):
         assert bridge.kwargs["parameters"][0]["video"].args[0].args == ("video",)
+    # With console:=true, the console page in place of the virtual surgeon.
+    drivers = {node.kwargs["executable"]: node.kwargs["condition"] for node in nodes
+               if node.kwargs.get("name") in (VIRTUAL_SURGEON, WEB_CONSOLE.name)}
+    if "master" in (site or ()):
+        assert {name: (_kind(condition), condition.args[0].args)
+                for name, condition in drivers.items()} == {
+            "virtual_surgeon": ("UnlessCondition", ("console",)),
+            WEB_CONSOLE.executable: ("IfCondition", ("console",))}
+    else:
+        assert not drivers
 
 
 def _hardware(node) -> str | None:

@@ -29,7 +29,7 @@ from launch.actions import (
     SetEnvironmentVariable,
     SetLaunchConfiguration,
 )
-from launch.conditions import IfCondition
+from launch.conditions import IfCondition, UnlessCondition
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -53,6 +53,8 @@ from telesurg.contract.graph import (
     ENDOSCOPE,
     ENDOSCOPE_DECODER,
     ENDOSCOPE_ENCODER,
+    VIRTUAL_SURGEON,
+    WEB_CONSOLE,
     nodes_of_site,
 )
 from telesurg.contract.resources import FASTDDS_PROFILE_VARIABLE
@@ -178,6 +180,24 @@ def bridge_node(site: str, *, use_sim_time: bool = False) -> Node:
                 parameters=[parameters, *extra], output="screen")
 
 
+def console_argument() -> DeclareLaunchArgument:
+    return _flag("console", "false",
+                 "true: the console page (web_console: serves 127.0.0.1:8080, its URL with the "
+                 "token in the log) in place of the virtual surgeon: a person drives the arm "
+                 "with the page's keyboard, mouse or gamepad")
+
+
+def master_nodes() -> list[Node]:
+    """The master site's nodes; with console:=true the console page in place of the virtual
+    surgeon (two master devices would fight)."""
+    console = LaunchConfiguration("console")
+    specs = nodes_of_site("master")
+    return [*session_nodes([spec for spec in specs if spec.name != VIRTUAL_SURGEON]),
+            *session_nodes([spec for spec in specs if spec.name == VIRTUAL_SURGEON],
+                           condition=UnlessCondition(console)),
+            *session_nodes([WEB_CONSOLE], condition=IfCondition(console))]
+
+
 def video_decoder() -> Node:
     """The master site's endoscope_decoder, with video:=true."""
     (node,) = session_nodes([ENDOSCOPE_DECODER],
@@ -280,8 +300,8 @@ def site_launch_description(site: str) -> LaunchDescription:
         arguments = [sim_argument(), rviz_argument()]
         actions = patient_actions()
     else:
-        arguments = []
-        actions = [*session_nodes(nodes_of_site(site)), bridge_node(site), video_decoder()]
+        arguments = [console_argument()]
+        actions = [*master_nodes(), bridge_node(site), video_decoder()]
     return LaunchDescription([
         *config_arguments(),
         *bridge_arguments(),
@@ -318,13 +338,14 @@ def session_launch_description() -> LaunchDescription:
         *bridge_arguments(),
         sim_argument(),
         rviz_argument(),
+        console_argument(),
         *record_arguments("session"),
         DeclareLaunchArgument(
             "patient_domain", default_value="",
             description="DDS domain of the patient site; empty: ROS_DOMAIN_ID + 1"),
         middleware_profile(),
         OpaqueFunction(function=_session_domains_and_key),
-        *session_nodes(nodes_of_site("master")),
+        *master_nodes(),
         bridge_node("master"),
         video_decoder(),
         recorder(["master"], "master"),

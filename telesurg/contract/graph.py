@@ -27,6 +27,9 @@ class NodeSpec:
     niceness: int = 0
 
 
+#: The node that stands in for the master device: a replay or the console page replaces it.
+VIRTUAL_SURGEON = "virtual_surgeon"
+
 SESSION_NODES: tuple[NodeSpec, ...] = (
     NodeSpec("safety_supervisor", "safety_supervisor", "telesurg.nodes.safety_supervisor",
              "patient", "CRTK operating state: pauses the arm on link loss, stale or old "
@@ -37,7 +40,7 @@ SESSION_NODES: tuple[NodeSpec, ...] = (
     NodeSpec("master_console", "master_console", "telesurg.nodes.master_console", "master",
              "Teleoperation mapping: clutch, scale, tremor filter, step limit.",
              "MasterConsoleNode"),
-    NodeSpec("virtual_surgeon", "virtual_surgeon", "telesurg.nodes.virtual_surgeon", "master",
+    NodeSpec(VIRTUAL_SURGEON, "virtual_surgeon", "telesurg.nodes.virtual_surgeon", "master",
              "Stands in for a haptic master device and pedals, performing a task.",
              "VirtualSurgeonNode"),
 )

@@ -44,6 +44,7 @@ from telesurg.contract.graph import (
     SIMULATOR,
     SITE_CONTAINER,
     SITE_CONTAINER_NODES,
+    VIRTUAL_SURGEON,
     WEB_CONSOLE,
     NodeSpec,
     nodes_of_site,
@@ -244,7 +245,7 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config
     sites = []
     for name, domain in zip(SITES, (domain_id, patient_domain), strict=True):
         specs = [spec for spec in nodes_of_site(name)
-                 if not ((replay or options.console) and spec.name == "virtual_surgeon")]
+                 if not ((replay or options.console) and spec.name == VIRTUAL_SURGEON)]
         if name == PATIENT and options.arm_hardware == "ros2_control":
             specs.append(SIMULATOR)
         if options.video:
