@@ -89,8 +89,10 @@ def console(tmp_path_factory, ros_env_module):
 def test_the_page_shows_the_video_the_arm_and_both_links(console):
     assert console.text("arm-state") == "DISABLED"  # nothing enabled it: nobody asked
     assert console.text("links-overall") == "REDUNDANT"
-    rows = console.browser.find_elements("css selector", "#links tbody tr")
-    assert [row.text.split()[:2] for row in rows] == [[name, "UP"] for name in DEFAULT_LINKS]
+    # Read at once: the page rewrites the table at every state update.
+    rows = console.browser.execute_script(
+        "return [...document.querySelectorAll('#links tbody tr')].map(row => row.innerText)")
+    assert [row.split()[:2] for row in rows] == [[name, "UP"] for name in DEFAULT_LINKS]
     shown = console.frames_shown()
     console.wait_for(lambda: console.frames_shown() > shown + 10, 5.0, "new video frames")
     assert console.thumbnail().std() > 5.0  # a picture, not a blank canvas
@@ -124,6 +126,30 @@ def test_the_video_changes_when_the_arm_moves(console):
     console.settled_tip()
     moved = np.abs(console.thumbnail() - still).mean()
     assert moved > 3.0 * noise + 0.5, f"picture change {moved:.2f} moving, {noise:.2f} still"
+
+
+def test_a_gamepad_and_the_pointer_pad_move_the_arm_too(console):
+    # A stick pushed right (+x) for HOLD_S: the page reads pads through navigator.getGamepads.
+    before = console.settled_tip()
+    console.browser.execute_script("""
+        const stick = {connected: true, axes: [1, 0, 0, 0],
+                       buttons: Array.from({length: 8}, () => ({value: 0}))};
+        navigator.getGamepads = () => [stick];""")
+    time.sleep(HOLD_S)
+    console.browser.execute_script("navigator.getGamepads = () => [];")
+    moved = console.settled_tip() - before
+    assert moved[0] > 0.5 * ARM_PER_KEY_M, f"gamepad: the arm moved {moved} m"
+    # The pad dragged up (+y) by its radius: full speed, until released.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    pad = console.browser.find_element("id", "pad")
+    before = console.settled_tip()
+    radius = pad.size["width"] // 2
+    ActionChains(console.browser).click_and_hold(pad).move_by_offset(0, -radius).pause(
+        HOLD_S).release().perform()
+    moved = console.settled_tip() - before
+    assert moved[1] > 0.5 * ARM_PER_KEY_M, f"pointer pad: the arm moved {moved} m"
+    assert abs(moved[0]) < 0.3 * moved[1], f"pointer pad: the arm moved {moved} m"
 
 
 def test_the_pause_button_pauses_the_arm_and_shows_why(console):
