@@ -98,12 +98,27 @@ def _url_in(path, process, timeout_s: float = 60.0) -> str:
 
 @pytest.mark.multiprocess
 def test_console_only_watches_while_another_master_device_publishes(ros_env, tmp_path):
+    """Started beside another master device, the console never publishes a pedal (a released
+    operator-present pedal would stop that surgeon following); once it is gone, it drives."""
+    import threading
+
     import rclpy
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
 
-    from telesurg.contract.topics import MTM_MEASURED_CP
-    from telesurg.ros.qos import publisher
+    from telesurg.contract.topics import CONSOLE_OPERATOR_PRESENT, MTM_MEASURED_CP
+    from telesurg.ros.qos import publisher, subscription
 
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = Node("another_master_device", context=context)
+    device = publisher(node, MTM_MEASURED_CP)
+    pedals = []
+    subscription(node, CONSOLE_OPERATOR_PRESENT, lambda message: pedals.append(message.data))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     log = tmp_path / "console.log"
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -113,23 +128,22 @@ def test_console_only_watches_while_another_master_device_publishes(ros_env, tmp
                                     str(port)], env=ros_env, stdout=output, stderr=output)
     try:
         url = _url_in(log, console)
-        state = _page_states(url, lambda s: True, 30.0)
-        assert state["console"]["hands_blocked"] == ""
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        node = Node("another_master_device", context=context)
-        try:
-            publisher(node, MTM_MEASURED_CP)
-            state = _page_states(url, lambda s: s["console"]["hands_blocked"], 30.0)
-            assert "another master device" in state["console"]["hands_blocked"]
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown(context=context)
-        # Gone again: the page's controls drive once more.
-        _page_states(url, lambda s: not s["console"]["hands_blocked"], 30.0)
+        state = _page_states(url, lambda s: "publishes" in s["console"]["hands_blocked"], 30.0)
+        assert "another_master_device" in state["console"]["hands_blocked"]
+        assert pedals == [] and node.count_publishers(CONSOLE_OPERATOR_PRESENT.name) == 0
+        node.destroy_publisher(device)
+        _page_states(url, lambda s: s["console"]["hands_blocked"] == "", 30.0)
+        deadline = time.monotonic() + 10.0
+        while not pedals and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pedals[:1] == [False]  # the page's pedal, up until a person presses it
     finally:
         console.send_signal(signal.SIGINT)
         code = console.wait(timeout=30)
+        executor.shutdown()
+        spinner.join(timeout=5)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
     assert code in CLEAN_STOP_CODES, log.read_text()
     assert "another master device publishes /mtm/measured_cp" in log.read_text()
 

@@ -43,6 +43,11 @@ from telesurg.video.codec import is_keyframe
 DEFAULT_PORT = 8080
 #: How often the node checks whether another master device publishes.
 OTHER_DEVICE_CHECK_S = 1.0
+#: Nothing is published before this long after start: discovery takes 0.5-3.5 s here, and a
+#: running session's master device must be seen before this one's pedal states could reach
+#: its console (a released operator-present pedal would stop the surgeon following).
+DISCOVERY_GRACE_S = 4.0
+LOOKING = "looking for another master device before driving"
 
 
 def parse_options(argv: list[str]) -> argparse.Namespace:
@@ -85,16 +90,17 @@ class WebConsoleNode(Node):
         self.desk = CommandDesk()
         self.motion = MotionWatch()
         self._driver: int | None = None  # the page whose controls drive the hands
-        self._pose_pub = publisher(self, topics.MTM_MEASURED_CP)
-        self._gripper_pub = publisher(self, topics.MTM_GRIPPER_MEASURED_JS)
-        self._clutch_pub = publisher(self, topics.CONSOLE_CLUTCH)
-        self._present_pub = publisher(self, topics.CONSOLE_OPERATOR_PRESENT)
+        # The master topics' publishers: made once no other master device is seen
+        # (_check_other_device); until then the page only watches.
+        self._pose_pub = self._gripper_pub = self._clutch_pub = self._present_pub = None
         self._command_pub = publisher(self, topics.PSM_STATE_COMMAND)
         self._keyframe_pub = publisher(self, topics.ENDOSCOPE_KEYFRAME_REQUEST)
         self._pose = PoseStamped()
         self._pose.header.frame_id = MASTER_FRAME
         self._gripper = JointState(name=["gripper"])
         self._pedals: tuple[bool, bool] | None = None
+        self._started = now
+        self.view.hands_blocked = LOOKING
         picture = self.view.picture
         subscription(self, topics.PSM_OPERATING_STATE,
                      lambda m: self._locked(picture.on_state, time.monotonic(), m.state,
@@ -174,23 +180,36 @@ class WebConsoleNode(Node):
             self.get_logger().info(f"operator present: {'yes' if pedals[1] else 'no'}")
         self._pedals = pedals
 
+    def _publish_master_topics(self) -> None:
+        self._pose_pub = publisher(self, topics.MTM_MEASURED_CP)
+        self._gripper_pub = publisher(self, topics.MTM_GRIPPER_MEASURED_JS)
+        self._clutch_pub = publisher(self, topics.CONSOLE_CLUTCH)
+        self._present_pub = publisher(self, topics.CONSOLE_OPERATOR_PRESENT)
+        self._pedals = None  # published again at once: new publishers
+
     def _check_other_device(self) -> None:
-        # This node's own publisher counts once.
-        others = self.count_publishers(topics.MTM_MEASURED_CP.name) - (
-            0 if self.view.hands_blocked else 1)
-        reason = (f"another master device publishes {topics.MTM_MEASURED_CP.name} (a virtual "
-                  "surgeon?): this page only watches" if others > 0 else "")
-        if reason != self.view.hands_blocked:
-            if reason:
-                self.destroy_publisher(self._pose_pub)
-                self.destroy_publisher(self._gripper_pub)
-                self.get_logger().warning(reason)
-            else:
-                self._pose_pub = publisher(self, topics.MTM_MEASURED_CP)
-                self._gripper_pub = publisher(self, topics.MTM_GRIPPER_MEASURED_JS)
-                self.get_logger().info("no other master device: the page's controls drive")
-            with self._lock:
-                self.view.hands_blocked = reason
+        if time.monotonic() - self._started < DISCOVERY_GRACE_S:
+            return
+        others = [info.node_name for info in
+                  self.get_publishers_info_by_topic(topics.MTM_MEASURED_CP.name)
+                  if (info.node_name, info.node_namespace) != (self.get_name(),
+                                                              self.get_namespace())]
+        reason = (f"another master device publishes {topics.MTM_MEASURED_CP.name} "
+                  f"({', '.join(sorted(set(others)))}): this page only watches"
+                  if others else "")
+        if reason == self.view.hands_blocked:
+            return
+        if reason:
+            if self.view.hands_blocked != LOOKING:
+                for stale in (self._pose_pub, self._gripper_pub, self._clutch_pub,
+                              self._present_pub):
+                    self.destroy_publisher(stale)
+            self.get_logger().warning(reason)
+        else:
+            self._publish_master_topics()
+            self.get_logger().info("no other master device: the page's controls drive")
+        with self._lock:
+            self.view.hands_blocked = reason
 
     # -- the pages ----------------------------------------------------------------------------
 
