@@ -5,7 +5,6 @@ page, the token and origin checks, JSON and video over the websocket on loopback
 import asyncio
 import json
 import math
-import socket
 import threading
 import time
 
@@ -13,6 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from telesurg.bench.console import free_tcp_port
 from telesurg.console.hands import (
     GRIPPER_MAX_RAD,
     INPUT_TIMEOUT_S,
@@ -32,7 +32,7 @@ from telesurg.console.view import (
     CommandDesk,
     ConsoleView,
     MotionWatch,
-    percentiles,
+    latency_figures,
 )
 from telesurg.session.operator_cli import OPERATING_STATE_TOPIC, format_answer
 
@@ -461,10 +461,10 @@ def test_percentiles_of_samples():
     samples = list(rng.gamma(2.0, 15.0, size=237))
     p50, p99 = np.percentile(samples, [50, 99])
     expected = {"p50": round(float(p50), 1), "p99": round(float(p99), 1), "n": len(samples)}
-    assert percentiles(samples) == expected
-    assert percentiles(samples + [NAN, float("inf")]) == expected
-    assert percentiles([]) is None
-    assert percentiles([NAN]) is None
+    assert latency_figures(samples) == expected
+    assert latency_figures(samples + [NAN, float("inf")]) == expected
+    assert latency_figures([]) is None
+    assert latency_figures([NAN]) is None
 
 
 # -- server: a page's frame queue ----------------------------------------------------------
@@ -534,17 +534,11 @@ TOKEN = "x" * 22
 WAIT_S = 5.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Served:
     """A ConsoleServer on loopback and what its callbacks heard."""
 
     def __init__(self):
-        self.port = free_port()
+        self.port = free_tcp_port()
         self.messages: list[tuple[int, dict]] = []
         self.connected: list[int] = []
         self.disconnected: list[int] = []

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from telesurg.bench.console import free_tcp_port
 from telesurg.cli import main
 from telesurg.contract.graph import WEB_CONSOLE
 from telesurg.contract.resources import default_config
@@ -120,9 +121,7 @@ def test_console_only_watches_while_another_master_device_publishes(ros_env, tmp
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     log = tmp_path / "console.log"
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_tcp_port()
     with open(log, "w") as output:
         console = subprocess.Popen([sys.executable, "-m", "telesurg.cli", "console", "--port",
                                     str(port)], env=ros_env, stdout=output, stderr=output)
@@ -150,9 +149,7 @@ def test_console_only_watches_while_another_master_device_publishes(ros_env, tmp
 
 @pytest.mark.multiprocess
 def test_demo_console_serves_the_page_and_moves_nothing_without_a_person(ros_env, tmp_path):
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_tcp_port()
     log = tmp_path / "demo.log"
     with open(log, "w") as output:
         demo = subprocess.Popen(

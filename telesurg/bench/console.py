@@ -22,7 +22,7 @@ import numpy as np
 
 from telesurg.bench import Result, Row
 from telesurg.bench.sessions import pick_domain_pair
-from telesurg.console.view import percentiles
+from telesurg.console.view import latency_figures
 from telesurg.contract.resources import default_config
 from telesurg.session.demo import (
     DemoOptions,
@@ -200,8 +200,8 @@ def run() -> Result:
             figures = session.browser.execute_script("return window.telesurgFigures")
         finally:
             session.close()
-    video = percentiles(figures["captureToDisplay"])
-    keys = percentiles(figures["keyToMotion"])
+    video = latency_figures(figures["captureToDisplay"])
+    keys = latency_figures(figures["keyToMotion"])
     console_cpu, browser_cpu = (round(100.0 * (after - before) / elapsed, 1)
                                 for before, after in zip(cpu_before, cpu_after, strict=True))
     result = Result("console", {"capture_to_display_ms": video, "key_to_motion_ms": keys,

@@ -48,6 +48,7 @@ from telesurg.contract.states import OperatingState, StateCommand
 from telesurg.contract.topics import Qos
 from telesurg.linkem.model import PROFILES
 from telesurg.master.surgeon import PresenceRetry
+from telesurg.master.teleop import MASTER_FRAME
 from telesurg.ros.loop import NodeLoop
 from telesurg.ros.messages import state_command
 from telesurg.session.demo import DemoOptions, open_links, plan_sites
@@ -66,7 +67,6 @@ TARGET_P99_MS = 5.0
 STARTUP_TIMEOUT_S = 60.0
 ENGAGE_TIMEOUT_S = 15.0
 RETRY_S = 0.5
-MASTER_FRAME = "mtm_base"
 STAGES = ("console_ms", "bridges_ms", "arm_ms", "delivery_ms")
 #: The joint commands' writer: the probe reads them at its priority, so that its arrival times
 #: are those of a reader as prompt as the arm controller (on a saturated machine a lower one

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from telesurg.analysis.metrics import percentiles
 from telesurg.contract.states import OperatingState, OverallState, StateCommand
 from telesurg.session.operator_cli import (
     Picture,
@@ -115,13 +116,13 @@ class CommandDesk:
                 "patient site up?)")
 
 
-def percentiles(samples) -> dict | None:
-    """{"p50", "p99", "n"} of samples (ms), None for none."""
+def latency_figures(samples) -> dict | None:
+    """{"p50", "p99", "n"} of the finite samples (ms, to 0.1 ms), None for none."""
     values = [value for value in samples if math.isfinite(value)]
     if not values:
         return None
-    p50, p99 = np.percentile(values, [50, 99])
-    return {"p50": round(float(p50), 1), "p99": round(float(p99), 1), "n": len(values)}
+    figures = percentiles(values)
+    return {"p50": round(figures["p50"], 1), "p99": round(figures["p99"], 1), "n": len(values)}
 
 
 @dataclass
@@ -159,8 +160,8 @@ class ConsoleView:
                              and 0.0 <= v < 60_000.0)
 
     def latency(self) -> dict:
-        return {"capture_to_display_ms": percentiles(self.capture_to_display_ms),
-                "key_to_motion_ms": percentiles(self.key_to_motion_ms)}
+        return {"capture_to_display_ms": latency_figures(self.capture_to_display_ms),
+                "key_to_motion_ms": latency_figures(self.key_to_motion_ms)}
 
     def state_message(self, now: float, with_history: bool = False) -> dict:
         """The page's state message; with_history, also the last HISTORY_S of link reports

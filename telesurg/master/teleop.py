@@ -17,6 +17,8 @@ from telesurg.arm.kinematics import JAW_JOINT_NAME, JOINT_LIMITS
 from telesurg.contract import params
 from telesurg.master.tremor import MAX_RATE_HZ, MIN_RATE_HZ, TremorFilter
 
+#: The master device's base frame, which its poses are in.
+MASTER_FRAME = "mtm_base"
 IDLE = "idle"  # not following; the presence pedal must be released before a press engages
 ARMED = "armed"  # not following; pressing the presence pedal engages
 FOLLOWING = "following"

@@ -23,18 +23,16 @@ from pathlib import Path
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import String
 
-from telesurg.arm.rotations import homogeneous
 from telesurg.console.hands import HandInput, HandInputError, Hands, direction_of
 from telesurg.console.server import ConsoleServer, ConsoleServerError
 from telesurg.console.view import CommandDesk, ConsoleView, MotionWatch
 from telesurg.contract import topics
 from telesurg.contract.fields import stamp_ns, tip_position
-from telesurg.nodes.virtual_surgeon import MASTER_FRAME
 from telesurg.ros.loop import NodeLoop
-from telesurg.ros.messages import fill_pose, state_command
+from telesurg.ros.master_device import MasterDeviceOutput
+from telesurg.ros.messages import state_command
 from telesurg.ros.node import declare_parameters, run_node
 from telesurg.ros.qos import publisher, subscription
 from telesurg.ros.stereo_video import EYE_NAMES
@@ -92,13 +90,9 @@ class WebConsoleNode(Node):
         self._driver: int | None = None  # the page whose controls drive the hands
         # The master topics' publishers: made once no other master device is seen
         # (_check_other_device); until then the page only watches.
-        self._pose_pub = self._gripper_pub = self._clutch_pub = self._present_pub = None
+        self.device: MasterDeviceOutput | None = None
         self._command_pub = publisher(self, topics.PSM_STATE_COMMAND)
         self._keyframe_pub = publisher(self, topics.ENDOSCOPE_KEYFRAME_REQUEST)
-        self._pose = PoseStamped()
-        self._pose.header.frame_id = MASTER_FRAME
-        self._gripper = JointState(name=["gripper"])
-        self._pedals: tuple[bool, bool] | None = None
         self._started = now
         self.view.hands_blocked = LOOKING
         picture = self.view.picture
@@ -165,27 +159,11 @@ class WebConsoleNode(Node):
             blocked = self.view.hands_blocked
         if blocked:
             return
-        stamp = self.get_clock().now().to_msg()
-        self._pose.header.stamp = stamp
-        fill_pose(self._pose.pose, homogeneous(master.rotation, master.position))
-        self._pose_pub.publish(self._pose)
-        self._gripper.header.stamp = stamp
-        self._gripper.position = [float(master.gripper)]
-        self._gripper_pub.publish(self._gripper)
-        pedals = (master.clutch, master.operator_present)
-        if self._pedals is None or pedals[0] != self._pedals[0]:
-            self._clutch_pub.publish(Bool(data=pedals[0]))
-        if self._pedals is None or pedals[1] != self._pedals[1]:
-            self._present_pub.publish(Bool(data=pedals[1]))
-            self.get_logger().info(f"operator present: {'yes' if pedals[1] else 'no'}")
-        self._pedals = pedals
-
-    def _publish_master_topics(self) -> None:
-        self._pose_pub = publisher(self, topics.MTM_MEASURED_CP)
-        self._gripper_pub = publisher(self, topics.MTM_GRIPPER_MEASURED_JS)
-        self._clutch_pub = publisher(self, topics.CONSOLE_CLUTCH)
-        self._present_pub = publisher(self, topics.CONSOLE_OPERATOR_PRESENT)
-        self._pedals = None  # published again at once: new publishers
+        if self.device.publish(self.get_clock().now().to_msg(), master.position,
+                               master.rotation, master.gripper, master.clutch,
+                               master.operator_present):
+            self.get_logger().info(
+                f"operator present: {'yes' if master.operator_present else 'no'}")
 
     def _check_other_device(self) -> None:
         if time.monotonic() - self._started < DISCOVERY_GRACE_S:
@@ -200,13 +178,12 @@ class WebConsoleNode(Node):
         if reason == self.view.hands_blocked:
             return
         if reason:
-            if self.view.hands_blocked != LOOKING:
-                for stale in (self._pose_pub, self._gripper_pub, self._clutch_pub,
-                              self._present_pub):
-                    self.destroy_publisher(stale)
+            if self.device is not None:
+                self.device.destroy()
+                self.device = None
             self.get_logger().warning(reason)
         else:
-            self._publish_master_topics()
+            self.device = MasterDeviceOutput(self)
             self.get_logger().info("no other master device: the page's controls drive")
         with self._lock:
             self.view.hands_blocked = reason
