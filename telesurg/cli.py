@@ -410,6 +410,13 @@ def _demo(args) -> int:
     print_summary(summary)
     if "video" in summary:
         print_video_summary(summary["video"])
+    console = summary.get("console")
+    if console:
+        print("  console page: " + "; ".join(
+            f"{name} " + (f"p50 {value['p50']} ms, p99 {value['p99']} ms ({value['n']})"
+                          if value else "not measured")
+            for name, value in (("capture to display", console["capture_to_display_ms"]),
+                                ("key to motion", console["key_to_motion_ms"]))))
     print(f"summary written to {options.out / 'summary.json'}")
     if summary["faults"]:
         fault = summary["faults"][0]

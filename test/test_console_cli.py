@@ -167,3 +167,6 @@ def test_demo_console_serves_the_page_and_moves_nothing_without_a_person(ros_env
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["task"] == "console"
     assert summary["engagements"] == 0 and summary["following_s"] == 0
+    # No page drew a picture or saw a key press: nothing measured, and said so.
+    assert summary["console"] == {"capture_to_display_ms": None, "key_to_motion_ms": None}
+    assert "capture to display not measured" in log.read_text()

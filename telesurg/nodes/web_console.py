@@ -8,12 +8,14 @@ pedals, which the master console maps as it would a real master's (scale, clutch
 It does not publish them while another master device does (a virtual surgeon): two would fight.
 
 Options before --ros-args: --bind ADDRESS (default 127.0.0.1), --port N (default 8080),
---token-file FILE (the token the page's URL carries; default: a new random one).
+--token-file FILE (the token the page's URL carries; default: a new random one), --figures FILE
+(where to write the page's latency figures as JSON when it stops).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 import threading
@@ -60,6 +62,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--token-file", type=Path, default=None, metavar="FILE",
                         help="file holding the token the page's URL must carry (default: a new "
                              "random token, printed in the URL)")
+    parser.add_argument("--figures", type=Path, default=None, metavar="FILE",
+                        help="write the pages' latency figures (capture to display, key to "
+                             "motion: p50, p99, n) to FILE as JSON when stopping")
     own = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
     options = parser.parse_args(own)
     if not 0 <= options.port <= 65535:
@@ -107,6 +112,7 @@ class WebConsoleNode(Node):
         for eye, topic in enumerate((topics.ENDOSCOPE_LEFT_COMPRESSED,
                                      topics.ENDOSCOPE_RIGHT_COMPRESSED)):
             subscription(self, topic, lambda m, eye=eye: self._on_frame(eye, m))
+        self._figures_path: Path | None = options.figures
         self.server = ConsoleServer(options.bind, options.port, options.token,
                                     self._on_page_message, self._on_page_connect,
                                     self._on_page_disconnect)
@@ -267,6 +273,8 @@ class WebConsoleNode(Node):
     def destroy_node(self):
         self.server.stop()
         latency = self.view.latency()
+        if self._figures_path is not None:
+            self._figures_path.write_text(json.dumps(latency, indent=2) + "\n")
         self.get_logger().info(
             "console page figures: capture to display "
             f"{_figures(latency['capture_to_display_ms'])}; key to motion "

@@ -276,9 +276,15 @@ def plan_sites(options: DemoOptions, config: Path, domain_id: int, bridge_config
             processes.append(PlannedProcess(WEB_CONSOLE, [
                 "--port", str(options.console_port), "--token-file",
                 str(write_console_token(Path(options.out))),
+                "--figures", str(Path(options.out) / CONSOLE_FIGURES),
                 *node_arguments(WEB_CONSOLE, params)], (WEB_CONSOLE.name,)))
         sites.append(Site(name, domain, processes, options.video))
     return sites
+
+
+#: The console page's latency figures, written by web_console when it stops (in the run's
+#: directory; summary.json's `console`).
+CONSOLE_FIGURES = "console_figures.json"
 
 
 def write_console_token(out: Path) -> Path:
@@ -595,6 +601,13 @@ def run_demo(options: DemoOptions, say=print) -> dict:
                 min(PROFILES[profile].delay_ms for profile in options.link_profiles), started_ns)
         except VideoSummaryError as error:
             raise DemoError(str(error)) from None
+    if options.console:  # what the pages measured, if a page was open
+        figures = out / CONSOLE_FIGURES
+        if figures.exists():
+            summary["console"] = json.loads(figures.read_text())
+        else:
+            summary["console"] = None
+            say(f"note: the web console wrote no {figures} (see its log)")
     summary["cpu_percent"] = cpu_percent
     summary["teardown_overruns"] = overran
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -628,7 +641,8 @@ def _read_bag(path: Path, until_ns: int) -> dict[str, list[tuple[int, bytes]]]:
 
 
 #: What a run leaves in its directory, all of which an earlier run's must not mix with.
-RUN_OUTPUTS = (*BAG_DIRS.values(), "summary.json", "report.html", "figures", "logs")
+RUN_OUTPUTS = (*BAG_DIRS.values(), "summary.json", "report.html", "figures", "logs",
+               CONSOLE_FIGURES)
 
 
 def _clear_previous_run(out: Path, say) -> None:
