@@ -96,6 +96,7 @@ def test_the_page_shows_the_video_the_arm_and_both_links(console):
     shown = console.frames_shown()
     console.wait_for(lambda: console.frames_shown() > shown + 10, 5.0, "new video frames")
     assert console.thumbnail().std() > 5.0  # a picture, not a blank canvas
+    assert console.text("video-stale") == ""  # live: not stopped, not missing
     console.wait_for(lambda: "p50" in console.text("latency-video"), 5.0,
                      "the capture-to-display latency")
     console.screenshot("loaded")

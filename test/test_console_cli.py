@@ -160,6 +160,8 @@ def test_demo_console_serves_the_page_and_moves_nothing_without_a_person(ros_env
         url = _url_in(log, demo)
         state = _page_states(url, lambda s: s["arm"]["state"] is not None, 30.0)
         assert state["arm"]["state"] == "DISABLED"  # nobody pressed Enable
+        # A session without video: the page is told there is none (and says so).
+        _page_states(url, lambda s: s["video_sources"] == 0, 10.0)
         assert demo.wait(timeout=120) == 0, log.read_text()
     finally:
         if demo.poll() is None:

@@ -134,6 +134,7 @@ class ConsoleView:
     operator_present: bool = False
     hands_driving: bool = False   # a page is sending controls
     hands_blocked: str = ""       # why this console's hands do not publish, if they do not
+    video_sources: int | None = None  # publishers of the endoscope's video here (None: not yet)
     tip: list | None = None       # the arm tip (m), as the master site hears it
     history: deque = field(default_factory=deque)  # (t, overall, {link: (state, rtt, loss)})
     capture_to_display_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -181,6 +182,7 @@ class ConsoleView:
             "console": {"following": picture.following, "clutch": self.clutch,
                         "operator_present": self.operator_present,
                         "hands_driving": self.hands_driving, "hands_blocked": self.hands_blocked},
+            "video_sources": self.video_sources,
             "links": picture.links,
             "history": ([[round(t - now, 2), overall, links]
                          for t, overall, links in self.history] if with_history else None),

@@ -121,6 +121,7 @@ class WebConsoleNode(Node):
         self.loop.every(1.0 / p.rate_hz, self._sample)
         self.loop.every(1.0 / p.state_rate_hz, self._send_state)
         self.loop.every(OTHER_DEVICE_CHECK_S, self._check_other_device)
+        self.loop.every(OTHER_DEVICE_CHECK_S, self._count_video_sources)
         self.get_logger().info(f"console page: {self.server.url()}")
 
     def _locked(self, function, *args):
@@ -170,6 +171,13 @@ class WebConsoleNode(Node):
                                master.operator_present):
             self.get_logger().info(
                 f"operator present: {'yes' if master.operator_present else 'no'}")
+
+    def _count_video_sources(self) -> None:
+        """Whether the site has video at all (a session without it: the page says so)."""
+        sources = min(self.count_publishers(topic.name) for topic in (
+            topics.ENDOSCOPE_LEFT_COMPRESSED, topics.ENDOSCOPE_RIGHT_COMPRESSED))
+        with self._lock:
+            self.view.video_sources = sources
 
     def _check_other_device(self) -> None:
         if time.monotonic() - self._started < DISCOVERY_GRACE_S:

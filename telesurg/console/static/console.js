@@ -201,8 +201,13 @@ function onState(message) {
   plotLinks(t);
   $("latency-video").textContent = figures(recentVideo);
   // A picture that stopped changing must not pass for the live view.
-  $("video-stale").textContent = lastFrameAt && t - lastFrameAt > STALE_VIDEO_MS ?
-    `NO NEW PICTURE FOR ${((t - lastFrameAt) / 1000).toFixed(1)} s` : "";
+  if (message.video_sources === 0 && !lastFrameAt) {
+    $("video-stale").textContent = "no endoscope video at this site (a session without video: " +
+      "telesurg demo --video, or video:=true)";
+  } else {
+    $("video-stale").textContent = lastFrameAt && t - lastFrameAt > STALE_VIDEO_MS ?
+      `NO NEW PICTURE FOR ${((t - lastFrameAt) / 1000).toFixed(1)} s` : "";
+  }
   $("latency-key").textContent = figures(recentKey);
 }
 
