@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "master device (/mtm/measured_cp, /mtm/gripper/measured_js, /console/clutch, "
                     "/console/operator_present), mapped by the master console as a real "
                     "master's; it watches only while another master device (a virtual surgeon) "
-                    "publishes. Runs until Ctrl-C.")
+                    "publishes, and publishes nothing for its first 4 s while it looks for one. "
+                    "Runs until Ctrl-C.")
     _add_domain_option(console)
     console.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
                          help="address to serve on (default 127.0.0.1, this machine only; the "

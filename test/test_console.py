@@ -5,6 +5,7 @@ page, the token and origin checks, JSON and video over the websocket on loopback
 import asyncio
 import json
 import math
+import socket
 import threading
 import time
 
@@ -21,7 +22,13 @@ from telesurg.console.hands import (
     Hands,
     direction_of,
 )
-from telesurg.console.server import FRAME_HEADER, QUEUE_FRAMES, ConsoleServer, Page
+from telesurg.console.server import (
+    FRAME_HEADER,
+    QUEUE_FRAMES,
+    ConsoleServer,
+    ConsoleServerError,
+    Page,
+)
 from telesurg.console.view import (
     ANSWER_TIMEOUT_S,
     ASSUMED_PAUSE_CAUSE,
@@ -596,6 +603,32 @@ def test_server_needs_the_token_for_the_page(served):
                 assert response.status == 200
                 assert len(await response.text()) > 0
     asyncio.run(scenario())
+
+
+def test_a_server_asked_for_port_0_serves_on_a_free_port_its_url_names():
+    server = ConsoleServer("127.0.0.1", 0, TOKEN, lambda *_: None, lambda _: {},
+                           lambda _: None)
+    server.start()
+    try:
+        assert server.port > 0 and f":{server.port}/?token={TOKEN}" in server.url()
+
+        async def scenario():
+            async with aiohttp.ClientSession() as session, session.get(server.url()) as response:
+                assert response.status == 200
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_a_taken_port_is_refused_naming_the_address():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = ConsoleServer("127.0.0.1", port, TOKEN, lambda *_: None, lambda _: {},
+                               lambda _: None)
+        with pytest.raises(ConsoleServerError, match=f"cannot serve on 127.0.0.1:{port}"):
+            server.start()
 
 
 def test_server_refuses_a_websocket_without_the_token_or_from_another_origin(served):

@@ -127,6 +127,7 @@ class ConsoleServer:
             self._loop.run_until_complete(self._serve())
         except BaseException as error:  # reported by start()
             self._error = error
+            self._loop.close()
             self._started.set()
             return
         self._started.set()
@@ -141,6 +142,7 @@ class ConsoleServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]  # the one picked, if port 0 asked for any
 
     async def _shutdown(self) -> None:
         for page in list(self._pages.values()):
