@@ -10,7 +10,9 @@ links shows LOST and PAUSED within a second. Screenshots are saved in the run's 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -168,9 +170,11 @@ def test_cutting_both_links_shows_lost_and_paused_within_a_second(console):
         window.changedAt = {};
         for (const id of ['links-overall', 'arm-state']) {
           const element = document.getElementById(id);
-          new MutationObserver(() => {
-            window.changedAt[id + ':' + element.textContent] = performance.timeOrigin
-              + performance.now();
+          new MutationObserver(() => {  // the first time each text is shown
+            const key = id + ':' + element.textContent;
+            if (!(key in window.changedAt)) {
+              window.changedAt[key] = performance.timeOrigin + performance.now();
+            }
           }).observe(element, {childList: true, characterData: true, subtree: true});
         }""")
     cut_ms = time.time() * 1e3
@@ -198,6 +202,21 @@ def test_cutting_both_links_shows_lost_and_paused_within_a_second(console):
                      and "both links lost" not in console.text("arm-cause")
                      and console.text("arm-cause") != "-", 10.0,
                      "the patient site's own PAUSED")
+
+
+def test_the_page_says_when_its_state_is_old(console):
+    """The web console stopped (SIGSTOP) for 2 s: the page says that what it shows is old, then
+    that it is connected again."""
+    web_console = next(node for group in console.groups for node in group.nodes
+                       if node.spec.name == "web_console")
+    os.kill(web_console.process.pid, signal.SIGSTOP)
+    try:
+        console.wait_for(lambda: "NO STATE FOR" in console.text("connection"), 3.0,
+                         "that its state is old")
+        console.screenshot("state_old")
+    finally:
+        os.kill(web_console.process.pid, signal.SIGCONT)
+    console.wait_for(lambda: console.text("connection") == "connected", 5.0, "connected again")
 
 
 def test_the_page_logged_no_errors(console):

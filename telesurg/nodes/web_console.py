@@ -141,8 +141,12 @@ class WebConsoleNode(Node):
     def _on_link_state(self, message) -> None:
         with self._lock:
             now = time.monotonic()
+            before = (self.view.picture.links or {}).get("overall")
             self.view.picture.on_link_state(now, message.status)
             self.view.on_links(now)
+            overall = self.view.picture.links["overall"]
+        if overall != before:
+            self.get_logger().info(f"links: {before or 'unknown'} -> {overall}")
 
     def _on_arm_pose(self, message: PoseStamped) -> None:
         tip = tip_position(message)

@@ -168,7 +168,12 @@ function onMessage(message) {
   else if (message.type === "motion") onMotion(message);
 }
 
+let stateAt = 0;  // page time of the last state message
+const STALE_STATE_MS = 1000;
+
 function onState(message) {
+  stateAt = now();
+  $("connection").textContent = "connected";
   const arm = message.arm;
   setBadge("arm-state", arm.state);
   $("arm-cause").textContent = arm.cause || "-";
@@ -396,6 +401,17 @@ setInterval(() => {
     captureToDisplay = []; keyToMotion = [];
   }
 }, 1000);
+
+// What the page shows must not pass for the present when the node has gone quiet.
+setInterval(() => {
+  if (stateAt && now() - stateAt > STALE_STATE_MS) {
+    $("connection").textContent = `NO STATE FOR ${((now() - stateAt) / 1000).toFixed(1)} s: ` +
+      "what this page shows is old";
+    $("connection").className = "stale";
+  } else {
+    $("connection").className = "small";
+  }
+}, 250);
 
 connect();
 requestAnimationFrame(pollGamepad);
