@@ -104,6 +104,31 @@ def test_the_page_shows_the_video_the_arm_and_both_links(console):
     console.screenshot("loaded")
 
 
+def test_the_view_switches_between_left_eye_side_by_side_and_anaglyph(console):
+    from selenium.webdriver.support.ui import Select
+
+    video = console.browser.find_element("id", "video")
+    view = Select(console.browser.find_element("id", "view-mode"))
+    width = int(video.get_attribute("width"))
+    view.select_by_value("side")
+    console.wait_for(lambda: int(video.get_attribute("width")) == 2 * width, 5.0,
+                     "both eyes side by side")
+    console.screenshot("side_by_side")
+    view.select_by_value("anaglyph")
+    console.wait_for(lambda: int(video.get_attribute("width")) == width, 5.0, "the anaglyph")
+    red_cyan = console.browser.execute_script("""
+        const canvas = document.getElementById('video');
+        const rgba = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let red = 0, green = 0, blue = 0;
+        for (let i = 0; i < rgba.length; i += 4) {
+          red += rgba[i]; green += rgba[i + 1]; blue += rgba[i + 2];
+        }
+        return [red, green, blue];""")
+    assert min(red_cyan) > 0  # red from the left eye, green and blue from the right
+    view.select_by_value("left")
+    console.wait_for(lambda: int(video.get_attribute("width")) == width, 5.0, "the left eye")
+
+
 def test_enable_and_the_keys_move_the_patient_arm_the_way_pressed(console):
     console.click("cmd-enable")
     console.wait_for(lambda: console.text("arm-state") == "ENABLED", 10.0, "ENABLED")
@@ -211,8 +236,9 @@ def test_the_page_says_when_its_state_is_old(console):
                        if node.spec.name == "web_console")
     os.kill(web_console.process.pid, signal.SIGSTOP)
     try:
-        console.wait_for(lambda: "NO STATE FOR" in console.text("connection"), 3.0,
-                         "that its state is old")
+        console.wait_for(lambda: "NO STATE FOR" in console.text("connection")
+                         and "NO NEW PICTURE" in console.text("video-stale"), 3.0,
+                         "that its state and its picture are old")
         console.screenshot("state_old")
     finally:
         os.kill(web_console.process.pid, signal.SIGCONT)

@@ -205,14 +205,8 @@ function onState(message) {
   history = history.filter((point) => t - point[0] <= HISTORY_MS);
   plotLinks(t);
   $("latency-video").textContent = figures(recentVideo);
-  // A picture that stopped changing must not pass for the live view.
-  if (message.video_sources === 0 && !lastFrameAt) {
-    $("video-stale").textContent = "no endoscope video at this site (a session without video: " +
-      "telesurg demo --video, or video:=true)";
-  } else {
-    $("video-stale").textContent = lastFrameAt && t - lastFrameAt > STALE_VIDEO_MS ?
-      `NO NEW PICTURE FOR ${((t - lastFrameAt) / 1000).toFixed(1)} s` : "";
-  }
+  videoSources = message.video_sources;
+  checkStaleness();
   $("latency-key").textContent = figures(recentKey);
 }
 
@@ -402,16 +396,27 @@ setInterval(() => {
   }
 }, 1000);
 
-// What the page shows must not pass for the present when the node has gone quiet.
-setInterval(() => {
-  if (stateAt && now() - stateAt > STALE_STATE_MS) {
-    $("connection").textContent = `NO STATE FOR ${((now() - stateAt) / 1000).toFixed(1)} s: ` +
+// What the page shows must not pass for the present: a picture that stopped changing, a state
+// that stopped coming (whatever stopped: the links, the node, the connection).
+let videoSources = null;  // the site's video publishers, as the node last counted them
+function checkStaleness() {
+  const t = now();
+  if (videoSources === 0 && !lastFrameAt) {
+    $("video-stale").textContent = "no endoscope video at this site (a session without video: " +
+      "telesurg demo --video, or video:=true)";
+  } else {
+    $("video-stale").textContent = lastFrameAt && t - lastFrameAt > STALE_VIDEO_MS ?
+      `NO NEW PICTURE FOR ${((t - lastFrameAt) / 1000).toFixed(1)} s` : "";
+  }
+  if (stateAt && t - stateAt > STALE_STATE_MS) {
+    $("connection").textContent = `NO STATE FOR ${((t - stateAt) / 1000).toFixed(1)} s: ` +
       "what this page shows is old";
     $("connection").className = "stale";
   } else {
     $("connection").className = "small";
   }
-}, 250);
+}
+setInterval(checkStaleness, 250);
 
 connect();
 requestAnimationFrame(pollGamepad);
