@@ -262,9 +262,9 @@ class FrameContinuity:
 class _BitReader:
     """Reads a NAL unit's header fields: fixed-width and Exp-Golomb (ue(v)) numbers."""
 
-    def __init__(self, payload: bytes):
+    def __init__(self, header: bytes):
         # Emulation prevention bytes (00 00 03) are not part of the fields.
-        header = payload[:64].replace(b"\x00\x00\x03", b"\x00\x00")
+        header = header.replace(b"\x00\x00\x03", b"\x00\x00")
         self._bits = "".join(f"{byte:08b}" for byte in header)
         self._at = 0
 
@@ -284,15 +284,23 @@ class _BitReader:
         return (1 << zeros) - 1 + self.read(zeros)
 
 
+#: What is read of a NAL unit after its header: the SPS fields and a slice header's first ones
+#: lie well within it (a whole slice would be copied for nothing).
+_FIELD_BYTES = 64
+
+
 def _nal_units(data: bytes):
-    """(nal_unit_type, the bytes after the NAL header) of each NAL unit of an Annex B access
-    unit, in order."""
+    """(nal_unit_type, the first _FIELD_BYTES after the NAL header) of each NAL unit of an
+    Annex B access unit, in order. The next unit is looked for only when asked for: a reader
+    that stops at the first slice does not scan the slice's bytes."""
     start = data.find(_START_CODE)
     while 0 <= start < len(data) - len(_START_CODE):
         begin = start + len(_START_CODE)
-        end = data.find(_START_CODE, begin)
-        yield data[begin] & _NAL_TYPE_MASK, data[begin + 1:end if end >= 0 else len(data)]
-        start = end
+        fields_end = begin + 1 + _FIELD_BYTES
+        next_unit = data.find(_START_CODE, begin, fields_end)
+        yield data[begin] & _NAL_TYPE_MASK, data[begin + 1:fields_end if next_unit < 0
+                                                 else next_unit]
+        start = data.find(_START_CODE, begin)
 
 
 def is_keyframe(data: bytes) -> bool:
