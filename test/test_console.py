@@ -297,9 +297,10 @@ def test_desk_answers_with_the_status_that_answers_the_command():
     assert desk.on_status(status_with("ENABLED", 1, "pause")) is None  # older
     assert desk.on_status(status_with("ENABLED", 3, "resume")) is None  # another command
     answering = status_with("PAUSED", 3, "pause", reason="ENABLED -> PAUSED")
-    text = desk.on_status(answering)
-    assert text == format_answer("pause", answering["last_command"], "PAUSED")
-    assert "accepted" in text and "ENABLED -> PAUSED" in text
+    answer = desk.on_status(answering)
+    assert answer.text == format_answer("pause", answering["last_command"], "PAUSED")
+    assert "accepted" in answer.text and "ENABLED -> PAUSED" in answer.text
+    assert answer.accepted is True
     assert desk.on_status(answering) is None
     assert desk.expired(10.0 + ANSWER_TIMEOUT_S + 1.0) is None
 
@@ -310,9 +311,20 @@ def test_desk_reports_a_refusal():
     desk.on_status({"state": "PAUSED"})  # a fresh supervisor: no command counted yet
     assert desk.send("resume", 0.0) is None
     answering = status_with("PAUSED", 1, "resume", accepted=False, reason="link lost")
-    text = desk.on_status(answering)
-    assert text == format_answer("resume", answering["last_command"], "PAUSED")
-    assert "refused" in text and "link lost" in text
+    answer = desk.on_status(answering)
+    assert answer.text == format_answer("resume", answering["last_command"], "PAUSED")
+    assert "refused" in answer.text and "link lost" in answer.text
+    assert answer.accepted is False  # from the supervisor's answer, whatever its text says
+
+
+def test_desk_takes_acceptance_from_the_answer_not_its_text():
+    """A refusal whose reason reads like an acceptance is still a refusal."""
+    desk = CommandDesk()
+    desk.on_status({"state": "PAUSED"})
+    assert desk.send("resume", 0.0) is None
+    answer = desk.on_status(status_with("PAUSED", 1, "resume", accepted=False,
+                                        reason="resume: accepted only once a link is back"))
+    assert answer.accepted is False
 
 
 def test_desk_reports_an_unanswered_command_once():
@@ -323,8 +335,9 @@ def test_desk_reports_an_unanswered_command_once():
     sent_at = 20.0
     assert desk.send("pause", sent_at) is None
     assert desk.expired(sent_at + ANSWER_TIMEOUT_S - 0.01) is None
-    text = desk.expired(sent_at + ANSWER_TIMEOUT_S + 0.01)
-    assert text is not None and text.startswith("pause:")
+    answer = desk.expired(sent_at + ANSWER_TIMEOUT_S + 0.01)
+    assert answer is not None and answer.text.startswith("pause:")
+    assert answer.accepted is None
     assert desk.expired(sent_at + ANSWER_TIMEOUT_S + 1.0) is None
     assert desk.on_status(status_with("PAUSED", 6, "pause")) is None
 

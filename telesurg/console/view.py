@@ -69,6 +69,15 @@ class MotionWatch:
         return press
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the page shows of a state command's fate: the text, and whether the supervisor
+    accepted it (None: no answer came)."""
+
+    text: str
+    accepted: bool | None
+
+
 @dataclass
 class PendingCommand:
     command: str
@@ -94,8 +103,8 @@ class CommandDesk:
         self.pending = PendingCommand(command, commands_counted(self.status), now)
         return None
 
-    def on_status(self, status: dict) -> str | None:
-        """The answer text, when status answers the pending command."""
+    def on_status(self, status: dict) -> Answer | None:
+        """The answer, when status answers the pending command."""
         self.status = status
         pending = self.pending
         if pending is None:
@@ -104,16 +113,17 @@ class CommandDesk:
         if answer is None:
             return None
         self.pending = None
-        return format_answer(pending.command, answer, str(status.get("state")))
+        return Answer(format_answer(pending.command, answer, str(status.get("state"))),
+                      bool(answer.get("accepted")))
 
-    def expired(self, now: float) -> str | None:
-        """The text that says the pending command went unanswered, once."""
+    def expired(self, now: float) -> Answer | None:
+        """That the pending command went unanswered, once."""
         pending = self.pending
         if pending is None or now - pending.sent_at < ANSWER_TIMEOUT_S:
             return None
         self.pending = None
-        return (f"{pending.command}: no answer within {ANSWER_TIMEOUT_S:g} s (is the link to the "
-                "patient site up?)")
+        return Answer(f"{pending.command}: no answer within {ANSWER_TIMEOUT_S:g} s (is the link "
+                      "to the patient site up?)", None)
 
 
 def latency_figures(samples) -> dict | None:

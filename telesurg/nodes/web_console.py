@@ -29,7 +29,7 @@ from std_msgs.msg import String
 
 from telesurg.console.hands import HandInput, HandInputError, Hands, direction_of
 from telesurg.console.server import ConsoleServer, ConsoleServerError
-from telesurg.console.view import CommandDesk, ConsoleView, MotionWatch
+from telesurg.console.view import Answer, CommandDesk, ConsoleView, MotionWatch
 from telesurg.contract import topics
 from telesurg.contract.fields import stamp_ns, tip_position
 from telesurg.ros.loop import NodeLoop
@@ -136,7 +136,7 @@ class WebConsoleNode(Node):
             status = self.view.picture.status
             answer = self.desk.on_status(status) if status is not None else None
         if answer is not None:
-            self._answer(answer, accepted=": accepted" in answer)
+            self._answer(answer)
 
     def _on_link_state(self, message) -> None:
         with self._lock:
@@ -216,11 +216,11 @@ class WebConsoleNode(Node):
             expired = self.desk.expired(now)
         self.server.send(message)
         if expired is not None:
-            self._answer(expired, accepted=None)
+            self._answer(expired)
 
-    def _answer(self, text: str, accepted: bool | None) -> None:
-        self.get_logger().info(f"state command: {text}")
-        self.server.send({"type": "answer", "text": text, "accepted": accepted})
+    def _answer(self, answer: Answer) -> None:
+        self.get_logger().info(f"state command: {answer.text}")
+        self.server.send({"type": "answer", "text": answer.text, "accepted": answer.accepted})
 
     def _on_page_connect(self, page: int) -> dict:
         """A page connected (the web server's thread): its first state, with the links'
