@@ -9,6 +9,7 @@ from pathlib import Path
 
 from telesurg.bags.storage import STORAGES, BagError
 from telesurg.bench import BENCHMARKS, RESULTS_PATH
+from telesurg.console.options import DEFAULT_BIND, DEFAULT_PORT, add_page_options, tcp_port
 from telesurg.contract.graph import DEFAULT_LINKS
 from telesurg.contract.params import ARM_HARDWARE, NODE_PARAMETERS
 from telesurg.contract.topics import SITES
@@ -57,16 +58,6 @@ def _outage(text: str):
         raise argparse.ArgumentTypeError(f"outage {text!r}: unknown link {link!r}: one of "
                                          f"{', '.join(DEFAULT_LINKS)} or {ALL_LINKS}")
     return link, outage
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not in [0, 65535]")
-    return value
 
 
 def _benchmark(text: str) -> str:
@@ -171,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "page (see `telesurg console`) at the master site, print its URL, "
                            "leave enabling the arm to its buttons, and run until Ctrl-C (or "
                            "--duration); figures as usual")
-    demo.add_argument("--console-port", type=_port, default=8080, metavar="PORT",
-                      help="with --console: the page's TCP port on 127.0.0.1 (default: 8080)")
+    demo.add_argument("--console-port", type=tcp_port, default=DEFAULT_PORT, metavar="PORT",
+                      help=f"with --console: the page's TCP port on {DEFAULT_BIND} (default: "
+                           f"{DEFAULT_PORT})")
     console = commands.add_parser(
         "console", help="serve the surgeon's console page for a running master site",
         description="Serve a web page (on 127.0.0.1 unless --bind says otherwise; always behind "
@@ -186,15 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "publishes, and publishes nothing for its first 4 s while it looks for one. "
                     "Runs until Ctrl-C.")
     _add_domain_option(console)
-    console.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
-                         help="address to serve on (default 127.0.0.1, this machine only; the "
-                              "browser decodes the video only on localhost or over HTTPS: from "
-                              "elsewhere use an SSH tunnel)")
-    console.add_argument("--port", type=_port, default=8080,
-                         help="TCP port (default 8080; 0 picks a free one)")
-    console.add_argument("--token-file", type=Path, default=None, metavar="FILE",
-                         help="file holding the page's token, at least 16 characters "
-                              "(default: a new random token)")
+    add_page_options(console)
     console.add_argument("--config", type=Path, default=None,
                          help="ROS 2 parameter file with a web_console section (default: the "
                               "installed config/telesurg.yaml)")

@@ -47,6 +47,7 @@ from launch import LaunchDescription
 from telesurg.bridge.config import LINK_OVERRIDES
 from telesurg.bridge.wire import write_key
 from telesurg.bringup import plan as support
+from telesurg.console.options import DEFAULT_BIND, DEFAULT_PORT
 from telesurg.contract.graph import (
     BRIDGE,
     DEFAULT_LINKS,
@@ -182,9 +183,9 @@ def bridge_node(site: str, *, use_sim_time: bool = False) -> Node:
 
 def console_argument() -> DeclareLaunchArgument:
     return _flag("console", "false",
-                 "true: the console page (web_console: serves 127.0.0.1:8080, its URL with the "
-                 "token in the log) in place of the virtual surgeon: a person drives the arm "
-                 "with the page's keyboard, mouse or gamepad")
+                 f"true: the console page (web_console: serves {DEFAULT_BIND}:{DEFAULT_PORT}, "
+                 "its URL with the token in the log) in place of the virtual surgeon: a person "
+                 "drives the arm with the page's keyboard, mouse or gamepad")
 
 
 def master_nodes() -> list[Node]:

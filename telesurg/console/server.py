@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
+from telesurg.console.options import page_url
+
 #: Before each frame: eye (0 left, 1 right), 1 if a keyframe, 6 bytes of padding, then the
 #: capture stamp in ms since the epoch (a float64, which JavaScript reads without BigInt).
 FRAME_HEADER = struct.Struct("<BB6xd")
@@ -94,8 +96,7 @@ class ConsoleServer:
                                      f"{getattr(self._error, 'strerror', None) or self._error}")
 
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/?token={self.token}"
+        return page_url(self.host, self.port, self.token)
 
     def stop(self) -> None:
         if not self._thread.is_alive():

@@ -7,9 +7,8 @@ commands. The page's keyboard, mouse and gamepad are the master device: this nod
 pedals, which the master console maps as it would a real master's (scale, clutch, tremor filter).
 It does not publish them while another master device does (a virtual surgeon): two would fight.
 
-Options before --ros-args: --bind ADDRESS (default 127.0.0.1), --port N (default 8080),
---token-file FILE (the token the page's URL carries; default: a new random one), --figures FILE
-(where to write the page's latency figures as JSON when it stops).
+Options before --ros-args: --bind, --port and --token-file (telesurg.console.options), and
+--figures FILE (where to write the page's latency figures as JSON when it stops).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from telesurg.console.hands import HandInput, HandInputError, Hands, direction_of
+from telesurg.console.options import MIN_TOKEN_CHARS, add_page_options
 from telesurg.console.server import ConsoleServer, ConsoleServerError
 from telesurg.console.view import Answer, CommandDesk, ConsoleView, MotionWatch
 from telesurg.contract import topics
@@ -40,7 +40,6 @@ from telesurg.ros.qos import publisher, subscription
 from telesurg.ros.stereo_video import EYE_NAMES
 from telesurg.video.codec import is_keyframe
 
-DEFAULT_PORT = 8080
 #: How often the node checks whether another master device publishes.
 OTHER_DEVICE_CHECK_S = 1.0
 #: Nothing is published before this long after start: discovery takes 0.5-3.5 s here, and a
@@ -54,21 +53,12 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     """The options before --ros-args."""
     parser = argparse.ArgumentParser(
         prog="web_console", description="The surgeon's console page at the master site.")
-    parser.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
-                        help="address to serve the page on (default 127.0.0.1: this machine "
-                             "only; the page's video needs localhost or HTTPS in the browser)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
-    parser.add_argument("--token-file", type=Path, default=None, metavar="FILE",
-                        help="file holding the token the page's URL must carry (default: a new "
-                             "random token, printed in the URL)")
+    add_page_options(parser)
     parser.add_argument("--figures", type=Path, default=None, metavar="FILE",
                         help="write the pages' latency figures (capture to display, key to "
                              "motion: p50, p99, n) to FILE as JSON when stopping")
     own = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
     options = parser.parse_args(own)
-    if not 0 <= options.port <= 65535:
-        parser.error(f"--port {options.port}: not in [0, 65535]")
     if options.token_file is None:
         options.token = secrets.token_urlsafe(16)
     else:
@@ -76,9 +66,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
             options.token = options.token_file.read_text().strip()
         except OSError as error:
             parser.error(f"--token-file {options.token_file}: {error.strerror}")
-        if len(options.token) < 16:
-            parser.error(f"--token-file {options.token_file}: the token must have at least 16 "
-                         "characters")
+        if len(options.token) < MIN_TOKEN_CHARS:
+            parser.error(f"--token-file {options.token_file}: the token must have at least "
+                         f"{MIN_TOKEN_CHARS} characters")
     return options
 
 

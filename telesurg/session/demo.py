@@ -35,6 +35,7 @@ from telesurg.analysis.summary import (
 from telesurg.analysis.video import VideoSummaryError, video_summary
 from telesurg.bags.recorder import RECORDER_NODE_NAME
 from telesurg.bags.storage import BagReader
+from telesurg.console.options import DEFAULT_BIND, DEFAULT_PORT, page_url
 from telesurg.contract import topics
 from telesurg.contract.graph import (
     BRIDGE,
@@ -122,7 +123,7 @@ class DemoOptions:
     report: bool = True          # write out/report.html
     video: bool = False          # the patient site's stereo endoscope, carried to the master site
     console: bool = False        # a person drives from the console page: no virtual surgeon
-    console_port: int = 8080     # the console page's port on 127.0.0.1
+    console_port: int = DEFAULT_PORT  # the console page's port on DEFAULT_BIND
 
 
 def session_environment(domain_id: int) -> dict[str, str]:
@@ -298,7 +299,7 @@ def write_console_token(out: Path) -> Path:
 
 
 def console_url(out: Path, port: int) -> str:
-    return f"http://127.0.0.1:{port}/?token={(out / 'console.token').read_text().strip()}"
+    return page_url(DEFAULT_BIND, port, (out / "console.token").read_text().strip())
 
 
 def open_links(options: DemoOptions, out: Path, stack: contextlib.ExitStack):
