@@ -668,10 +668,12 @@ def test_server_websocket_carries_json_both_ways_and_frames(served):
     origin = f"http://127.0.0.1:{served.port}"
 
     async def scenario():
+        assert not served.server.has_pages
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(served.url(f"/ws?token={TOKEN}"), origin=origin)
             first = await ws.receive_json(timeout=WAIT_S)
             assert served.connected == [first["page"]]
+            assert served.server.has_pages
             number = first["page"]
             assert first == {"type": "hello", "page": number}
 
@@ -701,6 +703,7 @@ def test_server_websocket_carries_json_both_ways_and_frames(served):
             await ws.close()
             await until(lambda: served.disconnected)
             assert served.disconnected == [number]
+            assert not served.server.has_pages
     asyncio.run(scenario())
 
 

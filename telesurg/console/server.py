@@ -107,6 +107,11 @@ class ConsoleServer:
 
     # -- to the pages (any thread) ------------------------------------------------------------
 
+    @property
+    def has_pages(self) -> bool:
+        """Whether a page is connected (what it sees may wait until one is)."""
+        return bool(self._pages)
+
     def send(self, message: dict, page: int | None = None) -> None:
         """Send a JSON message to one page, or to all."""
         if self._loop.is_closed():  # stopped: there are no pages

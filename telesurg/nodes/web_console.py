@@ -148,6 +148,8 @@ class WebConsoleNode(Node):
                               "tip_mm": [round(1e3 * v, 2) for v in tip.tolist()]})
 
     def _on_frame(self, eye: int, message) -> None:
+        if not self.server.has_pages:  # 60 frames a second, for nobody
+            return
         data = bytes(message.data)
         self.server.send_frame(eye, is_keyframe(data), stamp_ns(message) / 1e6, data)
 
